@@ -1,0 +1,76 @@
+"""Device-side inputs of one forward step and the token KV cache the model reads and writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class KVCache:
+    """Token-granular KV storage of one rank (DESIGN §3 "TokenAttention").
+
+    k[layer], v[layer]: [num_slots + 1, kv_heads_per_rank, head_dim]; slot `num_slots` is the
+    padding dummy. req_to_slot: [max_reqs + 1, max_len] int32, (request row, position) -> slot;
+    row `max_reqs` is the padding dummy.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    req_to_slot: torch.Tensor
+
+    @property
+    def num_slots(self) -> int:
+        return self.k[0].shape[0] - 1
+
+    @classmethod
+    def allocate(
+        cls,
+        num_layers: int,
+        num_slots: int,
+        kv_heads: int,
+        head_dim: int,
+        max_reqs: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
+        shape = (num_slots + 1, kv_heads, head_dim)
+        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Unused table entries point at the dummy slot so stray reads stay in bounds.
+        req_to_slot = torch.full((max_reqs + 1, max_len), num_slots, dtype=torch.int32, device=device)
+        return cls(k=k, v=v, req_to_slot=req_to_slot)
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """Inputs of one prefill or decode step for B sequences and T new tokens.
+
+    The runner has already written req_to_slot[req_rows[b], prefix_lens[b]:seq_lens[b]] =
+    the slots of sequence b's new tokens (`out_slots`, in packed order) before forward().
+    Each layer stores its new K/V at `out_slots`, then attends through req_to_slot.
+    """
+
+    is_prefill: bool
+    input_ids: torch.Tensor  # [T] int64, packed new tokens
+    positions: torch.Tensor  # [T] int64, absolute position of each new token
+    out_slots: torch.Tensor  # [T] int32, KV slot each new token is stored to
+    req_rows: torch.Tensor  # [B] int32, rows of req_to_slot
+    prefix_lens: torch.Tensor  # [B] int32, tokens already cached before this step
+    seq_lens: torch.Tensor  # [B] int32, prefix + new tokens
+    query_start_loc: torch.Tensor  # [B + 1] int32, offsets of each sequence's new tokens
+    logits_indices: torch.Tensor  # [B] int64, index in T of each sequence's last new token
+    max_query_len: int
+    max_seq_len: int
+    image_embeds: torch.Tensor | None = None  # [N, hidden] rows replacing image tokens
+    image_positions: torch.Tensor | None = None  # [N] int64, indices in T of image tokens
+
+    @property
+    def num_seqs(self) -> int:
+        return self.req_rows.shape[0]
