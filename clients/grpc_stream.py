@@ -1,0 +1,84 @@
+"""gRPC streaming client: prints the text as it arrives, then TTFT and tokens/s.
+
+    python clients/grpc_stream.py "Tell me a story" --max-tokens 64 --temperature 0
+    python clients/grpc_stream.py "<image> What is in this picture?" --image cat.jpg
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import uuid
+from collections.abc import Callable
+
+import tritonclient.grpc as grpcclient
+from common import (
+    Chunk,
+    GenerateRequest,
+    RequestTimer,
+    add_request_args,
+    chunk_from_grpc,
+    grpc_inputs,
+    request_from_args,
+)
+
+
+class GrpcStreamer:
+    """One client with one open bidirectional stream; runs one request at a time on it."""
+
+    def __init__(self, url: str, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
+        self.client = grpcclient.InferenceServerClient(url)
+        self.responses: queue.Queue = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+
+    def generate(
+        self, model: str, req: GenerateRequest, on_chunk: Callable[[Chunk], None] | None = None
+    ) -> RequestTimer:
+        """Sends `req` and reads its responses until the server's final one."""
+        timer = RequestTimer()
+        request_id = uuid.uuid4().hex
+        self.client.async_stream_infer(
+            model, grpc_inputs(req), request_id=request_id, enable_empty_final_response=True
+        )
+        while True:
+            result, error = self.responses.get(timeout=self.timeout_s)
+            if error is not None:
+                raise error
+            if result.get_response().id != request_id:
+                continue  # a late response of an earlier request that failed on this stream
+            chunk = chunk_from_grpc(result)
+            timer.add(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            if chunk.final:
+                return timer
+
+    def close(self) -> None:
+        self.client.stop_stream(cancel_requests=True)
+        self.client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_request_args(parser)
+    parser.add_argument("--url", default="localhost:8001", help="gRPC address host:port")
+    parser.add_argument("--model", default="ensemble", help="ensemble (default) or llm")
+    args = parser.parse_args(argv)
+
+    streamer = GrpcStreamer(args.url)
+    try:
+        timer = streamer.generate(args.model, request_from_args(args), lambda c: print(c.text, end="", flush=True))
+    except grpcclient.InferenceServerException as exc:
+        print(f"\nerror: {exc.message()}", file=sys.stderr)
+        return 1
+    finally:
+        streamer.close()
+    print()
+    print(timer.summary(), file=sys.stderr)
+    return 0 if timer.finish_reason != "error" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

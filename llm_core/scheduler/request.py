@@ -1,0 +1,63 @@
+"""Scheduler-side state of one generation request (pure CPU, no device objects)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from llm_core.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"  # queued: new, or paused (num_pauses > 0) and holding nothing
+    RUNNING = "running"  # holds a row and one KV slot per computed token
+    FINISHED = "finished"  # finished or aborted; holds nothing
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One request as the router sees it.
+
+    Invariants kept by the router:
+      - WAITING / FINISHED: row is None, slots == [], num_computed == 0 (FINISHED keeps
+        num_computed at its last value for inspection only).
+      - RUNNING: slots[i] is the KV slot of token position i of all_ids, and
+        len(slots) == num_computed; between steps num_computed == num_tokens - 1 (the last
+        sampled token's KV is stored by the next decode step).
+    """
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    image_embeds: object | None = None  # opaque payload, carried to the runner on prefill
+    arrival: int = -1  # monotonic index assigned by Router.add
+    status: RequestStatus = RequestStatus.WAITING
+    row: int | None = None  # row of the device request table while RUNNING
+    slots: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose KV is stored in `slots`
+    num_pauses: int = 0  # times this request was preempted and re-queued
+    finish_reason: str | None = None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_total_len(self) -> int:
+        return len(self.prompt_ids) + self.params.max_tokens
+
+    @property
+    def remaining_budget(self) -> int:
+        return self.params.max_tokens - len(self.output_ids)
+
+    @property
+    def is_paused(self) -> bool:
+        return self.status is RequestStatus.WAITING and self.num_pauses > 0
+
+
+__all__ = ["Request", "RequestStatus"]

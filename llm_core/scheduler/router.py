@@ -1,0 +1,299 @@
+"""Continuous-batching router with future-aware admission (DESIGN §3 "Efficient Router").
+
+Pure CPU: ints and lists. The rank-0 worker loop drives it:
+
+    batch = router.schedule()           # allocates slots/rows, commits num_computed
+    ... run the model on batch, sample one token per seq ...
+    for seq in batch.seqs:
+        router.append_token(seq.request, token)
+        if done: router.finish(seq.request, reason)
+    # add() / abort() only here, between steps
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from llm_core.scheduler.allocators import RowAllocator, SlotAllocator
+from llm_core.scheduler.request import Request, RequestStatus
+
+
+def _peak(pairs: list[tuple[int, int]]) -> int:
+    """pairs: (-b_i, a_i) sorted ascending, i.e. by remaining budget b descending."""
+    peak = total = 0
+    for k, (neg_b, a) in enumerate(pairs, 1):
+        total += a
+        value = total - k * neg_b
+        if value > peak:
+            peak = value
+    return peak
+
+
+def peak_slots(held: Iterable[int], remaining: Iterable[int]) -> int:
+    """Most slots in use at once if request i holds a_i = held[i] slots now, grows by one slot
+    per decode step, and frees everything after its last b_i = remaining[i] steps.
+
+    With b sorted descending, the peak is reached just before some request k finishes:
+    max_k (sum_{i<=k} a_i + k * b_k).
+    """
+    return _peak(sorted(zip((-b for b in remaining), held, strict=True)))
+
+
+def fits(held: Iterable[int], remaining: Iterable[int], num_slots: int) -> bool:
+    """True iff the requests can all run to their budgets without exceeding `num_slots`."""
+    return peak_slots(held, remaining) <= num_slots
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    request: Request
+    row: int  # row of the device request table
+    prefix_len: int  # tokens of this sequence whose KV is already stored
+    new_token_ids: list[int]  # tokens at positions prefix_len .. prefix_len + len - 1
+    new_slots: list[int]  # KV slot of each new token, same length as new_token_ids
+
+
+@dataclass(slots=True)
+class Batch:
+    kind: Literal["prefill", "decode"]
+    seqs: list[ScheduledSeq]
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.kind == "prefill"
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(seq.new_token_ids) for seq in self.seqs)
+
+
+class Router:
+    """Decides what runs each step and owns the KV slot and request-row free lists.
+
+    schedule() commits the batch it returns: rows and slots are allocated and every
+    request.num_computed already counts the batch's new tokens. The caller must run the batch
+    and call append_token() once per seq (and finish() where the request is done) before the
+    next schedule(); add() and abort() are called only between steps.
+
+    Invariants between steps:
+      - slots_used == sum(len(r.slots) for r in running), rows_used == len(running), and every
+        running request has len(slots) == num_computed == num_tokens - 1;
+      - strict FCFS: `waiting` is sorted by arrival and every running request arrived before
+        every waiting one (paused requests go back to the front of `waiting`);
+      - exact budgets (optimistic=False): the running set satisfies fits(), so a decode step
+        never lacks slots and nothing is ever paused;
+      - once every request has finished or been aborted, all slots and rows are free.
+    """
+
+    def __init__(
+        self,
+        num_slots: int,
+        max_running_requests: int,
+        max_prefill_tokens: int,
+        max_model_len: int,
+        decode_steps_per_prefill: int = 4,
+        optimistic: bool = False,
+        optimistic_ratio: float = 0.5,
+    ):
+        for name, value in (("max_prefill_tokens", max_prefill_tokens), ("max_model_len", max_model_len)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if decode_steps_per_prefill < 0:
+            raise ValueError(f"decode_steps_per_prefill must be >= 0, got {decode_steps_per_prefill}")
+        if not 0.0 < optimistic_ratio <= 1.0:
+            raise ValueError(f"optimistic_ratio must be in (0, 1], got {optimistic_ratio}")
+        self.slot_allocator = SlotAllocator(num_slots)
+        self.row_allocator = RowAllocator(max_running_requests)
+        self.num_slots = num_slots
+        self.max_prefill_tokens = max_prefill_tokens
+        self.max_model_len = max_model_len
+        self.decode_steps_per_prefill = decode_steps_per_prefill
+        self.optimistic = optimistic
+        self.optimistic_ratio = optimistic_ratio
+        self.waiting: deque[Request] = deque()  # read-only for callers
+        self.running: dict[str, Request] = {}  # read-only for callers; in admission order
+        self._live: dict[str, Request] = {}  # waiting or running, by request_id
+        self._next_arrival = 0
+        self._decodes_since_prefill = decode_steps_per_prefill
+        self.total_pauses = 0
+
+    # --- requests in and out -------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        """Queue a new request; ValueError (with the reason) if it can never be served."""
+        reason = self._reject_reason(req)
+        if reason is not None:
+            raise ValueError(f"request {req.request_id!r} rejected: {reason}")
+        req.arrival = self._next_arrival
+        self._next_arrival += 1
+        self.waiting.append(req)
+        self._live[req.request_id] = req
+
+    def append_token(self, req: Request, token_id: int) -> None:
+        if req.status is not RequestStatus.RUNNING:
+            raise ValueError(f"append_token: request {req.request_id!r} is {req.status.value}")
+        req.output_ids.append(token_id)
+
+    def finish(self, req: Request, reason: str) -> None:
+        """Free the slots and row of a running request and forget it."""
+        if self.running.get(req.request_id) is not req:
+            raise ValueError(f"finish: request {req.request_id!r} is not running")
+        del self.running[req.request_id]
+        del self._live[req.request_id]
+        self._release(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+
+    def abort(self, request_id: str) -> Request | None:
+        """Drop a waiting, paused or running request; None if it is unknown (already done)."""
+        req = self._live.pop(request_id, None)
+        if req is None:
+            return None
+        if req.status is RequestStatus.RUNNING:
+            del self.running[request_id]
+            self._release(req)
+        else:
+            self.waiting.remove(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = "abort"
+        return req
+
+    def has_work(self) -> bool:
+        return bool(self._live)
+
+    def stats(self) -> dict[str, int]:
+        paused = 0
+        for req in self.waiting:  # paused requests form the front of the queue
+            if req.num_pauses == 0:
+                break
+            paused += 1
+        return {
+            "slots_total": self.num_slots,
+            "slots_used": self.slot_allocator.num_used,
+            "running": len(self.running),
+            "waiting": len(self.waiting),
+            "paused": paused,
+            "total_pauses": self.total_pauses,
+        }
+
+    # --- scheduling ----------------------------------------------------------------------
+    def schedule(self) -> Batch | None:
+        """Prefill new work when there is nothing to decode or every `decode_steps_per_prefill`
+        decode steps; otherwise decode every running request. None when idle."""
+        if self.waiting and (
+            not self.running or self._decodes_since_prefill >= self.decode_steps_per_prefill
+        ):
+            batch = self._schedule_prefill()
+            if batch is not None:
+                self._decodes_since_prefill = 0
+                return batch
+        if self.running:
+            self._decodes_since_prefill += 1
+            return self._schedule_decode()
+        return None
+
+    def _schedule_prefill(self) -> Batch | None:
+        admitted = self._admit()
+        if not admitted:
+            return None
+        slots = self.slot_allocator.alloc(sum(req.num_tokens for req in admitted))
+        seqs, offset = [], 0
+        for req in admitted:
+            n = req.num_tokens
+            new_slots = slots[offset : offset + n]
+            offset += n
+            req.row = self.row_allocator.alloc()
+            req.slots = list(new_slots)
+            req.num_computed = n
+            req.status = RequestStatus.RUNNING
+            self.running[req.request_id] = req
+            # A resumed request recomputes prompt + generated tokens.
+            seqs.append(ScheduledSeq(req, req.row, 0, req.all_ids, new_slots))
+        return Batch("prefill", seqs)
+
+    def _admit(self) -> list[Request]:
+        """Pop from the head of `waiting` while the next request fits the rows, the prefill
+        token budget (the first one always does) and the future-aware slot check."""
+        pairs = sorted((-self._budget(r), len(r.slots)) for r in self.running.values())
+        admitted: list[Request] = []
+        token_budget = self.max_prefill_tokens
+        num_rows = self.row_allocator.num_free
+        while self.waiting and len(admitted) < num_rows:
+            req = self.waiting[0]
+            n = req.num_tokens
+            if admitted and n > token_budget:
+                break
+            candidate = (-self._budget(req), n)
+            index = bisect.bisect_left(pairs, candidate)
+            pairs.insert(index, candidate)
+            if _peak(pairs) > self.num_slots:
+                break  # FCFS: never skip ahead of a request that does not fit
+            self.waiting.popleft()
+            admitted.append(req)
+            token_budget -= n
+        return admitted
+
+    def _schedule_decode(self) -> Batch:
+        if len(self.running) > self.slot_allocator.num_free:
+            self._pause_newest()
+        reqs = list(self.running.values())
+        new_slots = self.slot_allocator.alloc(len(reqs))
+        seqs = []
+        for req, slot in zip(reqs, new_slots, strict=True):
+            assert req.num_computed == req.num_tokens - 1, "append_token() missing after a step"
+            assert req.remaining_budget > 0, "request at max_tokens was not finished"
+            seqs.append(ScheduledSeq(req, req.row, req.num_computed, [req.output_ids[-1]], [slot]))
+            req.slots.append(slot)
+            req.num_computed += 1
+        return Batch("decode", seqs)
+
+    def _pause_newest(self) -> None:
+        """Preempt the newest running requests until one decode step fits; they go back to
+        the front of `waiting` in arrival order and later recompute their tokens."""
+        for req in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
+            if len(self.running) <= self.slot_allocator.num_free:
+                break
+            del self.running[req.request_id]
+            self._release(req)
+            req.status = RequestStatus.WAITING
+            req.num_computed = 0
+            req.num_pauses += 1
+            self.total_pauses += 1
+            self.waiting.appendleft(req)  # newest first, so the oldest ends up in front
+        assert self.running, "a lone request always fits (checked in add)"
+
+    def _budget(self, req: Request) -> int:
+        """Remaining output tokens assumed by admission (b_i), at least 1."""
+        if self.optimistic:
+            estimate = max(1, math.ceil(self.optimistic_ratio * req.params.max_tokens))
+            return max(1, estimate - len(req.output_ids))
+        return max(1, req.remaining_budget)
+
+    def _release(self, req: Request) -> None:
+        self.slot_allocator.free(req.slots)
+        self.row_allocator.free(req.row)
+        req.slots = []
+        req.row = None
+
+    def _reject_reason(self, req: Request) -> str | None:
+        if req.request_id in self._live:
+            return "duplicate request_id"
+        if req.status is not RequestStatus.WAITING or req.slots or req.row is not None:
+            return "request was already scheduled"
+        if not req.prompt_ids:
+            return "empty prompt"
+        if req.remaining_budget < 1:
+            return "max_tokens already reached"
+        need = req.num_tokens + req.remaining_budget
+        if need > self.max_model_len:
+            return f"prompt + max_tokens = {need} exceeds max_model_len {self.max_model_len}"
+        if need > self.num_slots:
+            return f"prompt + max_tokens = {need} exceeds the KV pool of {self.num_slots} slots"
+        return None
+
+
+__all__ = ["Batch", "Router", "ScheduledSeq", "fits", "peak_slots"]

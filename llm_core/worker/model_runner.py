@@ -1,0 +1,158 @@
+"""Device work of one TP rank: weights, KV cache, forward pass (and sampling on rank 0)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from llm_core.config import EngineConfig
+from llm_core.models import build_model, load_model_config, load_weights
+from llm_core.ops import select_ops
+from llm_core.worker.batch import ForwardBatch, KVCache
+
+_GIB = 1 << 30
+_CPU_KV_BUDGET = 2 * _GIB  # default KV pool on CPU when max_total_tokens is not given
+
+
+@dataclass(slots=True)
+class SeqInput:
+    """One sequence of a step, as plain data (it crosses process boundaries between ranks)."""
+
+    row: int
+    prefix_len: int
+    new_token_ids: list[int]
+    new_slots: list[int]
+    num_prompt_tokens: int = 0
+    image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
+
+
+@dataclass(slots=True)
+class StepInput:
+    is_prefill: bool
+    seqs: list[SeqInput] = field(default_factory=list)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class ModelRunner:
+    """Owns the model shard and the KV pool shard of one rank."""
+
+    def __init__(self, cfg: EngineConfig, rank: int, tp_group=None) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.model_config = load_model_config(cfg.model_dir)
+        self.max_model_len = cfg.max_model_len or self.model_config.max_position_embeddings
+        if cfg.device == "cuda":
+            torch.cuda.set_device(rank)
+            self.device = torch.device("cuda", rank)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(int(os.environ.get("LLM_CORE_CPU_THREADS", max(1, (os.cpu_count() or 2) // (2 * cfg.tp)))))
+        self.dtype = torch_dtype(cfg.torch_dtype_name)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(self.model_config, self.dtype, self.device, rank, cfg.tp, tp_group)
+        load_weights(self.model, cfg.model_dir, cfg.load_format)
+        self.model.eval()
+        self.ops = select_ops(self.device, cfg.force_torch_ops)
+        self.image_token_index = self.model_config.image_token_index
+        self.kv: KVCache | None = None
+
+    # --- KV pool -------------------------------------------------------------------------
+    def kv_heads_per_rank(self) -> int:
+        return max(1, self.model_config.num_kv_heads // self.cfg.tp)
+
+    def bytes_per_token(self) -> int:
+        mc = self.model_config
+        return KVCache.bytes_per_token(mc.num_layers, self.kv_heads_per_rank(), mc.head_dim, self.dtype)
+
+    def max_slots_available(self) -> int:
+        """How many token slots this rank can hold (ranks agree on the minimum)."""
+        if self.cfg.max_total_tokens is not None:
+            return self.cfg.max_total_tokens
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            reserve = 1 * _GIB + self.cfg.max_prefill_tokens * self.model_config.hidden_size * 64
+            budget = int(total * self.cfg.mem_fraction) - (total - free) - reserve
+            return max(0, budget // self.bytes_per_token())
+        return _CPU_KV_BUDGET // self.bytes_per_token()
+
+    def allocate_kv(self, num_slots: int) -> None:
+        mc = self.model_config
+        self.kv = KVCache.allocate(
+            mc.num_layers, num_slots, self.kv_heads_per_rank(), mc.head_dim,
+            self.cfg.max_running_requests, self.max_model_len, self.dtype, self.device,
+        )
+
+    # --- forward -------------------------------------------------------------------------
+    def prepare(self, step: StepInput) -> ForwardBatch:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        out_slots: list[int] = []
+        rows: list[int] = []
+        prefix_lens: list[int] = []
+        seq_lens: list[int] = []
+        starts = [0]
+        image_rows: list[torch.Tensor] = []
+        image_positions: list[int] = []
+        for seq in step.seqs:
+            n = len(seq.new_token_ids)
+            base = len(input_ids)
+            input_ids += seq.new_token_ids
+            positions += range(seq.prefix_len, seq.prefix_len + n)
+            out_slots += seq.new_slots
+            rows.append(seq.row)
+            prefix_lens.append(seq.prefix_len)
+            seq_lens.append(seq.prefix_len + n)
+            starts.append(base + n)
+            if seq.image_embeds is not None and step.is_prefill:
+                idx, pos = self._image_positions(seq)
+                if idx:
+                    image_rows.append(torch.from_numpy(seq.image_embeds[idx]))
+                    image_positions += [base + p for p in pos]
+        dev = self.device
+        to_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)  # noqa: E731
+        positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
+        out_slots_t = to_i32(out_slots)
+        starts_t = to_i32(starts)
+        rows_t = to_i32(rows)
+        # Record where each new token's KV lives: req_to_slot[row, position] = slot.
+        rows_per_token = torch.repeat_interleave(rows_t.long(), starts_t.diff().long())
+        self.kv.req_to_slot[rows_per_token, positions_t] = out_slots_t
+        batch = ForwardBatch(
+            is_prefill=step.is_prefill,
+            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
+            positions=positions_t,
+            out_slots=out_slots_t,
+            req_rows=rows_t,
+            prefix_lens=to_i32(prefix_lens),
+            seq_lens=to_i32(seq_lens),
+            query_start_loc=starts_t,
+            logits_indices=(starts_t[1:] - 1).long(),
+            max_query_len=max(s - e for s, e in zip(starts[1:], starts[:-1], strict=True)),
+            max_seq_len=max(seq_lens),
+        )
+        if image_rows:
+            batch.image_embeds = torch.cat(image_rows).to(dev, self.dtype)
+            batch.image_positions = torch.tensor(image_positions, dtype=torch.int64, device=dev)
+        return batch
+
+    def _image_positions(self, seq: SeqInput) -> tuple[list[int], list[int]]:
+        """(rows of seq.image_embeds, offsets within the new tokens) of the prompt's image tokens.
+
+        Prefills always start at position 0 (no prefix cache yet), so the k-th image token of
+        the new tokens is the k-th row of the request's image embeddings.
+        """
+        assert seq.prefix_len == 0, "image requests are prefilled from position 0"
+        token = self.image_token_index
+        offsets = [i for i, t in enumerate(seq.new_token_ids[: seq.num_prompt_tokens]) if t == token]
+        return list(range(len(offsets))), offsets
+
+    @torch.inference_mode()
+    def forward(self, step: StepInput) -> torch.Tensor:
+        batch = self.prepare(step)
+        return self.model(batch, self.kv, self.ops)  # [B, vocab] fp32

@@ -1,0 +1,141 @@
+"""Worker process entry point: one process per TP rank, rank 0 also runs the scheduler loop."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from llm_core.config import EngineConfig
+from llm_core.scheduler import Router
+from llm_core.worker.model_runner import ModelRunner, StepInput
+from llm_core.worker.scheduler_loop import AddCommand, SchedulerLoop
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the process that started us dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_distributed(cfg: EngineConfig, rank: int):
+    """Returns (tp_group for tensors, cpu_group for control objects); (None, None) at tp=1."""
+    if cfg.tp == 1:
+        return None, None
+    backend = "nccl" if cfg.device == "cuda" else "gloo"
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{cfg.dist_port}", rank=rank, world_size=cfg.tp,
+        timeout=timedelta(seconds=600),
+    )
+    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    return dist.group.WORLD, cpu_group
+
+
+def _agree_num_slots(runner: ModelRunner, cpu_group) -> int:
+    slots = torch.tensor([runner.max_slots_available()], dtype=torch.int64)
+    if cpu_group is not None:
+        dist.all_reduce(slots, op=dist.ReduceOp.MIN, group=cpu_group)
+    return int(slots.item())
+
+
+def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
+    """conn: a Pipe end to the engine (rank 0) or to nothing but readiness (ranks > 0)."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when we stop
+    try:
+        tp_group, cpu_group = _init_distributed(cfg, rank)
+        runner = ModelRunner(cfg, rank, tp_group)
+        num_slots = _agree_num_slots(runner, cpu_group)
+        if num_slots < 1:
+            raise RuntimeError("no device memory left for the KV cache (raise mem_fraction?)")
+        runner.allocate_kv(num_slots)
+    except BaseException:
+        conn.send(("fatal", rank, traceback.format_exc()))
+        raise SystemExit(1) from None
+    if rank == 0:
+        _rank0_loop(cfg, runner, conn, cpu_group, num_slots)
+    else:
+        conn.send(("ready", rank, num_slots))
+        _follower_loop(runner, cpu_group)
+    if cpu_group is not None:
+        dist.destroy_process_group()
+
+
+def _broadcaster(cpu_group):
+    if cpu_group is None:
+        return lambda step: None
+
+    def broadcast(step: StepInput | None) -> None:
+        dist.broadcast_object_list([step], src=0, group=cpu_group)
+
+    return broadcast
+
+
+def _follower_loop(runner: ModelRunner, cpu_group) -> None:
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0, group=cpu_group)
+        if box[0] is None:
+            return
+        runner.forward(box[0])
+
+
+def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slots: int) -> None:
+    router = Router(
+        num_slots=num_slots,
+        max_running_requests=cfg.max_running_requests,
+        max_prefill_tokens=cfg.max_prefill_tokens,
+        max_model_len=runner.max_model_len,
+        decode_steps_per_prefill=cfg.decode_steps_per_prefill,
+        optimistic=cfg.optimistic_admission,
+        optimistic_ratio=cfg.optimistic_ratio,
+    )
+    broadcast = _broadcaster(cpu_group)
+    loop = SchedulerLoop(runner, router, _load_tokenizer(cfg.model_dir), conn.send, broadcast)
+    conn.send(("ready", 0, num_slots))
+    try:
+        while True:
+            # Block when idle; otherwise just drain what has arrived since the last step.
+            timeout = 0 if loop.has_work() else 0.5
+            while conn.poll(timeout):
+                message = conn.recv()
+                kind = message[0]
+                if kind == "add":
+                    loop.add(message[1])
+                elif kind == "abort":
+                    loop.abort(message[1])
+                elif kind == "shutdown":
+                    broadcast(None)
+                    return
+                timeout = 0
+            loop.step()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the engine went away
+    except BaseException:
+        conn.send(("fatal", 0, traceback.format_exc()))
+        raise
+
+
+def _load_tokenizer(model_dir: str):
+    if not os.path.exists(os.path.join(model_dir, "tokenizer.json")) and not os.path.exists(
+        os.path.join(model_dir, "tokenizer.model")
+    ):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+__all__ = ["AddCommand", "worker_main", "die_with_parent"]

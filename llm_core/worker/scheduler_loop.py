@@ -1,0 +1,166 @@
+"""The rank-0 hot loop: take commands, schedule, run, sample, stop, report.
+
+Runs inside the rank-0 worker process, so the caller's GIL (Triton's response sending) is
+never held by it. One message per step goes back to the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from llm_core.detokenizer import StopStringChecker
+from llm_core.outputs import StreamChunk
+from llm_core.sampling import Sampler, SamplingInput
+from llm_core.scheduler import Request, Router
+from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+
+CONTEXT_IDS = 6  # ids sent with each chunk for stateless detokenization downstream
+
+
+@dataclass(slots=True)
+class AddCommand:
+    request_id: str
+    prompt_ids: list[int]
+    params: object  # SamplingParams
+    image_embeds: object | None = None  # np.ndarray [N, hidden]
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """Per-request state the loop keeps beside the router's Request."""
+
+    request: Request
+    generator: torch.Generator | None
+    stop_checker: StopStringChecker | None
+    released: list[int] = field(default_factory=list)  # output ids already sent
+
+
+class SchedulerLoop:
+    def __init__(self, runner: ModelRunner, router: Router, tokenizer, send: Callable, broadcast: Callable):
+        self.runner = runner
+        self.router = router
+        self.tokenizer = tokenizer
+        self.send = send  # send(message) to the engine
+        self.broadcast = broadcast  # broadcast(step) to ranks > 0 (no-op at tp=1)
+        self.sampler = Sampler(seed=runner.cfg.seed, device=runner.device)
+        self.eos_ids = tuple(runner.model_config.eos_token_ids)
+        self.tracked: dict[str, _Tracked] = {}
+        self.counters = {"prompt_tokens_total": 0, "generation_tokens_total": 0, "requests_finished": 0}
+        self.dirty = True  # stats changed since last report
+
+    # --- commands ------------------------------------------------------------------------
+    def add(self, cmd: AddCommand) -> None:
+        req = Request(
+            request_id=cmd.request_id, prompt_ids=list(cmd.prompt_ids), params=cmd.params,
+            image_embeds=cmd.image_embeds,
+        )
+        try:
+            self.router.add(req)
+        except ValueError as exc:
+            self.send(("outputs", [self._chunk_error(cmd.request_id, str(exc))], self.stats()))
+            return
+        params = cmd.params
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        checker = None
+        if params.stop and self.tokenizer is not None:
+            checker = StopStringChecker(self.tokenizer, params.stop, req.prompt_ids[-CONTEXT_IDS:])
+        self.tracked[cmd.request_id] = _Tracked(req, generator, checker)
+        self.counters["prompt_tokens_total"] += len(req.prompt_ids)
+        self.dirty = True
+
+    def abort(self, request_id: str) -> None:
+        req = self.router.abort(request_id)
+        tracked = self.tracked.pop(request_id, None)
+        if req is None and tracked is None:
+            return
+        self.dirty = True
+        self.send(("outputs", [StreamChunk(request_id, [], "abort", time=time.monotonic())], self.stats()))
+
+    def has_work(self) -> bool:
+        return bool(self.tracked)
+
+    # --- one step ------------------------------------------------------------------------
+    def step(self) -> None:
+        batch = self.router.schedule()
+        if batch is None:
+            if self.dirty:
+                self.send(("stats", self.stats()))
+                self.dirty = False
+            return
+        step = StepInput(is_prefill=batch.kind == "prefill")
+        for seq in batch.seqs:
+            req = seq.request
+            step.seqs.append(
+                SeqInput(seq.row, seq.prefix_len, list(seq.new_token_ids), list(seq.new_slots),
+                         len(req.prompt_ids), req.image_embeds if step.is_prefill else None)
+            )
+        self.broadcast(step)
+        logits = self.runner.forward(step)
+        inputs = [self._sampling_input(seq.request) for seq in batch.seqs]
+        result = self.sampler(logits, inputs)
+        chunks = []
+        for i, seq in enumerate(batch.seqs):
+            logprob = result.logprobs[i] if result.logprobs is not None else None
+            chunk = self._on_token(seq.request, result.token_ids[i], logprob)
+            if chunk is not None:
+                chunks.append(chunk)
+        self.counters["generation_tokens_total"] += len(batch.seqs)
+        self.dirty = False
+        self.send(("outputs", chunks, self.stats()))
+
+    def _sampling_input(self, req: Request) -> SamplingInput:
+        tracked = self.tracked[req.request_id]
+        return SamplingInput(req.params, req.prompt_ids, req.output_ids, self.eos_ids, tracked.generator)
+
+    def _on_token(self, req: Request, token: int, logprob: float | None) -> StreamChunk | None:
+        tracked = self.tracked[req.request_id]
+        self.router.append_token(req, token)
+        params = req.params
+        reason = self._finish_reason(req, token)
+        trim = 0
+        if tracked.stop_checker is not None:
+            released = tracked.stop_checker.push(token)
+            new_ids = released.token_ids
+            if released.matched:
+                reason, trim = "stop", released.text_trim
+            elif reason is not None:
+                new_ids = new_ids + tracked.stop_checker.flush()
+        else:
+            new_ids = [token]
+        context = (req.prompt_ids + tracked.released)[-CONTEXT_IDS:]
+        tracked.released += new_ids
+        if reason is not None:
+            self.router.finish(req, reason)
+            del self.tracked[req.request_id]
+            self.counters["requests_finished"] += 1
+        elif not new_ids:
+            return None
+        logprobs = [logprob] if params.logprobs and logprob is not None else None
+        return StreamChunk(
+            req.request_id, new_ids, reason, text_trim=trim, logprobs=logprobs, context_ids=context,
+            num_prompt_tokens=len(req.prompt_ids), time=time.monotonic(),
+        )
+
+    def _finish_reason(self, req: Request, token: int) -> str | None:
+        params = req.params
+        num_out = len(req.output_ids)
+        if num_out >= params.min_tokens:
+            if token in params.stop_token_ids:
+                return "stop"
+            if not params.ignore_eos and token in self.eos_ids:
+                return "stop"
+        if num_out >= params.max_tokens or len(req.prompt_ids) + num_out >= self.runner.max_model_len:
+            return "length"
+        return None
+
+    def _chunk_error(self, request_id: str, message: str) -> StreamChunk:
+        return StreamChunk(request_id, [], "error", error=message, time=time.monotonic())
+
+    def stats(self) -> dict:
+        return {**self.router.stats(), **self.counters}

@@ -1,0 +1,188 @@
+"""The engine end to end on CPU: exact against transformers, batch invariant, pauses, stops."""
+
+from __future__ import annotations
+
+import queue
+import random
+
+import pytest
+import torch
+
+from llm_core import Engine, EngineConfig, SamplingParams
+
+NEW_TOKENS = 32
+
+
+def _prompts(vocab_size: int, count: int, seed: int, special: set[int]) -> list[list[int]]:
+    rng = random.Random(seed)
+    usable = [t for t in range(vocab_size) if t not in special]
+    lengths = [3, 40, 7, 25, 1, 12, 33, 5, 18, 9][:count] + [rng.randint(1, 40) for _ in range(count - 10)]
+    return [[rng.choice(usable) for _ in range(n)] for n in lengths[:count]]
+
+
+def _special_ids(engine: Engine) -> set[int]:
+    tok = engine.tokenizer
+    ids = set(tok.all_special_ids) if tok is not None else set()
+    if engine.model_config.image_token_index is not None:
+        ids.add(engine.model_config.image_token_index)
+    return ids
+
+
+def run_staggered(engine: Engine, prompts, params, image_embeds=None, every: int = 3, seed: int = 0):
+    """Submit prompt i once `every * i` chunks have arrived: arrivals land on different steps
+    of one continuous batch. Returns the generated ids of each prompt."""
+    rng = random.Random(seed)
+    q: queue.Queue = queue.Queue()
+    embeds = image_embeds or [None] * len(prompts)
+    ids: list[str] = []
+    outputs: dict[str, list[int]] = {}
+    reasons: dict[str, str] = {}
+    seen = 0
+    next_at = 0
+    while len(reasons) < len(prompts):
+        while len(ids) < len(prompts) and seen >= next_at:
+            i = len(ids)
+            ids.append(engine.add_request(prompts[i], params, embeds[i], output_queue=q))
+            outputs[ids[-1]] = []
+            next_at = seen + rng.randint(0, every)
+        chunk = q.get(timeout=120)
+        seen += 1
+        outputs[chunk.request_id] += chunk.token_ids
+        if chunk.finished:
+            assert chunk.finish_reason in ("stop", "length"), chunk
+            reasons[chunk.request_id] = chunk.finish_reason
+    return [outputs[i] for i in ids]
+
+
+def hf_greedy(hf_model, prompt: list[int], max_new: int, **extra) -> list[int]:
+    with torch.no_grad():
+        out = hf_model.generate(
+            torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False, num_beams=1,
+            pad_token_id=0, **extra,
+        )
+    return out[0, len(prompt):].tolist()
+
+
+def _trim_after_eos(ids: list[int], eos: tuple[int, ...]) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[: i + 1]
+    return ids
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def text_model(request, tiny_model_factory):
+    model_dir = tiny_model_factory(request.param)
+    engine = Engine(EngineConfig(model_dir=str(model_dir), device="cpu", dtype="float32"))
+    yield model_dir, engine
+    engine.shutdown()
+
+
+def test_greedy_matches_transformers_in_a_staggered_batch(text_model):
+    from transformers import AutoModelForCausalLM
+
+    model_dir, engine = text_model
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = _prompts(engine.model_config.vocab_size, 10, seed=1, special=_special_ids(engine))
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0)
+    got = run_staggered(engine, prompts, params)
+    eos = engine.model_config.eos_token_ids
+    for prompt, ours in zip(prompts, got, strict=True):
+        assert ours == _trim_after_eos(hf_greedy(hf, prompt, NEW_TOKENS), eos)
+    assert engine.stats()["slots_used"] == 0
+
+
+def test_batch_invariance_with_concurrent_requests(text_model):
+    _, engine = text_model
+    prompts = _prompts(engine.model_config.vocab_size, 36, seed=2, special=_special_ids(engine))
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    alone = [engine.generate([p], params)[0].token_ids for p in prompts[:6]]
+    together = run_staggered(engine, prompts, params, every=2, seed=3)
+    assert together[:6] == alone
+    assert all(len(ids) == 24 for ids in together)
+    assert engine.stats()["slots_used"] == 0
+
+
+def test_pause_and_resume_keeps_outputs(tiny_model_factory):
+    model_dir = tiny_model_factory("llama")
+    prompts = [[5 + i, 17, 33 + i, 9] * (1 + i % 3) for i in range(12)]
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    with Engine(EngineConfig(model_dir=str(model_dir), dtype="float32")) as roomy:
+        expected = [o.token_ids for o in roomy.generate(prompts, params)]
+    tight = EngineConfig(
+        model_dir=str(model_dir), dtype="float32", max_total_tokens=160,
+        optimistic_admission=True, optimistic_ratio=0.1,
+    )
+    with Engine(tight) as engine:
+        got = [o.token_ids for o in engine.generate(prompts, params)]
+        stats = engine.stats()
+    assert stats["total_pauses"] > 0
+    assert got == expected
+    assert stats["slots_used"] == 0
+
+
+def test_seeded_sampling_and_top_k_one(text_model):
+    _, engine = text_model
+    prompt = [11, 12, 13, 14]
+    sampled = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True)
+    first = engine.generate([prompt], sampled)[0].token_ids
+    others = _prompts(engine.model_config.vocab_size, 8, seed=5, special=_special_ids(engine))
+    batch = engine.generate([prompt, *others], sampled)[0].token_ids
+    assert first == batch
+    other_seed = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=1.0, seed=99, ignore_eos=True))
+    assert other_seed[0].token_ids != first
+    greedy = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+    top1 = engine.generate([prompt], SamplingParams(max_tokens=20, temperature=1.3, top_k=1, seed=7, ignore_eos=True))
+    assert top1[0].token_ids == greedy[0].token_ids
+
+
+def test_stop_strings_cut_exactly(text_model):
+    _, engine = text_model
+    tok = engine.tokenizer
+    prompt = tok.encode("hello world")
+    free = engine.generate([prompt], SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True))[0]
+    text = free.text
+    assert len(text) > 6
+    for start, length in ((3, 2), (len(text) // 2, 3), (1, 1)):
+        stop = text[start : start + length]
+        cut = text[: text.index(stop)]
+        out = engine.generate([prompt], SamplingParams(max_tokens=32, temperature=0.0, stop=(stop,), ignore_eos=True))[0]
+        assert out.finish_reason == "stop"
+        assert out.text == cut
+        streamed = "".join(_stream_text(engine, prompt, stop))
+        assert streamed == cut
+
+
+def _stream_text(engine, prompt, stop):
+    from llm_core.detokenizer import IncrementalDetokenizer
+
+    detok = IncrementalDetokenizer(engine.tokenizer, prompt[-6:])
+    params = SamplingParams(max_tokens=32, temperature=0.0, stop=(stop,), ignore_eos=True)
+    for chunk in engine.stream(prompt, params):
+        text = detok.push(chunk.token_ids)
+        if chunk.finished:
+            text += detok.finish()
+            text = text[: len(text) - chunk.text_trim]
+        yield text
+
+
+def test_abort_and_errors_free_everything(text_model):
+    _, engine = text_model
+    q: queue.Queue = queue.Queue()
+    params = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+    rid = engine.add_request([1, 2, 3], params, output_queue=q)
+    first = q.get(timeout=60)
+    assert first.request_id == rid
+    engine.abort(rid)
+    while True:
+        chunk = q.get(timeout=60)
+        if chunk.finished:
+            break
+    assert chunk.finish_reason == "abort"
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add_request([], params)
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.add_request([1, 2], SamplingParams(max_tokens=engine.max_model_len))
+    out = engine.generate([[4, 5]], SamplingParams(max_tokens=3, temperature=0.0))[0]
+    assert out.finish_reason in ("stop", "length")
+    assert engine.stats()["slots_used"] == 0
