@@ -24,8 +24,16 @@ def _post(url: str, body: dict, timeout_s: float):
     try:
         return urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")
-        raise RuntimeError(f"HTTP {exc.code} from {url}: {detail}") from None
+        raise RuntimeError(f"HTTP {exc.code} from {url}: {_error_text(exc.read())}") from None
+
+
+def _error_text(body: bytes) -> str:
+    """The server's error message from a JSON body or an SSE `data:` event."""
+    text = body.decode("utf-8", "replace").strip().removeprefix("data:")
+    try:
+        return json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 def _base(url: str) -> str:

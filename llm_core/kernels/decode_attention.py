@@ -1,0 +1,314 @@
+"""Decode attention (one query per sequence) over the token KV pool: split-K flash decoding.
+
+Stage 1: program (seq, kv_head, split) attends the GROUP query heads that share kv_head to the
+keys [split * split_len, (split + 1) * split_len) of its sequence, so each K/V row is read once
+per kv head. It writes the normalized partial output and its log-sum-exp (log2 units).
+Stage 2: program (seq, q_head) merges the partials of the splits that hold any keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from llm_core.kernels._checks import check_device, check_float, check_index, dot_upcast
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_block(
+    acc,
+    m_i,
+    l_i,
+    q,  # [BLOCK_G, BLOCK_D]
+    start_n,
+    end,
+    slot_row_ptr,
+    k_head_ptr,
+    v_head_ptr,
+    stride_slot,
+    dims,
+    dim_mask,
+    qk_scale,
+    MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if MASKED:
+        key_mask = offs_n < end
+        slots = tl.load(slot_row_ptr + offs_n, mask=key_mask, other=0).to(tl.int64)
+    else:
+        slots = tl.load(slot_row_ptr + offs_n).to(tl.int64)
+    kv_offs = slots[:, None] * stride_slot + dims[None, :]  # [BLOCK_N, BLOCK_D]
+    if MASKED:
+        kv_mask = key_mask[:, None] & dim_mask[None, :]
+        k = tl.load(k_head_ptr + kv_offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_head_ptr + kv_offs, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_head_ptr + kv_offs)
+        v = tl.load(v_head_ptr + kv_offs)
+    else:
+        k = tl.load(k_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
+        v = tl.load(v_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+    if IEEE:
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        qk = tl.dot(q, tl.trans(k))
+    qk = qk * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
+    if MASKED:
+        qk = tl.where(key_mask[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+    p = tl.math.exp2(qk - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None]
+    if UPCAST:
+        p_v = p.to(v.dtype).to(tl.float32)
+        v = v.to(tl.float32)
+    else:
+        p_v = p.to(v.dtype)
+    if IEEE:
+        acc = tl.dot(p_v, v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p_v, v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,  # [B, Hq, D]
+    k_cache_ptr,  # [S + 1, Hk, D]
+    v_cache_ptr,
+    req_to_slot_ptr,  # [R + 1, L] int32
+    req_rows_ptr,  # [B]
+    seq_lens_ptr,  # [B]
+    mid_out_ptr,  # [B, Hq, num_splits, D] fp32 contiguous
+    mid_lse_ptr,  # [B, Hq, num_splits] fp32 contiguous
+    stride_q_seq,
+    stride_q_head,
+    stride_kv_slot,
+    stride_kv_head,
+    stride_req_row,
+    qk_scale,
+    split_len,  # a multiple of BLOCK_N
+    num_splits,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    start = split * split_len
+    if start >= seq_len:
+        return  # the reduce reads only splits below cdiv(seq_len, split_len)
+    end = tl.minimum(seq_len, start + split_len)
+    row = tl.load(req_rows_ptr + seq).to(tl.int64)
+
+    groups = tl.arange(0, BLOCK_G)
+    heads = kv_head * GROUP + groups
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < HEAD_DIM
+    q_mask = (groups < GROUP)[:, None] & dim_mask[None, :]
+    q_offs = seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head + dims[None, :]
+    q = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    slot_row_ptr = req_to_slot_ptr + row * stride_req_row
+    k_head_ptr = k_cache_ptr + kv_head * stride_kv_head
+    v_head_ptr = v_cache_ptr + kv_head * stride_kv_head
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
+    for start_n in range(start, full_end, BLOCK_N):
+        acc, m_i, l_i = _decode_block(
+            acc, m_i, l_i, q, start_n, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
+            dims, dim_mask, qk_scale, False, EVEN_D, UPCAST, IEEE, BLOCK_N,
+        )  # fmt: skip
+    if full_end < end:
+        acc, m_i, l_i = _decode_block(
+            acc, m_i, l_i, q, full_end, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
+            dims, dim_mask, qk_scale, True, EVEN_D, UPCAST, IEEE, BLOCK_N,
+        )  # fmt: skip
+
+    mid = (seq * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]
+    out = acc / l_i[:, None]
+    tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
+    tl.store(mid_lse_ptr + mid, m_i + tl.math.log2(l_i), mask=groups < GROUP)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    mid_out_ptr,  # [B, Hq, num_splits, D] fp32
+    mid_lse_ptr,  # [B, Hq, num_splits] fp32
+    seq_lens_ptr,  # [B]
+    out_ptr,  # [B, Hq, D] contiguous
+    split_len,
+    num_splits,
+    HEAD_DIM: tl.constexpr,
+    NUM_Q_HEADS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_valid = tl.cdiv(seq_len, split_len)
+    splits = tl.arange(0, BLOCK_S)
+    dims = tl.arange(0, BLOCK_D)
+    split_mask = splits < num_valid
+    base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_splits
+    lse = tl.load(mid_lse_ptr + base + splits, mask=split_mask, other=float("-inf"))  # [BLOCK_S]
+    weights = tl.math.exp2(lse - tl.max(lse, axis=0))
+    weights = weights / tl.sum(weights, axis=0)
+    mask = split_mask[:, None] & (dims < HEAD_DIM)[None, :]
+    parts = tl.load(mid_out_ptr + (base + splits)[:, None] * HEAD_DIM + dims[None, :], mask=mask, other=0.0)
+    out = tl.sum(parts * weights[:, None], axis=0)  # [BLOCK_D]
+    out_offs = (seq * NUM_Q_HEADS + head).to(tl.int64) * HEAD_DIM + dims
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeConfig:
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    max_splits: int = 64
+    min_split_len: int = 256  # fewer keys per split than this costs more in partials than it gains
+    programs_per_sm: int = 4  # split until batch * kv_heads * splits fills this many per SM
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # interpreter: keep grids small
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_splits_for(batch: int, kv_heads: int, max_seq_len: int, num_sms: int, config: DecodeConfig) -> int:
+    """Splits per sequence so that the grid fills the GPU without splits shorter than min_split_len."""
+    wanted = triton.cdiv(config.programs_per_sm * num_sms, max(batch * kv_heads, 1))
+    by_length = max(max_seq_len // config.min_split_len, 1)
+    return max(1, min(wanted, by_length, config.max_splits))
+
+
+def decode_attention_with_splits(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_slot: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int,
+    sm_scale: float,
+    num_splits: int,
+    config: DecodeConfig,
+) -> torch.Tensor:
+    # q: [B, Hq, D]; caches: [S + 1, Hk, D]; req_to_slot: [R + 1, L] int32; req_rows, seq_lens: [B]
+    assert q.dim() == 3 and q.stride(2) == 1, (q.shape, q.stride())
+    batch, num_q_heads, head_dim = q.shape
+    assert k_cache.dim() == 3 and k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride()
+    assert k_cache.shape[2] == head_dim and k_cache.stride(2) == 1
+    num_kv_heads = k_cache.shape[1]
+    assert num_q_heads % num_kv_heads == 0, (num_q_heads, num_kv_heads)
+    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
+    assert req_to_slot.dim() == 2 and req_to_slot.dtype == torch.int32 and req_to_slot.stride(1) == 1
+    assert req_rows.shape == seq_lens.shape == (batch,) and batch <= 65535
+    check_float(q)
+    check_index(req_rows, seq_lens)
+    check_device(q, k_cache, v_cache, req_to_slot, req_rows, seq_lens)
+    out = torch.empty((batch, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
+    if batch == 0 or max_seq_len == 0:
+        return out
+    block_n = config.block_n
+    split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
+    num_splits = triton.cdiv(max_seq_len, split_len)
+    mid_out = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+    mid_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+    group = num_q_heads // num_kv_heads
+    block_d = max(triton.next_power_of_2(head_dim), 16)
+    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
+        q,
+        k_cache,
+        v_cache,
+        req_to_slot,
+        req_rows,
+        seq_lens,
+        mid_out,
+        mid_lse,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        req_to_slot.stride(0),
+        sm_scale * _LOG2E,
+        split_len,
+        num_splits,
+        HEAD_DIM=head_dim,
+        GROUP=group,
+        NUM_Q_HEADS=num_q_heads,
+        EVEN_D=block_d == head_dim,
+        UPCAST=dot_upcast(),
+        IEEE=q.dtype == torch.float32,
+        BLOCK_G=max(triton.next_power_of_2(group), 16),
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    _decode_reduce_kernel[(batch, num_q_heads)](
+        mid_out,
+        mid_lse,
+        seq_lens,
+        out,
+        split_len,
+        num_splits,
+        HEAD_DIM=head_dim,
+        NUM_Q_HEADS=num_q_heads,
+        BLOCK_S=max(triton.next_power_of_2(num_splits), 2),
+        BLOCK_D=block_d,
+        num_warps=4 if num_splits * block_d >= 2048 else 1,
+    )
+    return out
+
+
+DEFAULT_CONFIG = DecodeConfig()
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_slot: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    max_seq_len: int,
+    sm_scale: float,
+) -> torch.Tensor:
+    """One query per sequence over seq_lens[b] cached tokens (see torch_ops.decode_attention)."""
+    num_splits = num_splits_for(
+        q.shape[0], k_cache.shape[1], max_seq_len, _num_sms(q.device), DEFAULT_CONFIG
+    )
+    return decode_attention_with_splits(
+        q, k_cache, v_cache, req_to_slot, req_rows, seq_lens, max_seq_len, sm_scale, num_splits,
+        DEFAULT_CONFIG,
+    )  # fmt: skip

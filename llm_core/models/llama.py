@@ -1,0 +1,189 @@
+"""Llama-family decoder (Llama 2/3, Mistral-style GQA, Qwen2 with qkv bias) over the token KV cache.
+
+Module and parameter names mirror transformers' LlamaForCausalLM, with q/k/v fused into
+`qkv_proj` and gate/up into `gate_up_proj` (see `STACKED_PARAMS`).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from llm_core.models.config import ModelConfig
+from llm_core.models.layers import (
+    MergedGateUpLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    TensorParallel,
+    VocabParallelEmbedding,
+    default_weight_loader,
+)
+from llm_core.models.rope import build_cos_sin
+from llm_core.worker.batch import ForwardBatch, KVCache
+
+# (fused parameter, checkpoint name, shard id)
+STACKED_PARAMS = (
+    ("qkv_proj", "q_proj", "q"),
+    ("qkv_proj", "k_proj", "k"),
+    ("qkv_proj", "v_proj", "v"),
+    ("gate_up_proj", "gate_proj", 0),
+    ("gate_up_proj", "up_proj", 1),
+)
+_VISION_PREFIXES = (
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
+# transformers 5 LLaVA names, then older LLaVA names -> Llama names.
+_TEXT_RENAMES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device), requires_grad=False)
+        self.weight.weight_loader = default_weight_loader
+
+    def forward(
+        self, ops: ModuleType, x: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # x, residual: [T, hidden] -> (normed, new residual); without residual, x is the residual.
+        if residual is None:
+            return ops.rms_norm(x, self.weight, self.eps), x
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TensorParallel, dtype, device):
+        super().__init__()
+        self.layer_id = layer_id
+        self.head_dim = cfg.head_dim
+        self.sm_scale = cfg.head_dim**-0.5
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, cfg.qkv_bias, tp, dtype, device
+        )
+        self.num_heads = self.qkv_proj.num_heads  # per rank
+        self.num_kv_heads = self.qkv_proj.num_kv_heads  # per rank
+        self.o_proj = RowParallelLinear(
+            cfg.num_heads * cfg.head_dim, cfg.hidden_size, cfg.o_proj_bias, tp, dtype, device
+        )
+
+    def forward(
+        self, hidden: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, cos_sin: torch.Tensor
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.contiguous().view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = k.contiguous().view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
+        v = v.contiguous().view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
+        ops.apply_rotary(q, k, batch.positions, cos_sin)
+        k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
+        ops.store_kv(k, v, k_cache, v_cache, batch.out_slots)
+        if batch.is_prefill:
+            out = ops.prefill_attention(
+                q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.prefix_lens, batch.seq_lens,
+                batch.query_start_loc, batch.max_query_len, self.sm_scale,
+            )  # fmt: skip
+        else:
+            assert num_tokens == batch.num_seqs, "decode takes exactly one new token per sequence"
+            out = ops.decode_attention(
+                q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.seq_lens,
+                batch.max_seq_len, self.sm_scale,
+            )  # fmt: skip
+        return self.o_proj(out.view(num_tokens, self.num_heads * self.head_dim))  # [T, hidden]
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, dtype, device):
+        super().__init__()
+        self.gate_up_proj = MergedGateUpLinear(
+            cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, tp, dtype, device
+        )
+        self.down_proj = RowParallelLinear(
+            cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device
+        )
+
+    def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, hidden]
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TensorParallel, dtype, device):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, layer_id, tp, dtype, device)
+        self.mlp = LlamaMLP(cfg, tp, dtype, device)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+
+    def forward(self, hidden, residual, batch, kv, ops, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, residual = self.input_layernorm(ops, hidden, residual)
+        hidden = self.self_attn(hidden, batch, kv, ops, cos_sin)
+        hidden, residual = self.post_attention_layernorm(ops, hidden, residual)
+        return self.mlp(hidden, ops), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, dtype, device):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype, device)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, tp, dtype, device) for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+
+
+class LlamaForCausalLM(nn.Module):
+    """forward(batch, kv, ops) -> [B, vocab] fp32 logits of each sequence's last new token."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg, tp, dtype, device)
+        tied_to = self.model.embed_tokens if cfg.tie_word_embeddings else None
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp, dtype, device, tied_to)
+        self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads  # per rank, for the KV cache
+        self.register_buffer("cos_sin", build_cos_sin(cfg, torch.device(device)), persistent=False)
+
+    def embed(self, batch: ForwardBatch, ops: ModuleType) -> torch.Tensor:
+        input_ids = batch.input_ids  # [T]
+        if batch.image_embeds is None:
+            return self.model.embed_tokens(input_ids)
+        # Image placeholder ids may lie outside the vocabulary; their rows are overwritten anyway.
+        input_ids = input_ids.clone()
+        input_ids[batch.image_positions] = 0
+        embeds = self.model.embed_tokens(input_ids)  # [T, hidden]
+        ops.inject_image_embeds(embeds, batch.image_embeds, batch.image_positions)
+        return embeds
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
+        hidden = self.embed(batch, ops)  # [T, hidden]
+        residual = None
+        for layer in self.model.layers:
+            hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)
+        last = batch.logits_indices  # [B]
+        hidden, _ = self.model.norm(ops, hidden[last], residual[last])  # [B, hidden]
+        return self.lm_head(hidden).float()  # [B, vocab]
+
+    def checkpoint_param(self, name: str) -> tuple[str, str | int | None] | None:
+        """Checkpoint name -> (parameter, shard id); None for weights this model does not hold."""
+        if name.startswith(_VISION_PREFIXES) or "rotary_emb.inv_freq" in name:
+            return None
+        for old, new in _TEXT_RENAMES:
+            if name.startswith(old):
+                name = new + name.removeprefix(old)
+        if self.config.tie_word_embeddings and name == "lm_head.weight":
+            return None
+        for fused, part, shard_id in STACKED_PARAMS:
+            if f".{part}." in name:
+                return name.replace(f".{part}.", f".{fused}."), shard_id
+        return name, None

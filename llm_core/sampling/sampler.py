@@ -1,0 +1,191 @@
+"""Batched sampler: penalties, min_tokens, greedy, temperature, top-k, top-p, min-p, seeds.
+
+Per row, in this order:
+  1. min_tokens: while fewer than `min_tokens` tokens were generated, eos and stop token ids
+     get -inf.
+  2. repetition_penalty over prompt + output tokens (HF semantics: a seen token's logit l
+     becomes l / p if l > 0 else l * p).
+  3. presence / frequency penalties over output tokens only (OpenAI / vLLM semantics:
+     l -= frequency * count + presence * (count > 0)).
+  4. greedy rows (temperature == 0 or top_k == 1) take the argmax; nothing is drawn.
+  5. other rows: logits / temperature, top-k, top-p (the smallest set of most likely tokens
+     whose probability sums to >= top_p, never empty), min-p (drop p < min_p * max p), then
+     one exponential race: token = argmax(probs / q), q ~ Exp(1) i.i.d. over the vocabulary.
+
+Reproducibility: each seeded row draws its own `q` of shape [V] from its own generator, once
+per sampled step, so its tokens depend only on its own logits and seed, not on the other rows
+of the batch. Rows without a generator share the sampler's generator (one per device).
+
+Logprobs are those of the raw model distribution, log_softmax(logits), at the chosen token
+(as in vLLM); they are computed only when some row asks for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llm_core.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SamplingInput:
+    params: SamplingParams
+    prompt_ids: list[int]
+    output_ids: list[int]
+    eos_ids: tuple[int, ...]
+    generator: torch.Generator | None = None  # seeded per request on the logits' device
+
+
+@dataclass(frozen=True, slots=True)
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float] | None  # per row; 0.0 for rows that did not ask, None if none asked
+
+
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """The per-request generator for `SamplingInput.generator` (None when unseeded)."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+class Sampler:
+    def __init__(self, seed: int | None = None) -> None:
+        self._seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def __call__(self, logits: torch.Tensor, inputs: list[SamplingInput]) -> SampleResult:
+        # logits: [B, V] fp32, one row per input.
+        assert logits.dim() == 2 and logits.shape[0] == len(inputs), (logits.shape, len(inputs))
+        assert logits.dtype == torch.float32, logits.dtype
+        logprobs = None
+        if any(inp.params.logprobs for inp in inputs):
+            logprobs = torch.log_softmax(logits, dim=-1)  # [B, V], raw model distribution
+        logits = _apply_min_tokens(logits, inputs)
+        logits = _apply_penalties(logits, inputs)
+
+        token_ids = logits.argmax(dim=-1)  # [B]; kept for greedy rows
+        sampled_rows = [i for i, inp in enumerate(inputs) if not inp.params.greedy]
+        if sampled_rows:
+            rows = torch.tensor(sampled_rows, device=logits.device)
+            probs = _filtered_probs(logits[rows], [inputs[i].params for i in sampled_rows])
+            q = self._exponentials(probs.shape[1], [inputs[i].generator for i in sampled_rows], logits.device)
+            token_ids[rows] = (probs / q).argmax(dim=-1)
+
+        chosen = token_ids.tolist()
+        if logprobs is None:
+            return SampleResult(chosen, None)
+        picked = logprobs.gather(1, token_ids[:, None]).squeeze(1).tolist()
+        asked = [inp.params.logprobs for inp in inputs]
+        return SampleResult(chosen, [lp if ask else 0.0 for lp, ask in zip(picked, asked, strict=True)])
+
+    def _exponentials(
+        self, vocab_size: int, generators: list[torch.Generator | None], device: torch.device
+    ) -> torch.Tensor:
+        # -> [S, V]: one Exp(1) draw per token. Seeded rows draw on their own generator (one
+        # [V] draw per step), the rest on the shared one.
+        q = torch.empty(len(generators), vocab_size, device=device)
+        shared = [i for i, g in enumerate(generators) if g is None]
+        for i, g in enumerate(generators):
+            if g is not None:
+                q[i].exponential_(generator=g)
+        if shared:
+            q[shared] = torch.empty(len(shared), vocab_size, device=device).exponential_(
+                generator=self._shared_generator(device)
+            )
+        # Exp(1) may return exactly 0 on some backends: probs / 0 would be inf (or NaN).
+        return q.clamp_(min=torch.finfo(q.dtype).tiny)
+
+    def _shared_generator(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            if self._seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(self._seed)
+            self._generators[device] = generator
+        return generator
+
+
+def _apply_min_tokens(logits: torch.Tensor, inputs: list[SamplingInput]) -> torch.Tensor:
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, inp in enumerate(inputs):
+        if len(inp.output_ids) < inp.params.min_tokens:
+            banned = set(inp.eos_ids) | set(inp.params.stop_token_ids)
+            rows += [i] * len(banned)
+            cols += sorted(banned)
+    if not rows:
+        return logits
+    logits = logits.clone()
+    index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
+    logits[index] = float("-inf")
+    return logits
+
+
+def _apply_penalties(logits: torch.Tensor, inputs: list[SamplingInput]) -> torch.Tensor:
+    penalized = [i for i, inp in enumerate(inputs) if inp.params.needs_penalties]
+    if not penalized:
+        return logits
+    device = logits.device
+    params = [inputs[i].params for i in penalized]
+    rows = torch.tensor(penalized, device=device)
+    sub = logits[rows]  # [P, V]
+    output_counts = _token_counts([inputs[i].output_ids for i in penalized], sub.shape[1], device)
+    prompt_counts = _token_counts([inputs[i].prompt_ids for i in penalized], sub.shape[1], device)
+
+    repetition = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]  # [P, 1]
+    seen = (output_counts > 0) | (prompt_counts > 0)
+    penalized_logits = torch.where(sub > 0, sub / repetition, sub * repetition)
+    sub = torch.where(seen, penalized_logits, sub)
+
+    frequency = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]
+    presence = torch.tensor([p.presence_penalty for p in params], device=device)[:, None]
+    sub = sub - frequency * output_counts - presence * (output_counts > 0).float()
+
+    logits = logits.clone()
+    logits[rows] = sub
+    return logits
+
+
+def _token_counts(id_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
+    # -> [len(id_lists), V] fp32: how often each token occurs in each list.
+    counts = torch.zeros(len(id_lists), vocab_size, device=device)
+    rows = [i for i, ids in enumerate(id_lists) for _ in ids]
+    if rows:
+        cols = [t for ids in id_lists for t in ids]
+        index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+        counts.index_put_(index, torch.ones(len(rows), device=device), accumulate=True)
+    return counts
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    # logits: [S, V] of rows that sample -> probs [S, V] with filtered tokens at exactly 0.
+    device = logits.device
+    vocab_size = logits.shape[1]
+    # The floor only keeps logits / temperature finite; below it sampling is argmax anyway.
+    temperature = torch.tensor([max(p.temperature, 1e-6) for p in params], device=device)[:, None]
+    logits = logits / temperature
+    if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [S, V]
+        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab_size for p in params], device=device)
+        rank = torch.arange(vocab_size, device=device)
+        sorted_logits = sorted_logits.masked_fill(rank[None, :] >= top_k[:, None], float("-inf"))
+        if any(p.top_p < 1.0 for p in params):
+            top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+            sorted_probs = sorted_logits.softmax(dim=-1)
+            mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [S, V], 0 at rank 0
+            drop = (mass_before >= top_p) & (top_p < 1.0)
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    if any(p.min_p > 0.0 for p in params):
+        min_p = torch.tensor([p.min_p for p in params], device=device)[:, None]
+        threshold = min_p * probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < threshold, 0.0)
+    return probs

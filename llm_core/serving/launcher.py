@@ -1,0 +1,154 @@
+"""Start tritonserver on our model repository: `python -m llm_core.serving.launcher [flags] [-- triton args]`.
+
+What it adds around `tritonserver --model-repository=model_repository`:
+- finds the binary and sets up its environment (tritonserver_env.py);
+- resolves the model directory (flag, LLM_MODEL_DIR, or the default tiny LLaVA it builds) and
+  passes it and the engine settings to the four models through LLM_* environment variables;
+- gives the Python backend a shm-region prefix unique to this launch, and a private runtime
+  directory (LLM_SERVING_RUNTIME_DIR: the cancellation relay's ipc socket lives there);
+- forwards SIGTERM/SIGINT to tritonserver, which runs in its own session and gets SIGTERM from the
+  kernel if this launcher is killed (PR_SET_PDEATHSIG); after tritonserver exits, however it
+  exited, removes that shm prefix and the runtime directory. Python stubs exit by themselves when
+  tritonserver dies, and engine workers die with their stub (PR_SET_PDEATHSIG in llm_core).
+- prints the HTTP/gRPC/metrics addresses once the server is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
+from llm_core.serving.tritonserver_env import find_tritonserver, server_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHM_PREFIX_BASE = "triton_python_backend_shm_region_llmcore"
+ENV_RUNTIME_DIR = "LLM_SERVING_RUNTIME_DIR"
+_PR_SET_PDEATHSIG = 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", help=f"HF Llama/Qwen2/LLaVA directory (default: ${ENV_MODEL_DIR} or tiny LLaVA)")
+    p.add_argument("--model-repository", default=str(REPO_ROOT / "model_repository"))
+    p.add_argument("--host", default="127.0.0.1", help="address printed for clients")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--device", help="cpu or cuda (LLM_DEVICE)")
+    p.add_argument("--tp", type=int, help="tensor-parallel ranks (LLM_TP)")
+    p.add_argument("--max-total-tokens", type=int, help="KV pool size in tokens (LLM_MAX_TOTAL_TOKENS)")
+    p.add_argument("--max-model-len", type=int, help="context limit (LLM_MAX_MODEL_LEN)")
+    p.add_argument("--dtype", help="float32 | float16 | bfloat16 | auto (LLM_DTYPE)")
+    p.add_argument("--shm-prefix", help="Python backend shm-region prefix (default: unique per launch)")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
+    p.add_argument("triton_args", nargs="*", help="extra tritonserver arguments (after --)")
+    return p.parse_args(argv)
+
+
+def model_env(args: argparse.Namespace) -> dict[str, str]:
+    """LLM_* variables read by the models (llm_core/serving/settings.py)."""
+    env = {ENV_MODEL_DIR: str(resolve_model_dir(args.model_dir, build_default=True))}
+    for flag, name in (("device", "LLM_DEVICE"), ("tp", "LLM_TP"), ("max_total_tokens", "LLM_MAX_TOTAL_TOKENS"),
+                       ("max_model_len", "LLM_MAX_MODEL_LEN"), ("dtype", "LLM_DTYPE")):
+        value = getattr(args, flag)
+        if value is not None:
+            env[name] = str(value)
+    return env
+
+
+def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namespace, shm_prefix: str) -> list[str]:
+    cmd = [str(binary), f"--model-repository={args.model_repository}",
+           f"--http-port={args.http_port}", f"--grpc-port={args.grpc_port}", f"--metrics-port={args.metrics_port}",
+           f"--backend-config=python,shm-region-prefix-name={shm_prefix}", f"--log-verbose={args.log_verbose}"]
+    if backend_dir is not None:
+        cmd.append(f"--backend-directory={backend_dir}")
+    return cmd + list(args.triton_args)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the launcher dies (even by SIGKILL)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def remove_shm(prefix: str) -> list[str]:
+    """Remove /dev/shm segments whose name starts with `prefix`; returns what was removed."""
+    removed = []
+    shm = Path("/dev/shm")
+    for entry in shm.glob(prefix + "*") if shm.is_dir() else ():
+        try:
+            entry.unlink()
+            removed.append(entry.name)
+        except OSError:
+            pass
+    return removed
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
+    ready = wait_ready(f"http://127.0.0.1:{args.http_port}/v2/health/ready", proc, args.ready_timeout)
+    if not ready:
+        if proc.poll() is None:
+            print(f"[launcher] server not ready after {args.ready_timeout:.0f}s", flush=True)
+        return
+    print(f"[launcher] ready  HTTP    http://{args.host}:{args.http_port}\n"
+          f"[launcher] ready  gRPC    {args.host}:{args.grpc_port}\n"
+          f"[launcher] ready  metrics http://{args.host}:{args.metrics_port}/metrics", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install = find_tritonserver()
+    shm_prefix = args.shm_prefix or f"{SHM_PREFIX_BASE}{os.getpid()}_"
+    runtime_dir = Path(tempfile.mkdtemp(prefix="llm_core_triton_"))
+    env = server_env(install)
+    env.update(model_env(args))
+    env[ENV_RUNTIME_DIR] = str(runtime_dir)
+    cmd = triton_command(install.binary, install.backend_dir, args, shm_prefix)
+    print(f"[launcher] model dir {env[ENV_MODEL_DIR]}\n[launcher] {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    threading.Thread(target=_announce, args=(args, proc), daemon=True).start()
+    try:
+        code = proc.wait()
+    finally:
+        removed = remove_shm(shm_prefix)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+    if removed:
+        print(f"[launcher] removed leftover shm: {' '.join(removed)}", flush=True)
+    print(f"[launcher] tritonserver exited with {code}", flush=True)
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

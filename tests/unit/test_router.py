@@ -1,0 +1,374 @@
+"""Router: future-aware admission, prefill/decode policy, pausing, aborts (CPU only).
+
+The engine loop is simulated with a fake model whose token depends only on (request, position),
+so a request produces the same tokens however it was scheduled, paused or resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm_core.sampling_params import SamplingParams
+from llm_core.scheduler import Request, RequestStatus, Router, fits, peak_slots
+
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+# --- fits() against a brute-force simulation of the peak -----------------------------------
+def simulated_peak(held: list[int], remaining: list[int]) -> int:
+    """Step by step: every live request stores one more token per step, and frees all its
+    slots after its last step."""
+    usage = peak = sum(held)
+    alive = list(zip(held, remaining, strict=True))
+    step = 0
+    while alive:
+        step += 1
+        usage += len(alive)
+        peak = max(peak, usage)
+        usage -= sum(a + b for a, b in alive if b == step)
+        alive = [(a, b) for a, b in alive if b != step]
+    assert usage == 0
+    return peak
+
+
+@SETTINGS
+@given(
+    reqs=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 30)), max_size=8),
+    slack=st.integers(-3, 3),
+)
+def test_fits_matches_brute_force_peak(reqs, slack):
+    held = [a for a, _ in reqs]
+    remaining = [b for _, b in reqs]
+    peak = simulated_peak(held, remaining)
+    assert peak_slots(held, remaining) == peak
+    assert fits(held, remaining, peak + slack) == (slack >= 0)
+
+
+def test_fits_example():
+    # sorted by b: (a=2, b=10), (a=5, b=3): max(2 + 10, 7 + 2 * 3) = 13
+    assert peak_slots([5, 2], [3, 10]) == 13
+    assert fits([5, 2], [3, 10], 13) and not fits([5, 2], [3, 10], 12)
+    assert fits([], [], 0)
+
+
+# --- the simulated engine loop ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Spec:
+    arrival_step: int
+    prompt_len: int
+    max_tokens: int
+    eos_after: int | None  # the fake "eos" fires when this many tokens were generated
+
+
+@dataclass
+class SimResult:
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)
+    paused_aborts: int = 0
+    max_running: int = 0
+
+
+def fake_token(req: Request) -> int:
+    return (len(req.all_ids) * 31 + int(req.request_id[1:]) * 7) % 1000
+
+
+def make_request(i: int, spec: Spec) -> Request:
+    prompt = [(i * 13 + j * 7) % 1000 for j in range(spec.prompt_len)]
+    return Request(request_id=f"r{i}", prompt_ids=prompt, params=SamplingParams(max_tokens=spec.max_tokens))
+
+
+def budget(router: Router, req: Request) -> int:
+    if router.optimistic:
+        estimate = max(1, math.ceil(router.optimistic_ratio * req.params.max_tokens))
+        return max(1, estimate - len(req.output_ids))
+    return req.remaining_budget
+
+
+def check_invariants(router: Router) -> None:
+    running = list(router.running.values())
+    slots = [s for r in running for s in r.slots]
+    assert router.slot_allocator.num_used == len(slots) == len(set(slots))
+    assert router.row_allocator.num_used == len(running) == len({r.row for r in running})
+    for r in running:
+        assert r.status is RequestStatus.RUNNING and r.row is not None
+        assert len(r.slots) == r.num_computed == r.num_tokens - 1
+    arrivals = [r.arrival for r in router.waiting]
+    assert arrivals == sorted(arrivals)
+    if running and arrivals:
+        assert max(r.arrival for r in running) < arrivals[0]  # strict FCFS
+    for r in router.waiting:
+        assert r.status is RequestStatus.WAITING and r.row is None and r.slots == []
+    stats = router.stats()
+    assert stats["paused"] == sum(r.num_pauses > 0 for r in router.waiting)
+    assert stats["slots_used"] == len(slots) and stats["running"] == len(running)
+
+
+def head_admissible(router: Router) -> bool:
+    """Whether the head of `waiting` would pass the future-aware check right now."""
+    if not router.waiting or router.row_allocator.num_free == 0:
+        return False
+    head = router.waiting[0]
+    running = list(router.running.values())
+    held = [len(r.slots) for r in running] + [head.num_tokens]
+    return fits(held, [budget(router, r) for r in running] + [budget(router, head)], router.num_slots)
+
+
+def check_batch(
+    router: Router,
+    batch,
+    waiting_before: list[Request],
+    num_running_before: int,
+    decodes_since_prefill: int,
+    head_fit_before: bool,
+) -> None:
+    policy_allows_prefill = (
+        num_running_before == 0 or decodes_since_prefill >= router.decode_steps_per_prefill
+    )
+    for seq in batch.seqs:
+        req = seq.request
+        assert len(seq.new_slots) == len(seq.new_token_ids)
+        assert req.slots[seq.prefix_len :] == seq.new_slots and seq.row == req.row
+        assert req.num_computed == seq.prefix_len + len(seq.new_token_ids) == req.num_tokens
+    if batch.kind == "prefill":
+        assert policy_allows_prefill
+        assert len(batch.seqs) == 1 or batch.num_tokens <= router.max_prefill_tokens
+        assert [s.request for s in batch.seqs] == waiting_before[: len(batch.seqs)]  # FCFS
+        for seq in batch.seqs:
+            assert seq.prefix_len == 0 and seq.new_token_ids == seq.request.all_ids
+            # A paused request resumes before any request that arrived after it.
+            assert not any(r.is_paused and r.arrival < seq.request.arrival for r in router.waiting)
+    else:
+        assert not (policy_allows_prefill and head_fit_before)
+        assert len(batch.seqs) == len(router.running)
+        for seq in batch.seqs:
+            assert seq.new_token_ids == [seq.request.output_ids[-1]]
+    assert len(router.running) <= router.row_allocator.size
+
+
+def pick_abort_target(router: Router, where: str, i: int) -> str | None:
+    """where: "id" (request r{i}, live or not), or "running" / "waiting" / "paused" (the i-th
+    such request now, modulo their number; None while there is none)."""
+    if where == "id":
+        return f"r{i}"
+    if where == "running":
+        pool = list(router.running)
+    else:
+        pool = [r.request_id for r in router.waiting if where == "waiting" or r.is_paused]
+    return pool[i % len(pool)] if pool else None
+
+
+def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int]] = ()) -> SimResult:
+    """aborts: (step, where, i); an abort stays pending from `step` until it finds a target."""
+    pending_aborts = sorted(aborts)
+    result = SimResult()
+    order = sorted(range(len(specs)), key=lambda i: specs[i].arrival_step)
+    next_spec, step, decodes_since_prefill = 0, 0, 0
+    last_step = max(s.arrival_step for s in specs) + 1
+    while next_spec < len(order) or router.has_work() or step <= last_step:
+        assert step < 5000, "no progress"
+        while next_spec < len(order) and specs[order[next_spec]].arrival_step <= step:
+            i = order[next_spec]
+            router.add(make_request(i, specs[i]))
+            next_spec += 1
+        for action in [a for a in pending_aborts if a[0] <= step]:
+            request_id = pick_abort_target(router, *action[1:])
+            if request_id is None:
+                continue
+            pending_aborts.remove(action)
+            req = router.abort(request_id)
+            if req is not None:
+                result.paused_aborts += req.num_pauses > 0 and req.num_computed == 0
+                assert req.status is RequestStatus.FINISHED and req.slots == [] and req.row is None
+                result.reasons[req.request_id] = "abort"
+                result.outputs[req.request_id] = list(req.output_ids)
+        check_invariants(router)
+        waiting_before, num_running_before = list(router.waiting), len(router.running)
+        head_fit_before = head_admissible(router)
+        batch = router.schedule()
+        step += 1
+        if batch is None:
+            assert not router.has_work()
+            continue
+        check_batch(router, batch, waiting_before, num_running_before, decodes_since_prefill, head_fit_before)
+        decodes_since_prefill = 0 if batch.is_prefill else decodes_since_prefill + 1
+        result.kinds.append(batch.kind)
+        result.max_running = max(result.max_running, len(router.running))
+        for seq in batch.seqs:
+            req = seq.request
+            router.append_token(req, fake_token(req))
+            spec = specs[int(req.request_id[1:])]
+            n = len(req.output_ids)
+            reason = "length" if n == spec.max_tokens else "stop" if n == spec.eos_after else None
+            if reason is not None:
+                router.finish(req, reason)
+                result.reasons[req.request_id] = reason
+                result.outputs[req.request_id] = list(req.output_ids)
+        check_invariants(router)
+    assert router.slot_allocator.num_free == router.num_slots
+    assert router.row_allocator.num_free == router.row_allocator.size
+    assert not router.waiting and not router.running
+    assert len(result.reasons) == len(specs)  # every request finished or was aborted
+    return result
+
+
+def expected_output(i: int, spec: Spec) -> list[int]:
+    req = make_request(i, spec)
+    n = spec.max_tokens if spec.eos_after is None else spec.eos_after
+    for _ in range(n):
+        req.output_ids.append(fake_token(req))
+    return req.output_ids
+
+
+@st.composite
+def workloads(draw, max_pool: int = 80, max_arrival: int = 30, crowded: bool = False):
+    """crowded: several long requests at once and room for many to run (pauses likely)."""
+    num_slots = draw(st.integers(4, max_pool))
+    specs = []
+    for _ in range(draw(st.integers(3 if crowded else 1, 10))):
+        max_tokens = draw(st.integers(min(num_slots // 2, 24) if crowded else 1, min(24, num_slots - 1)))
+        prompt_len = draw(st.integers(1, min(40, num_slots - max_tokens)))
+        eos_after = None if crowded else draw(st.none() | st.integers(1, max_tokens))
+        specs.append(Spec(draw(st.integers(0, max_arrival)), prompt_len, max_tokens, eos_after))
+    config = dict(
+        num_slots=num_slots,
+        max_running_requests=draw(st.integers(4 if crowded else 1, 8)),
+        max_prefill_tokens=draw(st.integers(1, 64)),
+        max_model_len=num_slots + draw(st.integers(0, 4)),
+        decode_steps_per_prefill=draw(st.integers(0, 5)),
+    )
+    return config, specs
+
+
+@SETTINGS
+@given(workloads())
+def test_exact_budgets_never_pause_and_every_request_finishes(workload):
+    config, specs = workload
+    router = Router(**config)
+    result = simulate(router, specs)
+    assert router.total_pauses == 0
+    for i, spec in enumerate(specs):
+        assert result.outputs[f"r{i}"] == expected_output(i, spec)
+        assert result.reasons[f"r{i}"] == ("length" if spec.eos_after in (None, spec.max_tokens) else "stop")
+
+
+@SETTINGS
+@given(workloads(max_pool=40, max_arrival=4, crowded=True) | workloads(max_pool=40), st.floats(0.05, 1.0))
+def test_optimistic_mode_pauses_but_produces_the_same_tokens(workload, ratio):
+    config, specs = workload
+    router = Router(**config, optimistic=True, optimistic_ratio=ratio)
+    result = simulate(router, specs)
+    for i, spec in enumerate(specs):
+        assert result.outputs[f"r{i}"] == expected_output(i, spec)
+
+
+@SETTINGS
+@given(
+    workloads(max_pool=40, max_arrival=4, crowded=True) | workloads(max_pool=40),
+    st.booleans(),
+    st.lists(
+        st.tuples(
+            st.integers(0, 60), st.sampled_from(["id", "running", "waiting", "paused"]), st.integers(0, 9)
+        ),
+        max_size=8,
+    ),
+)
+def test_aborts_at_any_point_free_everything(workload, optimistic, abort_list):
+    config, specs = workload
+    router = Router(**config, optimistic=optimistic, optimistic_ratio=0.2)
+    simulate(router, specs, [(step, where, i % len(specs)) for step, where, i in abort_list])
+    assert router.abort("r0") is None  # already gone
+
+
+def crowded_specs() -> list[Spec]:
+    return [Spec(0, 4, 30, None) for _ in range(4)] + [Spec(1, 3, 10, None) for _ in range(2)]
+
+
+def test_optimistic_small_pool_pauses_newest_and_matches_exact_run():
+    specs = crowded_specs()
+    exact = simulate(Router(40, 8, 64, 64), specs)
+    router = Router(40, 8, 64, 64, optimistic=True, optimistic_ratio=0.1)
+    optimistic = simulate(router, specs)
+    assert router.total_pauses > 0
+    assert (
+        optimistic.outputs == exact.outputs == {f"r{i}": expected_output(i, s) for i, s in enumerate(specs)}
+    )
+    # Exact budgets run one 4 + 30 request at a time in 40 slots; the estimate admits more.
+    assert optimistic.max_running > exact.max_running
+
+
+def test_pause_order_and_abort_of_a_paused_request():
+    router = Router(40, 8, 64, 64, decode_steps_per_prefill=100, optimistic=True, optimistic_ratio=0.1)
+    reqs = [make_request(i, s) for i, s in enumerate(crowded_specs()[:4])]
+    for req in reqs:
+        router.add(req)
+    while router.total_pauses == 0:
+        batch = router.schedule()
+        for seq in batch.seqs:
+            router.append_token(seq.request, fake_token(seq.request))
+    # 4 requests of 4 + g tokens outgrow 40 slots; the newest (r3) is paused first.
+    assert [r.request_id for r in router.waiting] == ["r3"]
+    assert router.stats()["paused"] == 1 and reqs[3].is_paused and reqs[3].slots == []
+    assert router.abort("r3") is reqs[3] and reqs[3].finish_reason == "abort"
+    assert router.stats()["paused"] == 0
+    for req in reqs[:3]:
+        router.finish(req, "stop")
+    assert router.stats()["slots_used"] == 0 and router.row_allocator.num_free == 8
+
+
+def test_prefill_batches_respect_token_budget_and_policy():
+    router = Router(1000, 16, 10, 1000, decode_steps_per_prefill=2)
+    for i, n in enumerate([25, 4, 4, 4, 3]):
+        router.add(make_request(i, Spec(0, n, 50, None)))
+    kinds, sizes = [], []
+    for _ in range(8):
+        batch = router.schedule()
+        kinds.append(batch.kind)
+        sizes.append([len(s.new_token_ids) for s in batch.seqs])
+        for seq in batch.seqs:
+            router.append_token(seq.request, 1)
+    # A lone long prompt runs alone; then 4 + 4 fit in 10 tokens; then 4 + 3.
+    assert kinds == ["prefill", "decode", "decode", "prefill", "decode", "decode", "prefill", "decode"]
+    assert sizes[0] == [25] and sizes[3] == [4, 4] and sizes[6] == [4, 3]
+
+
+def test_row_limit_and_schedule_idle():
+    router = Router(100, 2, 100, 100, decode_steps_per_prefill=0)
+    assert router.schedule() is None
+    for i in range(3):
+        router.add(make_request(i, Spec(0, 2, 3, None)))
+    batch = router.schedule()
+    assert batch.kind == "prefill" and len(batch.seqs) == 2
+    assert router.stats() == dict(
+        slots_total=100, slots_used=4, running=2, waiting=1, paused=0, total_pauses=0
+    )
+
+
+def test_add_rejects_requests_that_can_never_run():
+    router = Router(num_slots=20, max_running_requests=4, max_prefill_tokens=8, max_model_len=16)
+    with pytest.raises(ValueError, match="max_model_len"):
+        router.add(make_request(0, Spec(0, 10, 7, None)))
+    router = Router(num_slots=20, max_running_requests=4, max_prefill_tokens=8, max_model_len=64)
+    with pytest.raises(ValueError, match="KV pool"):
+        router.add(make_request(0, Spec(0, 15, 6, None)))
+    with pytest.raises(ValueError, match="empty prompt"):
+        router.add(make_request(1, Spec(0, 0, 6, None)))
+    router.add(make_request(2, Spec(0, 15, 5, None)))  # exactly the pool
+    with pytest.raises(ValueError, match="duplicate"):
+        router.add(make_request(2, Spec(0, 1, 1, None)))
+    assert router.stats()["waiting"] == 1
+
+
+def test_finish_and_append_token_require_a_running_request():
+    router = Router(20, 2, 8, 20)
+    req = make_request(0, Spec(0, 2, 2, None))
+    router.add(req)
+    with pytest.raises(ValueError):
+        router.append_token(req, 1)
+    with pytest.raises(ValueError):
+        router.finish(req, "stop")
