@@ -21,6 +21,14 @@ sequence (the first chunk with empty context does), the deltas concatenate to ex
 extended back (doubling) until it has an anchor, at most `MAX_CONTEXT` ids. Only when the
 last `MAX_CONTEXT` ids hold no anchor at all (e.g. one run of more than `MAX_CONTEXT`
 byte-fallback tokens, or that many tokens of invalid UTF-8) can the text differ.
+A plain fixed context of the last `DEFAULT_CONTEXT` (8) ids is enough for byte-level BPE and
+valid UTF-8: a character spans at most 4 tokens, so 3 tokens of an incomplete character plus
+the 4 of the complete one before it always hold an anchor (7 ids). SentencePiece byte runs
+(consecutive characters missing from the vocabulary) can be longer: use `context_window`.
+
+The text of the output of a request is `full_text(tokenizer, prompt_ids, output_ids)`: the
+delta of the output ids after a context window of the prompt, so a SentencePiece output keeps
+the leading space of its first token.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 
 import tokenizers
 
-DEFAULT_CONTEXT = 6  # context ids sent with each streamed chunk (extended when needed)
+DEFAULT_CONTEXT = 8  # context ids sent with each streamed chunk (extended when needed)
 MAX_CONTEXT = 256
 _REPLACEMENT = "\ufffd"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -196,6 +204,15 @@ class StopStringChecker:
         return self._release(num)
 
     def flush(self) -> Released:
+        """Release everything (the request ends). The final decode may still complete a stop
+        string (text held back as an incomplete character or an open byte run)."""
+        old_end = self.text_end
+        self._text += decode_delta(self._codec, context_window(self._codec, self._history), (), final=True)
+        if self._pending:
+            self._pending[-1] = (self._pending[-1][0], self.text_end)
+        match_start = self._find_stop(old_end)
+        if match_start is not None:
+            return self._release_match(match_start, final=True)
         return self._release(len(self._pending))
 
     def _find_stop(self, old_end: int) -> int | None:
@@ -219,15 +236,18 @@ class StopStringChecker:
                     break
         return self.text_end - longest
 
-    def _release_match(self, match_start: int) -> Released:
-        num = next(n for n, (_, end) in enumerate(self._pending, 1) if end > match_start)
-        token_end = self._pending[num - 1][1]
-        # Text an incomplete character at the end of that token adds in the final decode.
-        history = self._history[: len(self._history) - (len(self._pending) - num)]
-        tail = decode_delta(self._codec, context_window(self._codec, history), (), final=True)
+    def _release_match(self, match_start: int, final: bool = False) -> Released:
+        # The stop string begins in the text of pending token num - 1 (num = 0: the final
+        # decode's tail of tokens already released).
+        num = next((n for n, (_, end) in enumerate(self._pending, 1) if end > match_start), 0)
+        text_end = self._pending[num - 1][1] if num else self.text_end
+        if not final:
+            # Text that an incomplete character at the end of that token adds in the final decode.
+            history = self._history[: len(self._history) - (len(self._pending) - num)]
+            text_end += len(decode_delta(self._codec, context_window(self._codec, history), (), final=True))
         self._matched = True
         released = self._release(num)
-        return Released(released.token_ids, True, token_end - match_start + len(tail))
+        return Released(released.token_ids, True, text_end - match_start)
 
     def _release(self, num: int) -> Released:
         tokens = [token for token, _ in self._pending[:num]]

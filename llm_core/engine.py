@@ -72,7 +72,10 @@ class _Workers:
                 if not self.procs[rank].is_alive() or time.monotonic() > deadline:
                     self.kill()
                     raise EngineDeadError(f"worker rank {rank} failed to start")
-            message = conn.recv()
+            try:
+                message = conn.recv()
+            except EOFError:
+                message = ("fatal", rank, "the worker process exited during start-up")
             if message[0] == "fatal":
                 self.kill()
                 raise EngineDeadError(f"worker rank {message[1]} failed to start:\n{message[2]}")
@@ -328,5 +331,5 @@ class Engine:
         self.shutdown()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
+        if hasattr(self, "_workers") and not self._closed:
             self.shutdown()

@@ -19,7 +19,7 @@ def check_device(*tensors: torch.Tensor) -> None:
     device = tensors[0].device
     for t in tensors:
         assert t.device == device, f"tensors on {t.device} and {device}"
-    assert device.type == "cuda" or interpreting(), f"Triton kernels need CUDA (or TRITON_INTERPRET=1), got {device}"
+    assert device.type == "cuda" or interpreting(), f"needs CUDA or TRITON_INTERPRET=1: {device}"
 
 
 def check_float(*tensors: torch.Tensor) -> None:

@@ -305,9 +305,7 @@ def decode_attention(
     sm_scale: float,
 ) -> torch.Tensor:
     """One query per sequence over seq_lens[b] cached tokens (see torch_ops.decode_attention)."""
-    num_splits = num_splits_for(
-        q.shape[0], k_cache.shape[1], max_seq_len, _num_sms(q.device), DEFAULT_CONFIG
-    )
+    num_splits = num_splits_for(q.shape[0], k_cache.shape[1], max_seq_len, _num_sms(q.device), DEFAULT_CONFIG)
     return decode_attention_with_splits(
         q, k_cache, v_cache, req_to_slot, req_rows, seq_lens, max_seq_len, sm_scale, num_splits,
         DEFAULT_CONFIG,

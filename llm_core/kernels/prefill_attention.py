@@ -131,7 +131,8 @@ def _prefill_attention_kernel(
     dim_mask = dims < head_dim
     q_mask = (offs_m < q_len)[:, None] & dim_mask[None, :]
     tok = (q_start + offs_m).to(tl.int64)
-    q = tl.load(q_ptr + tok[:, None] * stride_q_tok + head * stride_q_head + dims[None, :], mask=q_mask, other=0.0)
+    q_offs = tok[:, None] * stride_q_tok + head * stride_q_head + dims[None, :]
+    q = tl.load(q_ptr + q_offs, mask=q_mask, other=0.0)  # [BLOCK_M, BLOCK_D]
     if UPCAST:
         q = q.to(tl.float32)
     q_pos = prefix + offs_m

@@ -56,8 +56,10 @@ def _rotary_kernel(
     cs_mask = dims < half
     cos = tl.load(cos_sin_ptr + pos * cos_sin_stride + dims, mask=cs_mask, other=0.0)
     sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + half + dims, mask=cs_mask, other=0.0)
-    _rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK)
-    _rotate_heads(k_ptr + token * k_token_stride, k_head_stride, num_k_heads, cos, sin, half, BLOCK_HK, HALF_BLOCK)
+    q_tok_ptr = q_ptr + token * q_token_stride
+    k_tok_ptr = k_ptr + token * k_token_stride
+    _rotate_heads(q_tok_ptr, q_head_stride, num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK)
+    _rotate_heads(k_tok_ptr, k_head_stride, num_k_heads, cos, sin, half, BLOCK_HK, HALF_BLOCK)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:

@@ -291,10 +291,10 @@ def _llama_spec(text: dict, qkv_bias: bool) -> WeightSpec:
     hidden, inter, vocab = text["hidden_size"], text["intermediate_size"], text["vocab_size"]
     q_size = text["num_attention_heads"] * text["head_dim"]
     kv_size = text["num_key_value_heads"] * text["head_dim"]
-    # Tied: embeddings at the head's scale and residual branches with gain 3, else the current
-    # token's own logit e.e/rms(h) dominates and greedy decoding repeats it forever.
+    # Tied: e_t.e_t/rms(h) favours the current token, so small embeddings and a strong MLP branch
+    # (measured: ~8-20 distinct greedy tokens per 32 steps instead of one repeated token).
     tied = text["tie_word_embeddings"]
-    embed_std, branch_gain = (LM_HEAD_STD, 3.0) if tied else (1.0, 1.0)
+    embed_std, attn_gain, mlp_gain = (0.4, 0.5, 3.0) if tied else (1.0, 1.0, 1.0)
     spec: WeightSpec = {"model.embed_tokens.weight": ((vocab, hidden), 0.0, embed_std)}
     for i in range(text["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -304,10 +304,10 @@ def _llama_spec(text: dict, qkv_bias: bool) -> WeightSpec:
             spec[p + f"self_attn.{name}.weight"] = _linear(size, hidden)
             if qkv_bias:
                 spec[p + f"self_attn.{name}.bias"] = _bias(size)
-        spec[p + "self_attn.o_proj.weight"] = _linear(hidden, q_size, branch_gain)
+        spec[p + "self_attn.o_proj.weight"] = _linear(hidden, q_size, attn_gain)
         spec[p + "mlp.gate_proj.weight"] = _linear(inter, hidden)
         spec[p + "mlp.up_proj.weight"] = _linear(inter, hidden)
-        spec[p + "mlp.down_proj.weight"] = _linear(hidden, inter, branch_gain)
+        spec[p + "mlp.down_proj.weight"] = _linear(hidden, inter, mlp_gain)
     spec["model.norm.weight"] = _norm(hidden)
     if not tied:
         spec["lm_head.weight"] = ((vocab, hidden), 0.0, LM_HEAD_STD)

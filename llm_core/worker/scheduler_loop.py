@@ -46,7 +46,7 @@ class SchedulerLoop:
         self.tokenizer = tokenizer
         self.send = send  # send(message) to the engine
         self.broadcast = broadcast  # broadcast(step) to ranks > 0 (no-op at tp=1)
-        self.sampler = Sampler(seed=runner.cfg.seed, device=runner.device)
+        self.sampler = Sampler(seed=runner.cfg.seed)
         self.eos_ids = tuple(runner.model_config.eos_token_ids)
         self.tracked: dict[str, _Tracked] = {}
         self.counters = {"prompt_tokens_total": 0, "generation_tokens_total": 0, "requests_finished": 0}

@@ -13,7 +13,7 @@ from llm_core.ops import torch_ops
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 # (q_heads, kv_heads): GQA ratios 1, 4, 8
-HEADS = [(32, 32), (32, 8), (64, 8)] if ON_GPU else [(4, 4), (8, 2), (8, 1)]
+HEADS = [(32, 32), (32, 8), (32, 4)] if ON_GPU else [(4, 4), (8, 2), (8, 1)]
 HEAD_DIMS = [64, 128] if ON_GPU else [16, 64, 128]
 # (prefix_lens, query_lens): ragged; a single token; prefixes (resumed requests) that are not block aligned
 PREFILL_BATCHES = (

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llm_core import Engine, EngineConfig, SamplingParams
+from llm_core.testing.engine_checks import run_staggered, trim_after_eos
 
 NEW_TOKENS = 32
 
@@ -28,32 +29,6 @@ def _special_ids(engine: Engine) -> set[int]:
     return ids
 
 
-def run_staggered(engine: Engine, prompts, params, image_embeds=None, every: int = 3, seed: int = 0):
-    """Submit prompt i once `every * i` chunks have arrived: arrivals land on different steps
-    of one continuous batch. Returns the generated ids of each prompt."""
-    rng = random.Random(seed)
-    q: queue.Queue = queue.Queue()
-    embeds = image_embeds or [None] * len(prompts)
-    ids: list[str] = []
-    outputs: dict[str, list[int]] = {}
-    reasons: dict[str, str] = {}
-    seen = 0
-    next_at = 0
-    while len(reasons) < len(prompts):
-        while len(ids) < len(prompts) and seen >= next_at:
-            i = len(ids)
-            ids.append(engine.add_request(prompts[i], params, embeds[i], output_queue=q))
-            outputs[ids[-1]] = []
-            next_at = seen + rng.randint(0, every)
-        chunk = q.get(timeout=120)
-        seen += 1
-        outputs[chunk.request_id] += chunk.token_ids
-        if chunk.finished:
-            assert chunk.finish_reason in ("stop", "length"), chunk
-            reasons[chunk.request_id] = chunk.finish_reason
-    return [outputs[i] for i in ids]
-
-
 def hf_greedy(hf_model, prompt: list[int], max_new: int, **extra) -> list[int]:
     with torch.no_grad():
         out = hf_model.generate(
@@ -61,13 +36,6 @@ def hf_greedy(hf_model, prompt: list[int], max_new: int, **extra) -> list[int]:
             pad_token_id=0, **extra,
         )
     return out[0, len(prompt):].tolist()
-
-
-def _trim_after_eos(ids: list[int], eos: tuple[int, ...]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in eos:
-            return ids[: i + 1]
-    return ids
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -88,7 +56,7 @@ def test_greedy_matches_transformers_in_a_staggered_batch(text_model):
     got = run_staggered(engine, prompts, params)
     eos = engine.model_config.eos_token_ids
     for prompt, ours in zip(prompts, got, strict=True):
-        assert ours == _trim_after_eos(hf_greedy(hf, prompt, NEW_TOKENS), eos)
+        assert ours == trim_after_eos(hf_greedy(hf, prompt, NEW_TOKENS), eos)
     assert engine.stats()["slots_used"] == 0
 
 

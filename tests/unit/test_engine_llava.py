@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import torch
-from PIL import Image
 
 from llm_core import Engine, EngineConfig, SamplingParams
 from llm_core.models import VisionEncoder, preprocess_images
-
-from .test_engine import _trim_after_eos, run_staggered
-
-
-def _image(seed: int, size: int = 48) -> Image.Image:
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size, size + 8, 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy())
+from llm_core.testing.engine_checks import random_image, run_staggered, trim_after_eos
 
 
 def test_llava_greedy_matches_transformers(tiny_llava):
@@ -30,7 +22,7 @@ def test_llava_greedy_matches_transformers(tiny_llava):
         cases = []  # (prompt ids, pixel values)
         for i in range(8):
             num_images = 1 + i % 2
-            images = [_image(10 * i + k) for k in range(num_images)]
+            images = [random_image(10 * i + k) for k in range(num_images)]
             ids = [3 + i, 40 + i]
             for k in range(num_images):
                 ids += [img] * n + [50 + k + i, 60]
@@ -45,6 +37,6 @@ def test_llava_greedy_matches_transformers(tiny_llava):
                     input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=32,
                     do_sample=False, num_beams=1, pad_token_id=0,
                 )
-            ref = _trim_after_eos(out[0, len(ids):].tolist(), cfg.eos_token_ids)
+            ref = trim_after_eos(out[0, len(ids):].tolist(), cfg.eos_token_ids)
             assert ours == ref
         assert engine.stats()["slots_used"] == 0

@@ -1,11 +1,13 @@
-"""Our Llama/Qwen2/LLaVA on the torch-ops path against transformers, fp32, on tiny random models."""
+"""Our Llama/Qwen2/LLaVA on the torch-ops path against transformers, fp32, on tiny random models.
+
+transformers is imported inside the functions that use it: the tp=2 worker processes import this
+module and would otherwise spend seconds importing it.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import transformers
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from llm_core.models import VisionEncoder, build_model, load_model_config, load_weights
 from llm_core.models.rope import inv_freq_and_scaling
@@ -37,6 +39,8 @@ def perturb(model: torch.nn.Module) -> None:
 
 
 def save_text_model(path, arch: str, **overrides):
+    import transformers
+
     torch.manual_seed(0)
     cfg_cls = transformers.LlamaConfig if arch == "llama" else transformers.Qwen2Config
     cls = transformers.LlamaForCausalLM if arch == "llama" else transformers.Qwen2ForCausalLM
@@ -152,6 +156,9 @@ def test_resumed_prefill(text_model):
 
 @pytest.mark.parametrize("variant", ["llama-rope-linear", "llama-rope-llama3"])
 def test_rope_inv_freq_matches_transformers(variant, tmp_path):
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     arch, overrides = VARIANTS[variant]
     hf_cfg = transformers.LlamaConfig(**{**TEXT, **overrides})
     hf_cfg.save_pretrained(tmp_path)
@@ -172,6 +179,8 @@ IMAGE_TOKEN = 96
 
 @pytest.fixture(scope="module", params=list(LLAVA_VARIANTS), ids=list(LLAVA_VARIANTS))
 def llava_model(request, tmp_path_factory):
+    import transformers
+
     torch.manual_seed(0)
     vision = transformers.CLIPVisionConfig(
         hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
@@ -218,7 +227,9 @@ def test_llava_logits_match_transformers(llava_model, num_images):
     embeds = VisionEncoder.from_pretrained(path, "cpu", torch.float32).encode(pixels)
     positions = torch.tensor([i for i, t in enumerate(ids) if t == IMAGE_TOKEN])
     runner = load_ours(path)
-    logits = runner.step([0], [ids], image_embeds=embeds.reshape(-1, cfg.hidden_size), image_positions=positions)
+    logits = runner.step(
+        [0], [ids], image_embeds=embeds.reshape(-1, cfg.hidden_size), image_positions=positions
+    )
     seq = list(ids)
     for _ in range(3):
         expected = hf_last_logits(hf, seq, pixel_values=pixels)
@@ -271,3 +282,17 @@ def test_tp2_matches_tp1(tmp_path):
         tp1 = run_greedy(model_dir)
         torch.testing.assert_close(tp2, tp1, atol=ATOL, rtol=0)
         assert tp2.argmax(-1).tolist() == tp1.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("load_format", ["safetensors", "dummy"])
+def test_half_precision_and_dummy_run(tmp_path, dtype, load_format):
+    save_text_model(tmp_path, "llama")
+    cfg = load_model_config(tmp_path)
+    model = build_model(cfg, dtype, "cpu")
+    load_weights(model, tmp_path, load_format)
+    assert all(p.dtype == dtype for p in model.parameters())
+    runner = TinyRunner(model, cfg)
+    logits = runner.step([0, 1], [PROMPTS[0], PROMPTS[2]])
+    logits = runner.step([0, 1], logits.argmax(-1)[:, None].tolist(), is_prefill=False)
+    assert logits.dtype == torch.float32 and logits.shape == (2, 97) and torch.isfinite(logits).all()

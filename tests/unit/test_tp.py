@@ -27,8 +27,7 @@ def test_tp2_matches_tp1(tiny_model_factory, arch, overrides):
 
 def test_tp2_llava_matches_tp1(tiny_llava):
     from llm_core.models import VisionEncoder, preprocess_images
-
-    from .test_engine_llava import _image
+    from llm_core.testing.engine_checks import random_image
 
     model_dir = str(tiny_llava)
     vision = VisionEncoder.from_pretrained(model_dir, torch.device("cpu"), torch.float32)
@@ -37,7 +36,7 @@ def test_tp2_llava_matches_tp1(tiny_llava):
         with Engine(EngineConfig(model_dir=model_dir, tp=tp, dtype="float32")) as engine:
             cfg = engine.model_config
             ids = [5, 6] + [cfg.image_token_index] * cfg.num_image_tokens + [7, 8, 9]
-            embeds = vision.encode(preprocess_images([_image(3)], model_dir)).reshape(-1, cfg.hidden_size)
+            embeds = vision.encode(preprocess_images([random_image(3)], model_dir)).reshape(-1, cfg.hidden_size)
             params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
             outs[tp] = engine.generate([ids], params, image_embeds=[embeds])[0].token_ids
     assert outs[1] == outs[2]

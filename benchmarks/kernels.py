@@ -1,0 +1,361 @@
+"""Kernel benchmark (not a test): our Triton kernels vs the device's ceilings and plain torch.
+
+Ceilings are measured in the same run: a large device-to-device copy (bytes read + written)
+and a large bf16 matrix product. Each memory-bound kernel reports the fewest bytes it must move
+(each input read once, each output written once) over its median time; attention reports
+TFLOP/s for prefill (causal FLOPs) and GB/s for decode (K/V bytes). The torch column runs the
+equivalent in the same process: torch_ops for the element-wise ops,
+scaled_dot_product_attention (flash backend) for prefill, SDPA over already-gathered contiguous
+K/V for decode (torch has no token-table attention; its gather is left out in its favour).
+Shapes: Llama-3-8B (32 q heads, 8 kv heads, head_dim 128, hidden 4096, intermediate 14336), bf16.
+
+  python benchmarks/kernels.py --out bench.md --json bench.json [--sweep] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_core import kernels  # noqa: E402
+from llm_core.kernels.decode_attention import DecodeConfig, decode_attention_with_splits, num_splits_for  # noqa: E402
+from llm_core.kernels.prefill_attention import (  # noqa: E402
+    PrefillConfig,
+    default_config,
+    prefill_attention_with_config,
+)
+from llm_core.ops import torch_ops  # noqa: E402
+
+DEV = torch.device("cuda")
+DT = torch.bfloat16
+HQ, HK, D, HIDDEN, INTER = 32, 8, 128, 4096, 14336
+ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 16384, 32768, 1 << 28, 8192
+SWEEP_PREFILL_LEN = 8192
+SWEEP_DECODE = [(64, 2048), (1, 32768), (16, 8192), (256, 2048)]  # (batch, context)
+GB = 1e9
+
+
+def bench(fn: Callable[[], object], rep_ms: int = 200) -> float:
+    """Median milliseconds (CUDA events, L2 flushed between runs by do_bench)."""
+    if DEV.type == "cpu":  # --smoke: one timed call, only to exercise the script
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e3
+    return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
+
+
+def attempt(rows: list[dict], make_row: Callable[[], dict]) -> None:
+    """Run one case; a failure is printed and recorded, and the run goes on."""
+    try:
+        rows.append(make_row())
+        print(rows[-1], flush=True)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        rows.append({"kernel": "FAILED", "shape": traceback.format_exc(limit=1).splitlines()[-1][:100]})
+    if DEV.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def randn(*shape: int, dtype: torch.dtype = DT) -> torch.Tensor:
+    return torch.randn(shape, device=DEV, dtype=dtype)
+
+
+def ceilings() -> dict:
+    src = torch.randn(COPY_ELEMS, device=DEV)  # 1 GiB of fp32
+    dst = torch.empty_like(src)
+    copy_ms = bench(lambda: dst.copy_(src))
+    a, b = randn(MATMUL_N, MATMUL_N), randn(MATMUL_N, MATMUL_N)
+    mm_ms = bench(lambda: a @ b)
+    return {
+        "copy_GBps": 2 * COPY_ELEMS * 4 / (copy_ms * 1e-3) / GB,
+        "matmul_TFLOPs": 2 * MATMUL_N**3 / (mm_ms * 1e-3) / 1e12,
+    }
+
+
+def row(name: str, shape: str, unit: str, amount: float, ours_ms: float, torch_ms: float | None) -> dict:
+    """amount: bytes (unit GB/s) or FLOPs (unit TFLOP/s) per call."""
+    scale = GB if unit == "GB/s" else 1e12
+    return {
+        "kernel": name,
+        "shape": shape,
+        "unit": unit,
+        "ours_ms": ours_ms,
+        "ours": amount / (ours_ms * 1e-3) / scale,
+        "torch_ms": torch_ms,
+        "torch": None if torch_ms is None else amount / (torch_ms * 1e-3) / scale,
+    }
+
+
+def elementwise_rows() -> list[dict]:
+    rows: list[dict] = []
+    t = ROWS
+    x, res = randn(t, HIDDEN), randn(t, HIDDEN)
+    w = 1 + 0.1 * randn(HIDDEN)
+    nbytes = 2 * t * HIDDEN * 2
+    attempt(rows, lambda: row(
+        "rms_norm", f"{t}x{HIDDEN}", "GB/s", nbytes,
+        bench(lambda: kernels.rms_norm(x, w, 1e-5)), bench(lambda: torch_ops.rms_norm(x, w, 1e-5)),
+    ))  # fmt: skip
+    attempt(rows, lambda: row(
+        "add_rms_norm", f"{t}x{HIDDEN}", "GB/s", 2 * nbytes,
+        bench(lambda: kernels.add_rms_norm(x, res, w, 1e-5)),
+        bench(lambda: torch_ops.add_rms_norm(x, res, w, 1e-5)),
+    ))  # fmt: skip
+
+    qkv = randn(t, (HQ + 2 * HK) * D)
+    q = qkv[:, : HQ * D].view(t, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HK) * D].view(t, HK, D)
+    v = qkv[:, (HQ + HK) * D :].view(t, HK, D)
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=DEV).float() / D))
+    cos_sin = torch_ops.rotary_cos_sin(inv_freq, MAX_POS)
+    positions = torch.randint(0, MAX_POS, (t,), device=DEV)
+    rot_bytes = 2 * t * (HQ + HK) * D * 2 + t * D * 4 + t * 8
+    attempt(rows, lambda: row(
+        "apply_rotary", f"T={t} q{HQ}/k{HK} x{D}", "GB/s", rot_bytes,
+        bench(lambda: kernels.apply_rotary(q, k, positions, cos_sin)),
+        bench(lambda: torch_ops.apply_rotary(q, k, positions, cos_sin)),
+    ))  # fmt: skip
+
+    num_slots = 4 * t
+    k_cache, v_cache = randn(num_slots + 1, HK, D), randn(num_slots + 1, HK, D)
+    slots = torch.randperm(num_slots, device=DEV)[:t].to(torch.int32)
+    store_bytes = 4 * t * HK * D * 2 + t * 4
+    attempt(rows, lambda: row(
+        "store_kv", f"T={t} kv{HK} x{D}, scattered slots", "GB/s", store_bytes,
+        bench(lambda: kernels.store_kv(k, v, k_cache, v_cache, slots)),
+        bench(lambda: torch_ops.store_kv(k, v, k_cache, v_cache, slots)),
+    ))  # fmt: skip
+
+    ts = t // 2
+    gate_up = randn(ts, 2 * INTER)
+    attempt(rows, lambda: row(
+        "silu_and_mul", f"{ts}x2x{INTER}", "GB/s", 3 * ts * INTER * 2,
+        bench(lambda: kernels.silu_and_mul(gate_up)), bench(lambda: torch_ops.silu_and_mul(gate_up)),
+    ))  # fmt: skip
+
+    embeds = randn(t, HIDDEN)
+    num_image = t // 8
+    image = randn(num_image, HIDDEN)
+    pos = torch.randperm(t, device=DEV)[:num_image]
+    attempt(rows, lambda: row(
+        "inject_image_embeds", f"{num_image} of {t} x{HIDDEN}", "GB/s", 2 * image.numel() * 2 + num_image * 8,
+        bench(lambda: kernels.inject_image_embeds(embeds, image, pos)),
+        bench(lambda: torch_ops.inject_image_embeds(embeds, image, pos)),
+    ))  # fmt: skip
+    return rows
+
+
+def token_table(seq_lens: list[int], prefix_lens: list[int] | None = None):
+    """A pool holding every token at a random slot, and the request table pointing at them."""
+    total = sum(seq_lens)
+    k_cache, v_cache = randn(total + 1, HK, D), randn(total + 1, HK, D)
+    perm = torch.randperm(total, device=DEV).to(torch.int32)
+    req_to_slot = torch.full((len(seq_lens) + 1, max(seq_lens)), total, dtype=torch.int32, device=DEV)
+    used = 0
+    for b, n in enumerate(seq_lens):
+        req_to_slot[b, :n] = perm[used : used + n]
+        used += n
+    rows = torch.arange(len(seq_lens), device=DEV, dtype=torch.int32)
+    return k_cache, v_cache, req_to_slot, rows
+
+
+def decode_case(batch: int, ctx: int, config: DecodeConfig, num_splits: int | None, with_torch: bool) -> dict:
+    seq_lens = [ctx] * batch
+    k_cache, v_cache, req_to_slot, rows = token_table(seq_lens)
+    lens = torch.tensor(seq_lens, device=DEV, dtype=torch.int32)
+    q = randn(batch, HQ, D)
+    scale = D**-0.5
+    if num_splits is None:
+        num_sms = torch.cuda.get_device_properties(DEV).multi_processor_count if DEV.type == "cuda" else 4
+        num_splits = num_splits_for(batch, HK, ctx, num_sms, config)
+
+    def ours():
+        return decode_attention_with_splits(
+            q, k_cache, v_cache, req_to_slot, rows, lens, ctx, scale, num_splits, config
+        )
+
+    nbytes = batch * ctx * HK * D * 2 * 2 + 2 * q.numel() * 2 + batch * ctx * 4
+    ours_ms = bench(ours, rep_ms=100)
+    torch_ms = None
+    if with_torch and batch * ctx <= 4 << 20:
+        # Contiguous [B, Hk, ctx, D] K/V, gathered outside the timed region.
+        kc = k_cache[req_to_slot[:batch].long()].permute(0, 2, 1, 3).contiguous()
+        vc = v_cache[req_to_slot[:batch].long()].permute(0, 2, 1, 3).contiguous()
+        qs = q[:, :, None, :]
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        try:
+            torch_ms = bench(lambda: sdpa(qs, kc, vc, scale=scale, enable_gqa=True), rep_ms=100)
+        except RuntimeError as e:
+            print(f"torch decode baseline failed: {e}", flush=True)
+    r = row("decode_attention", f"B={batch} ctx={ctx} splits={num_splits}", "GB/s", nbytes, ours_ms, torch_ms)
+    return r
+
+
+def prefill_case(query_lens: list[int], config: PrefillConfig | None, with_torch: bool) -> dict:
+    k_cache, v_cache, req_to_slot, rows = token_table(query_lens)
+    n = sum(query_lens)
+    q = randn(n, HQ, D)
+    ints = lambda v: torch.tensor(v, device=DEV, dtype=torch.int32)  # noqa: E731
+    starts = ints([0] + list(torch.tensor(query_lens).cumsum(0).tolist()))
+    zeros, lens = ints([0] * len(query_lens)), ints(query_lens)
+    scale = D**-0.5
+    cfg = config or default_config(D, DT)
+
+    def ours():
+        return prefill_attention_with_config(
+            q, k_cache, v_cache, req_to_slot, rows, zeros, lens, starts, max(query_lens), scale, cfg
+        )
+
+    flops = sum(4 * HQ * D * L * (L + 1) / 2 for L in query_lens)
+    ours_ms = bench(ours, rep_ms=200)
+    torch_ms = None
+    if with_torch and len(set(query_lens)) == 1:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        b, L = len(query_lens), query_lens[0]
+        qs = q.view(b, L, HQ, D).transpose(1, 2)
+        ks = randn(b, HK, L, D)
+        vs = randn(b, HK, L, D)
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        backend = SDPBackend.FLASH_ATTENTION if DEV.type == "cuda" else SDPBackend.MATH
+        with sdpa_kernel(backend):
+            try:
+                torch_ms = bench(lambda: sdpa(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True))
+            except RuntimeError:  # flash without native GQA: same FLOPs on repeated K/V
+                kr, vr = ks.repeat_interleave(HQ // HK, 1), vs.repeat_interleave(HQ // HK, 1)
+                torch_ms = bench(lambda: sdpa(qs, kr, vr, is_causal=True, scale=scale))
+    shape = f"{len(query_lens)}x{query_lens[0]}" if len(set(query_lens)) == 1 else f"ragged {query_lens}"
+    return row("prefill_attention", shape + " causal", "TFLOP/s", flops, ours_ms, torch_ms)
+
+
+PREFILL_SWEEP = [
+    PrefillConfig(128, 64, 8, 3),
+    PrefillConfig(128, 128, 8, 3),
+    PrefillConfig(128, 64, 4, 3),
+    PrefillConfig(128, 32, 4, 4),
+    PrefillConfig(64, 64, 4, 3),
+    PrefillConfig(128, 128, 8, 2),
+    PrefillConfig(64, 128, 4, 3),
+]
+DECODE_SWEEP = [
+    DecodeConfig(block_n=64, num_warps=4, num_stages=3),
+    DecodeConfig(block_n=64, num_warps=4, num_stages=4),
+    DecodeConfig(block_n=32, num_warps=4, num_stages=4),
+    DecodeConfig(block_n=128, num_warps=4, num_stages=3),
+    DecodeConfig(block_n=128, num_warps=8, num_stages=3),
+    DecodeConfig(block_n=64, num_warps=2, num_stages=4),
+    DecodeConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=8),
+    DecodeConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2),
+]
+
+
+def sweep() -> list[str]:
+    lines = ["", "### Launch-shape sweep", ""]
+    for cfg in PREFILL_SWEEP:
+        try:
+            r = prefill_case([SWEEP_PREFILL_LEN], cfg, with_torch=False)
+            lines.append(f"- prefill 1x{SWEEP_PREFILL_LEN} {cfg}: {r['ours']:.0f} TFLOP/s")
+        except Exception as e:  # noqa: BLE001 (a config that does not compile or fit is reported)
+            lines.append(f"- prefill {cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    for cfg in DECODE_SWEEP:
+        for batch, ctx in SWEEP_DECODE:
+            try:
+                r = decode_case(batch, ctx, cfg, None, with_torch=False)
+                lines.append(f"- decode B={batch} ctx={ctx} {cfg}: {r['ours']:.0f} GB/s ({r['shape']})")
+            except Exception as e:  # noqa: BLE001
+                lines.append(f"- decode {cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def markdown(ceil: dict, rows: list[dict], meta: dict) -> str:
+    out = [
+        f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}.",
+        f"Ceilings measured in this run: device-to-device copy **{ceil['copy_GBps']:.0f} GB/s** "
+        f"(read + write), bf16 matmul 8192^3 **{ceil['matmul_TFLOPs']:.0f} TFLOP/s**.",
+        "",
+        "| kernel | shape | ours ms | ours | % of ceiling | torch ms | torch | ours / torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["kernel"] == "FAILED":
+            out.append(f"| FAILED | {r['shape']} | | | | | | |")
+            continue
+        ceiling = ceil["copy_GBps"] if r["unit"] == "GB/s" else ceil["matmul_TFLOPs"]
+        t_ms = "" if r["torch_ms"] is None else f"{r['torch_ms']:.4f}"
+        t_rate = "" if r["torch"] is None else f"{r['torch']:.0f} {r['unit']}"
+        ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['ours_ms']:.2f}x"
+        out.append(
+            f"| {r['kernel']} | {r['shape']} | {r['ours_ms']:.4f} | {r['ours']:.0f} {r['unit']} | "
+            f"{100 * r['ours'] / ceiling:.0f}% | {t_ms} | {t_rate} | {ratio} |"
+        )
+    return "\n".join(out)
+
+
+def _smoke_shapes() -> None:
+    global DEV, HQ, HK, D, HIDDEN, INTER, ROWS, MAX_POS, COPY_ELEMS, MATMUL_N, SWEEP_PREFILL_LEN, SWEEP_DECODE
+    assert os.environ.get("TRITON_INTERPRET") == "1", "--smoke needs TRITON_INTERPRET=1"
+    DEV = torch.device("cpu")
+    HQ, HK, D, HIDDEN, INTER = 4, 2, 32, 64, 96
+    ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 32, 512, 1 << 16, 64
+    SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
+    PREFILL_SWEEP[:] = [PrefillConfig(32, 16, 4, 1)]
+    DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="markdown table")
+    ap.add_argument("--json", type=Path, help="raw numbers")
+    ap.add_argument("--sweep", action="store_true", help="also try several launch shapes")
+    ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    batches, contexts = [1, 16, 64, 256], [512, 2048, 8192, 32768]
+    prefill_lens = [[512], [2048], [4096], [8192], [16384], [2048] * 8, [3000, 517, 9000, 1, 2000]]
+    if args.quick:
+        batches, contexts, prefill_lens = [1, 64], [2048, 32768], [[2048], [16384]]
+    if args.smoke:
+        _smoke_shapes()
+        batches, contexts, prefill_lens = [1, 3], [40, 300], [[64], [17, 90]]
+    meta = {
+        "device": torch.cuda.get_device_name(DEV) if DEV.type == "cuda" else "cpu (smoke)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    ceil = ceilings()
+    print(meta, ceil, flush=True)
+    rows = elementwise_rows()
+    for batch in batches:
+        for ctx in contexts:
+            attempt(rows, lambda: decode_case(batch, ctx, DecodeConfig(), None, with_torch=True))  # noqa: B023
+    for lens in prefill_lens:
+        attempt(rows, lambda: prefill_case(lens, None, with_torch=True))  # noqa: B023
+    extra = sweep() if args.sweep else []
+    text = markdown(ceil, rows, meta) + "\n".join(extra) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "ceilings": ceil, "rows": rows}, indent=1))
+    assert all(r["kernel"] != "FAILED" and math.isfinite(r["ours"]) for r in rows), "some cases failed"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Prompt text -> token ids, with `<image>` placeholders expanded to the model's image tokens.
+
+Each `<image>` tag becomes `num_image_tokens` copies of `image_token_index` (what the LLaVA
+processor of transformers does), so the engine finds one image-token position per embedding row.
+Tokenization is the model tokenizer's default (special tokens such as BOS added), the same as
+`tokenizer(text)["input_ids"]` on the expanded text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llm_core.serving.request import InputError
+
+IMAGE_TAG = "<image>"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLimits:
+    max_model_len: int  # prompt + max_tokens must fit
+    image_token_index: int | None  # None: the model takes no images
+    num_image_tokens: int = 0  # tokens per image
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer: Any, limits: PromptLimits) -> None:
+        self.tokenizer = tokenizer
+        self.limits = limits
+
+    def _tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _with_image_tokens(self, text: str, num_tags: int) -> list[int]:
+        image_id = self.limits.image_token_index
+        ids = self._tokenize(text)
+        if sum(1 for t in ids if t == image_id) != num_tags:
+            # The tokenizer does not know the tag as one token: tokenize around the tags.
+            pieces = text.split(IMAGE_TAG)
+            ids = self._tokenize(pieces[0])
+            for piece in pieces[1:]:
+                ids.append(image_id)
+                ids.extend(self._tokenize(piece, add_special_tokens=False) if piece else [])
+        expanded: list[int] = []
+        for token in ids:
+            expanded.extend([token] * self.limits.num_image_tokens if token == image_id else [token])
+        return expanded
+
+    def encode(self, text: str, num_images: int) -> list[int]:
+        if not text.strip():
+            raise InputError("text_input", "prompt is empty")
+        takes_images = self.limits.image_token_index is not None
+        if num_images and not takes_images:
+            raise InputError("image", "this model does not take images")
+        num_tags = text.count(IMAGE_TAG) if takes_images else 0
+        if num_tags != num_images:
+            raise InputError(
+                "image" if num_tags > num_images else "text_input",
+                f"the prompt has {num_tags} {IMAGE_TAG} tag(s) but {num_images} image(s) were given; "
+                f"put one {IMAGE_TAG} where each image goes",
+            )
+        ids = self._with_image_tokens(text, num_tags) if num_tags else self._tokenize(text)
+        if not ids:
+            raise InputError("text_input", "prompt is empty after tokenization")
+        if len(ids) >= self.limits.max_model_len:
+            raise InputError(
+                "text_input",
+                f"prompt is {len(ids)} tokens long; the model's context is {self.limits.max_model_len} tokens",
+            )
+        return ids
+
+    def check_max_tokens(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        room = self.limits.max_model_len - num_prompt_tokens
+        if max_tokens > room:
+            raise InputError(
+                "max_tokens",
+                f"{max_tokens} exceeds the room left in the model's context "
+                f"({self.limits.max_model_len} - {num_prompt_tokens} prompt tokens = {room})",
+            )
