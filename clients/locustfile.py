@@ -62,8 +62,9 @@ class GenerationUser(User):
             timer = self.generate(random_request())
             if timer.finish_reason == "error" or not timer.text:
                 raise RuntimeError(f"finish_reason={timer.finish_reason!r}, text={timer.text!r}")
-        except Exception as exc:  # every error is a Locust failure
-            self.report(self.kind, "generate", (time.perf_counter() - start) * 1e3, 0, exc)
+        except Exception as exc:  # every error is a Locust failure; repr() of some lacks the message
+            failure = RuntimeError(f"{type(exc).__name__}: {exc}")
+            self.report(self.kind, "generate", (time.perf_counter() - start) * 1e3, 0, failure)
             return
         self.report(self.kind, "generate", timer.latency * 1e3, timer.num_output_tokens)
         self.report("TTFT", self.kind, timer.ttft * 1e3)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Write a deterministic tiny Hugging Face model directory (thin CLI over llm_core.testing.tiny_model).
 
-    python scripts/make_tiny_model.py --arch llava --tokenizer bpe --out models/tiny-llava [--seed 0]
-        [--shards 2] [--dtype float32|bfloat16|float16]
+python scripts/make_tiny_model.py --arch llava --tokenizer bpe --out models/tiny-llava [--seed 0]
+    [--shards 2] [--dtype float32|bfloat16|float16]
 """
 
 from __future__ import annotations

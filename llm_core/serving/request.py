@@ -28,7 +28,7 @@ class InputError(ValueError):
         self.field = field
 
 
-def _as_int(field: str, value: Any) -> int:
+def as_int(field: str, value: Any) -> int:
     if isinstance(value, bool):
         raise InputError(field, f"expected an integer, got {value!r}")
     if isinstance(value, (int, np.integer)):
@@ -43,7 +43,7 @@ def _as_int(field: str, value: Any) -> int:
     raise InputError(field, f"expected an integer, got {value!r}")
 
 
-def _as_float(field: str, value: Any) -> float:
+def as_float(field: str, value: Any) -> float:
     if isinstance(value, bool):
         raise InputError(field, f"expected a number, got {value!r}")
     try:
@@ -55,7 +55,7 @@ def _as_float(field: str, value: Any) -> float:
     return number
 
 
-def _as_bool(field: str, value: Any) -> bool:
+def as_bool(field: str, value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
@@ -65,7 +65,7 @@ def _as_bool(field: str, value: Any) -> bool:
     raise InputError(field, f"expected a boolean, got {value!r}")
 
 
-def _as_strings(field: str, value: Any) -> tuple[str, ...]:
+def as_strings(field: str, value: Any) -> tuple[str, ...]:
     """A string or a list of strings; empty strings are dropped (clients send "" for none)."""
     items = value if isinstance(value, (list, tuple)) else [value]
     out = []
@@ -79,9 +79,9 @@ def _as_strings(field: str, value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _as_ints(field: str, value: Any) -> tuple[int, ...]:
+def as_ints(field: str, value: Any) -> tuple[int, ...]:
     items = value if isinstance(value, (list, tuple)) else [value]
-    return tuple(_as_int(field, item) for item in items)
+    return tuple(as_int(field, item) for item in items)
 
 
 def _must_equal(expected: Any, convert):
@@ -97,55 +97,55 @@ def _must_equal(expected: Any, convert):
 
 
 def _ignored_float(field: str, value: Any) -> None:
-    _as_float(field, value)  # validated, then ignored (beam search only)
+    as_float(field, value)  # validated, then ignored (beam search only)
 
 
 def _ignored_int(field: str, value: Any) -> None:
-    _as_int(field, value)
+    as_int(field, value)
 
 
-def _as_logprobs(field: str, value: Any) -> bool:
+def as_logprobs(field: str, value: Any) -> bool:
     """vLLM sends the number of top logprobs (we return the sampled token's only); others a bool."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and int(value) >= 0:
         return int(value) > 0
-    return _as_bool(field, value)
+    return as_bool(field, value)
 
 
 def _no_strings(field: str, value: Any) -> tuple[str, ...]:
-    if _as_strings(field, value):
+    if as_strings(field, value):
         raise InputError(field, "is not supported")
     return ()
 
 
 # key -> (SamplingParams field or None, converter). Aliases map to the same field.
 _FIELDS: dict[str, tuple[str | None, Any]] = {
-    "max_tokens": ("max_tokens", _as_int),
-    "temperature": ("temperature", _as_float),
-    "top_k": ("top_k", _as_int),
-    "top_p": ("top_p", _as_float),
-    "min_p": ("min_p", _as_float),
-    "repetition_penalty": ("repetition_penalty", _as_float),
-    "presence_penalty": ("presence_penalty", _as_float),
-    "frequency_penalty": ("frequency_penalty", _as_float),
-    "seed": ("seed", _as_int),
-    "random_seed": ("seed", _as_int),
-    "min_tokens": ("min_tokens", _as_int),
-    "min_length": ("min_tokens", _as_int),
-    "stop": ("stop", _as_strings),
-    "stop_words": ("stop", _as_strings),
-    "stop_token_ids": ("stop_token_ids", _as_ints),
-    "end_id": ("stop_token_ids", _as_ints),
-    "ignore_eos": ("ignore_eos", _as_bool),
-    "logprobs": ("logprobs", _as_logprobs),
-    "return_log_probs": ("logprobs", _as_bool),
+    "max_tokens": ("max_tokens", as_int),
+    "temperature": ("temperature", as_float),
+    "top_k": ("top_k", as_int),
+    "top_p": ("top_p", as_float),
+    "min_p": ("min_p", as_float),
+    "repetition_penalty": ("repetition_penalty", as_float),
+    "presence_penalty": ("presence_penalty", as_float),
+    "frequency_penalty": ("frequency_penalty", as_float),
+    "seed": ("seed", as_int),
+    "random_seed": ("seed", as_int),
+    "min_tokens": ("min_tokens", as_int),
+    "min_length": ("min_tokens", as_int),
+    "stop": ("stop", as_strings),
+    "stop_words": ("stop", as_strings),
+    "stop_token_ids": ("stop_token_ids", as_ints),
+    "end_id": ("stop_token_ids", as_ints),
+    "ignore_eos": ("ignore_eos", as_bool),
+    "logprobs": ("logprobs", as_logprobs),
+    "return_log_probs": ("logprobs", as_bool),
     "length_penalty": (None, _ignored_float),
     "pad_id": (None, _ignored_int),
-    "beam_width": (None, _must_equal(1, _as_int)),
-    "num_return_sequences": (None, _must_equal(1, _as_int)),
-    "n": (None, _must_equal(1, _as_int)),
-    "best_of": (None, _must_equal(1, _as_int)),
-    "use_beam_search": (None, _must_equal(False, _as_bool)),
-    "skip_special_tokens": (None, _must_equal(True, _as_bool)),
+    "beam_width": (None, _must_equal(1, as_int)),
+    "num_return_sequences": (None, _must_equal(1, as_int)),
+    "n": (None, _must_equal(1, as_int)),
+    "best_of": (None, _must_equal(1, as_int)),
+    "use_beam_search": (None, _must_equal(False, as_bool)),
+    "skip_special_tokens": (None, _must_equal(True, as_bool)),
     "bad_words": (None, _no_strings),
 }
 SAMPLING_KEYS = frozenset(_FIELDS)
@@ -271,13 +271,13 @@ def parse_generate_request(
         array = inputs[name]
         tensor_values[name] = _string_list(array) if name in _LIST_INPUTS else _scalar(array)
     kwargs.update(sampling_from_mapping(tensor_values, "", strict=True))
-    flags = {name: _as_bool(name, parameters[name]) for name in _OPTION_INPUTS if name in parameters}
-    flags.update({name: _as_bool(name, _scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})
+    flags = {name: as_bool(name, parameters[name]) for name in _OPTION_INPUTS if name in parameters}
+    flags.update({name: as_bool(name, _scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})
     if flags.get("return_log_probs"):
         kwargs["logprobs"] = True
-    stream = "stream" in inputs and _as_bool("stream", _scalar(inputs["stream"]))
+    stream = "stream" in inputs and as_bool("stream", _scalar(inputs["stream"]))
     if "stream" not in inputs and "stream" in parameters:
-        stream = _as_bool("stream", parameters["stream"])
+        stream = as_bool("stream", parameters["stream"])
     options = OutputOptions(**flags)
     if not options.exclude_input_in_output:
         options = OutputOptions(**{**asdict(options), "prompt": prompt})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +126,7 @@ def tokenizer_style(arch: str, tokenizer: str) -> TokenizerStyle:
     return TokenizerStyle(**{**style.__dict__, "appended": (IMAGE_TOKEN, *style.appended)})
 
 
-def make_tiny_model(
-    out_dir: str | Path, arch: str, tokenizer: str = "bpe", seed: int = 0, **overrides
-) -> Path:
+def make_tiny_model(out_dir: str | Path, arch: str, tokenizer: str = "bpe", seed: int = 0, **overrides) -> Path:
     """Write a tiny HF model directory and return its path.
 
     overrides: any key of TEXT_DEFAULTS (e.g. `tie_word_embeddings=True`,
@@ -504,7 +502,7 @@ def _sentencepiece_bpe(style: TokenizerStyle, num_model_tokens: int):
     return tok
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer_json(style: TokenizerStyle) -> str:
     """tokenizer.json text with exactly VOCAB_SIZE tokens; the special tokens are added tokens."""
     from tokenizers import AddedToken, processors

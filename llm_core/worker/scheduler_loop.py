@@ -37,6 +37,7 @@ class _Tracked:
     generator: torch.Generator | None
     stop_checker: StopStringChecker | None
     released: list[int] = field(default_factory=list)  # output ids already sent
+    pending_logprobs: list[float] = field(default_factory=list)  # of sampled, unsent tokens
 
 
 class SchedulerLoop:
@@ -130,7 +131,10 @@ class SchedulerLoop:
             if released.matched:
                 reason, trim = "stop", released.text_trim
             elif reason is not None:
-                new_ids = new_ids + tracked.stop_checker.flush()
+                rest = tracked.stop_checker.flush()
+                new_ids = new_ids + rest.token_ids
+                if rest.matched:
+                    reason, trim = "stop", rest.text_trim
         else:
             new_ids = [token]
         context = (req.prompt_ids + tracked.released)[-CONTEXT_IDS:]
@@ -141,7 +145,11 @@ class SchedulerLoop:
             self.counters["requests_finished"] += 1
         elif not new_ids:
             return None
-        logprobs = [logprob] if params.logprobs and logprob is not None else None
+        logprobs = None
+        if params.logprobs and logprob is not None:
+            tracked.pending_logprobs.append(logprob)
+            logprobs = tracked.pending_logprobs[: len(new_ids)]
+            del tracked.pending_logprobs[: len(new_ids)]
         return StreamChunk(
             req.request_id, new_ids, reason, text_trim=trim, logprobs=logprobs, context_ids=context,
             num_prompt_tokens=len(req.prompt_ids), time=time.monotonic(),

@@ -201,7 +201,9 @@ def run_checker(tok, prompt, output, stops) -> tuple[str, bool]:
         pieces.append(detok.push(released.token_ids))
         if released.matched:
             break
-    text = "".join(pieces) + detok.finish()
+    pieces[-1] += detok.finish()
+    assert 0 <= released.text_trim <= len(pieces[-1])  # trimmed from the last chunk only
+    text = "".join(pieces)
     return text[: len(text) - released.text_trim], released.matched
 
 

@@ -154,3 +154,21 @@ def test_abort_and_errors_free_everything(text_model):
     out = engine.generate([[4, 5]], SamplingParams(max_tokens=3, temperature=0.0))[0]
     assert out.finish_reason in ("stop", "length")
     assert engine.stats()["slots_used"] == 0
+
+
+def test_stop_token_ids_min_tokens_and_logprobs(text_model):
+    _, engine = text_model
+    prompt = [21, 22, 23]
+    free = engine.generate([prompt], SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True))[0].token_ids
+    stop_id = free[5]
+    first = free.index(stop_id)
+    out = engine.generate([prompt], SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=(stop_id,)))[0]
+    assert out.finish_reason == "stop" and out.token_ids == free[: first + 1]
+    # min_tokens masks stop ids until enough tokens exist, so the stop id cannot end it early.
+    late = SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=(stop_id,), min_tokens=first + 2)
+    out = engine.generate([prompt], late)[0]
+    assert len(out.token_ids) >= first + 2
+    assert stop_id not in out.token_ids[: first + 2]
+    with_lp = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=True))
+    lps = with_lp[0].logprobs
+    assert lps is not None and len(lps) == 8 and all(lp <= 0.0 for lp in lps)

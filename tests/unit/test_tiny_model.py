@@ -32,6 +32,15 @@ TEXTS = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """2 shared CPU cores: intra-op threads only add contention for these tiny matmuls."""
+    num_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(num_threads)
+
+
 def load(model_dir, arch):
     model, info = MODEL_CLASSES[arch].from_pretrained(model_dir, output_loading_info=True)
     assert not any(info.values()), info  # no missing/unexpected/mismatched keys

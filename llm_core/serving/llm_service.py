@@ -1,0 +1,291 @@
+"""The llm model's logic: queue requests into the engine, stream coalesced responses back.
+
+Threads: Triton's `execute` calls `submit` (parse, register, engine.add_request: never blocks
+on generation); ONE sender thread (`run`) drains the engine's shared output queue, groups the
+chunks per stream, sends one response per stream per pass (DESIGN §5: one response carrying
+every token since the stream's previous response, plus the context ids the stateless
+postprocess needs), polls client cancellation, and publishes metrics. Every request ends with
+exactly one final send, errors included; all sends and metric updates happen on that thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from llm_core.detokenizer import DEFAULT_CONTEXT, MAX_CONTEXT, context_window
+from llm_core.outputs import StreamChunk
+from llm_core.sampling_params import SamplingParams
+from llm_core.serving.metrics import EngineMetrics
+from llm_core.serving.request import InputError, as_bool, as_int, build_sampling_params, parse_sampling_json
+
+log = logging.getLogger("llm_core.serving")
+FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled", "error": "error"}
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRequest:
+    prompt_ids: list[int]
+    image_embeds: np.ndarray | None  # [num_image_tokens_total, hidden] fp32
+    params: SamplingParams
+    stream: bool
+    options: str  # opaque, forwarded to postprocess with every response
+
+
+def _scalar(array: np.ndarray) -> Any:
+    flat = np.asarray(array).reshape(-1)
+    value = flat[0] if flat.size else None
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> LlmRequest:
+    """Inputs of the llm model (with the batch dim): input_ids, and optionally image_embeds,
+    sampling_parameters (JSON), max_tokens, stream, postprocess_options."""
+    ids = inputs.get("input_ids")
+    if ids is None or ids.size == 0:
+        raise InputError("input_ids", "is empty")
+    if ids.ndim == 2 and ids.shape[0] != 1:
+        raise InputError("input_ids", f"batch size {ids.shape[0]} is not supported")
+    embeds = inputs.get("image_embeds")
+    if embeds is not None:
+        embeds = np.asarray(embeds, np.float32)
+        embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
+        embeds = embeds if embeds.shape[0] else None
+    kwargs = parse_sampling_json(_scalar(inputs["sampling_parameters"]) or "") if "sampling_parameters" in inputs else {}
+    if "max_tokens" in inputs:
+        kwargs["max_tokens"] = as_int("max_tokens", _scalar(inputs["max_tokens"]))
+    stream = as_bool("stream", _scalar(inputs["stream"])) if "stream" in inputs else False
+    options = _scalar(inputs["postprocess_options"]) if "postprocess_options" in inputs else ""
+    params = build_sampling_params(kwargs, default_max_tokens)
+    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, options or "")
+
+
+@dataclass(frozen=True, slots=True)
+class LlmResponse:
+    request_id: str  # the engine's id: postprocess relays cancellation with it
+    output_ids: list[int]
+    context_ids: list[int]  # ids just before output_ids, for stateless detokenization
+    finish_reason: str  # "" until the last response
+    text_trim: int
+    num_input_tokens: int
+    response_index: int
+    options: str
+    logprobs: list[float] | None
+    cum_log_prob: float
+
+
+class Transport(Protocol):
+    """How responses reach the client (pb_utils response senders in the Triton adapter)."""
+
+    def send(self, handle: Any, response: LlmResponse | None, final: bool) -> None: ...
+
+    def send_error(self, handle: Any, message: str) -> None: ...  # also final
+
+    def is_cancelled(self, handle: Any) -> bool: ...
+
+
+@dataclass(slots=True)
+class _Stream:
+    handle: Any
+    request: LlmRequest | None
+    arrival: float
+    history: list[int] = field(default_factory=list)  # ids before `pending` (prompt tail, then outputs)
+    pending: list[int] = field(default_factory=list)
+    pending_logprobs: list[float] = field(default_factory=list)
+    cum_log_prob: float = 0.0
+    finish_reason: str | None = None
+    text_trim: int = 0
+    error: str | None = None
+    last_token_time: float | None = None
+    num_responses: int = 0
+    cancelled: bool = False  # the client is gone: end with a bare final flag
+
+
+class LlmService:
+    def __init__(self, engine: Any, transport: Transport, metrics: EngineMetrics, default_max_tokens: int = 16,
+                 cancel_poll_s: float = 0.2, stats_interval_s: float = 0.25) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.metrics = metrics
+        self.default_max_tokens = default_max_tokens
+        self.cancel_poll_s = cancel_poll_s
+        self.stats_interval_s = stats_interval_s
+        self.tokenizer = getattr(engine, "tokenizer", None)
+        self.outputs: queue.Queue = queue.Queue()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._dirty: dict[str, None] = {}  # streams with news since their last response, in order
+        self._thread = threading.Thread(target=self.run, name="llm-sender", daemon=True)
+        self._stopping = False
+
+    # --- any thread ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, handle: Any, inputs: Mapping[str, np.ndarray]) -> str:
+        """Queue one request; never raises (failures become the request's error response)."""
+        request_id = f"llm-{uuid.uuid4().hex}"
+        state = _Stream(handle, None, time.monotonic())
+        with self._lock:
+            self._streams[request_id] = state
+        try:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            req = parse_llm_request(inputs, self.default_max_tokens)
+            state.request = req
+            state.history = req.prompt_ids[-MAX_CONTEXT:]
+            self.engine.add_request(req.prompt_ids, req.params, req.image_embeds, request_id=request_id,
+                                    output_queue=self.outputs)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the client
+            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            self.outputs.put(StreamChunk(request_id, [], "error", error=message))
+        return request_id
+
+    def abort(self, request_id: str) -> None:
+        """Cancellation relayed from postprocess (ensemble) or the adapter."""
+        self.engine.abort(request_id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (call after engine.shutdown(), which ends every request), then stop."""
+        self._stopping = True
+        self.outputs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    # --- the sender thread ---------------------------------------------------------------
+    def run(self) -> None:
+        next_cancel_poll = next_stats = 0.0
+        while True:
+            chunks, stop = self._take(timeout=min(self.cancel_poll_s, self.stats_interval_s))
+            for chunk in chunks:
+                self._on_chunk(chunk)
+            self._flush()
+            now = time.monotonic()
+            if stop:
+                self._fail_remaining("the server is shutting down")
+                return
+            if now >= next_cancel_poll:
+                self._poll_cancelled()
+                next_cancel_poll = now + self.cancel_poll_s
+            if now >= next_stats:
+                self._publish_stats()
+                next_stats = now + self.stats_interval_s
+
+    def _take(self, timeout: float) -> tuple[list[StreamChunk], bool]:
+        try:
+            first = self.outputs.get(timeout=timeout)
+        except queue.Empty:
+            return [], False
+        chunks = [first]
+        while True:
+            try:
+                chunks.append(self.outputs.get_nowait())
+            except queue.Empty:
+                break
+        if None in chunks:
+            return [c for c in chunks if c is not None], True
+        return chunks, False
+
+    def _on_chunk(self, chunk: StreamChunk) -> None:
+        state = self._streams.get(chunk.request_id)
+        if state is None or state.finish_reason is not None:
+            return
+        when = chunk.time or time.monotonic()
+        if chunk.token_ids:
+            if state.last_token_time is None:
+                self.metrics.observe_ttft(when - state.arrival)
+            else:
+                self.metrics.observe_itl((when - state.last_token_time) / len(chunk.token_ids))
+            state.last_token_time = when
+            state.pending.extend(chunk.token_ids)
+            if chunk.logprobs:
+                state.pending_logprobs.extend(chunk.logprobs)
+                state.cum_log_prob += float(sum(chunk.logprobs))
+        if chunk.finish_reason is not None:
+            state.finish_reason = FINISH_REASONS.get(chunk.finish_reason, chunk.finish_reason)
+            state.text_trim = chunk.text_trim
+            state.error = chunk.error
+        self._dirty[chunk.request_id] = None
+
+    def _context(self, history: list[int]) -> list[int]:
+        if self.tokenizer is None:
+            return history[-DEFAULT_CONTEXT:]
+        return context_window(self.tokenizer, history)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, {}
+        for request_id in dirty:
+            state = self._streams.get(request_id)
+            if state is None:
+                continue
+            final = state.finish_reason is not None
+            streaming = state.request is not None and state.request.stream
+            if not final and (state.cancelled or not (streaming and state.pending)):
+                continue
+            try:
+                self._send(request_id, state, final)
+            except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
+                log.exception("sending a response of %s failed", request_id)
+                if not final:
+                    self.engine.abort(request_id)
+                final = True
+            if final:
+                with self._lock:
+                    self._streams.pop(request_id, None)
+
+    def _send(self, request_id: str, state: _Stream, final: bool) -> None:
+        if final and state.finish_reason == "error":
+            self.transport.send_error(state.handle, state.error or "generation failed")
+            return
+        if final and state.cancelled:
+            self.transport.send(state.handle, None, True)
+            return
+        req = state.request
+        logprobs = state.pending_logprobs if req.params.logprobs else None
+        response = LlmResponse(
+            request_id, state.pending, self._context(state.history), state.finish_reason or "",
+            state.text_trim, len(req.prompt_ids), state.num_responses, req.options, logprobs, state.cum_log_prob,
+        )
+        state.history = (state.history + state.pending)[-MAX_CONTEXT:]
+        state.pending, state.pending_logprobs = [], []
+        state.num_responses += 1
+        self.transport.send(state.handle, response, final)
+
+    def _poll_cancelled(self) -> None:
+        with self._lock:
+            live = [(rid, s) for rid, s in self._streams.items() if not s.cancelled and s.finish_reason is None]
+        for request_id, state in live:
+            try:
+                cancelled = self.transport.is_cancelled(state.handle)
+            except Exception:  # noqa: BLE001
+                cancelled = True
+            if cancelled:
+                state.cancelled = True
+                self.engine.abort(request_id)
+
+    def _publish_stats(self) -> None:
+        try:
+            self.metrics.publish(self.engine.stats())
+        except Exception:  # noqa: BLE001 - metrics must never stop the sender
+            log.exception("publishing engine metrics failed")
+
+    def _fail_remaining(self, message: str) -> None:
+        with self._lock:
+            remaining = list(self._streams.items())
+            self._streams.clear()
+        for _, state in remaining:
+            try:
+                self.transport.send_error(state.handle, message)
+            except Exception:  # noqa: BLE001
+                pass

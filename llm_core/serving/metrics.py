@@ -1,0 +1,133 @@
+"""Metric definitions and bookkeeping, independent of Triton.
+
+The Triton adapters create one `pb_utils.MetricFamily` per MetricSpec and wrap them in a
+MetricsSink. Everything here runs on ONE thread per model (the llm sender thread; the visual
+model's execute): DESIGN §5 links pb_utils metric updates from several threads to crashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: str
+    description: str
+    buckets: tuple[float, ...] = ()
+
+
+LLM_METRICS = (
+    MetricSpec("llm_kv_slots_used", GAUGE, "KV cache token slots in use"),
+    MetricSpec("llm_kv_slots_total", GAUGE, "KV cache token slots in the pool"),
+    MetricSpec("llm_requests_running", GAUGE, "Requests in the running batch"),
+    MetricSpec("llm_requests_waiting", GAUGE, "Requests waiting for admission (paused ones included)"),
+    MetricSpec("llm_requests_paused", GAUGE, "Paused requests waiting to resume"),
+    MetricSpec("llm_request_pauses_total", COUNTER, "Times a running request was paused for KV space"),
+    MetricSpec("llm_prompt_tokens_total", COUNTER, "Prompt tokens admitted"),
+    MetricSpec("llm_generation_tokens_total", COUNTER, "Tokens generated"),
+    MetricSpec("llm_engine_restarts_total", COUNTER, "Engine worker restarts after a failure"),
+    MetricSpec("llm_time_to_first_token_seconds", HISTOGRAM, "Time from request arrival to first token",
+               LATENCY_BUCKETS),
+    MetricSpec("llm_inter_token_latency_seconds", HISTOGRAM, "Time between consecutive tokens of a request",
+               LATENCY_BUCKETS),
+)
+VISUAL_METRICS = (
+    MetricSpec("visual_cache_hits_total", COUNTER, "Images whose embeddings came from the cache"),
+    MetricSpec("visual_cache_misses_total", COUNTER, "Images encoded by the vision tower"),
+    MetricSpec("visual_cache_entries", GAUGE, "Image embeddings held in the cache"),
+)
+
+# engine.stats() key -> gauge / counter name
+_GAUGES = {"slots_used": "llm_kv_slots_used", "slots_total": "llm_kv_slots_total",
+           "running": "llm_requests_running", "waiting": "llm_requests_waiting", "paused": "llm_requests_paused"}
+_COUNTERS = {"total_pauses": "llm_request_pauses_total", "prompt_tokens_total": "llm_prompt_tokens_total",
+             "generation_tokens_total": "llm_generation_tokens_total", "restarts": "llm_engine_restarts_total"}
+
+
+class MetricsSink(Protocol):
+    def set(self, name: str, value: float) -> None: ...  # gauge
+
+    def increment(self, name: str, delta: float) -> None: ...  # counter
+
+    def observe(self, name: str, value: float) -> None: ...  # histogram
+
+
+class NullSink:
+    def set(self, name: str, value: float) -> None:
+        pass
+
+    def increment(self, name: str, delta: float) -> None:
+        pass
+
+    def observe(self, name: str, value: float) -> None:
+        pass
+
+
+class RecordingSink:
+    """Keeps the latest values (tests, and a readable summary for logs)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.observations: dict[str, list[float]] = {}
+
+    def set(self, name: str, value: float) -> None:
+        self.values[name] = value
+
+    def increment(self, name: str, delta: float) -> None:
+        self.values[name] = self.values.get(name, 0.0) + delta
+
+    def observe(self, name: str, value: float) -> None:
+        self.observations.setdefault(name, []).append(value)
+
+
+class CounterTracker:
+    """Turns monotonically growing totals into counter increments (totals may reset on restart)."""
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+        self._last: dict[str, float] = {}
+
+    def update(self, name: str, total: float) -> None:
+        last = self._last.get(name, 0.0)
+        delta = total - last if total >= last else total  # reset: count the new total
+        if delta > 0:
+            self.sink.increment(name, delta)
+        self._last[name] = total
+
+
+class EngineMetrics:
+    """Publishes engine.stats() snapshots: gauges as they are, totals as counter increments.
+
+    Worker restarts reset the engine's totals; `restarts` itself never resets, so it is tracked
+    separately from the engine-generation totals.
+    """
+
+    def __init__(self, sink: MetricsSink) -> None:
+        self.sink = sink
+        self.counters = CounterTracker(sink)
+
+    def publish(self, stats: dict) -> None:
+        for key, name in _GAUGES.items():
+            if key in stats:
+                self.sink.set(name, float(stats[key]))
+        for key, name in _COUNTERS.items():
+            if key in stats:
+                self.counters.update(name, float(stats[key]))
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.sink.observe("llm_time_to_first_token_seconds", max(seconds, 0.0))
+
+    def observe_itl(self, seconds: float) -> None:
+        self.sink.observe("llm_inter_token_latency_seconds", max(seconds, 0.0))
+
+
+def publish_cache(sink: MetricsSink, counters: CounterTracker, hits: int, misses: int, entries: int) -> None:
+    counters.update("visual_cache_hits_total", hits)
+    counters.update("visual_cache_misses_total", misses)
+    sink.set("visual_cache_entries", entries)

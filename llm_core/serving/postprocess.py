@@ -1,0 +1,96 @@
+"""Postprocess: one llm response -> the ensemble's outputs (stateless, exact text).
+
+Each llm response carries its new token ids and the ids just before them, so the text delta is
+`decode_delta(context, new, final)` with no state kept between requests (DESIGN §4). A final
+response may ask to trim the end of the text (a stop string that began inside a token); the
+engine holds such tokens back until the match, so the trim falls inside this last delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llm_core.detokenizer import decode_delta
+from llm_core.serving.request import OutputOptions
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessInput:
+    request_id: str
+    output_ids: list[int]
+    context_ids: list[int]
+    finish_reason: str  # "" until the last response
+    text_trim: int
+    num_input_tokens: int
+    response_index: int
+    options: OutputOptions
+    logprobs: list[float]
+    cum_log_prob: float
+
+
+def _scalar(inputs: Mapping[str, np.ndarray], name: str, default: Any) -> Any:
+    array = inputs.get(name)
+    if array is None or array.size == 0:
+        return default
+    value = array.reshape(-1)[0]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
+
+
+def _ids(inputs: Mapping[str, np.ndarray], name: str) -> list[int]:
+    array = inputs.get(name)
+    return [] if array is None else [int(t) for t in array.reshape(-1)]
+
+
+def parse_postprocess_input(inputs: Mapping[str, np.ndarray]) -> PostprocessInput:
+    logprobs = inputs.get("output_log_probs")
+    return PostprocessInput(
+        request_id=_scalar(inputs, "request_id", ""),
+        output_ids=_ids(inputs, "output_ids"),
+        context_ids=_ids(inputs, "context_ids"),
+        finish_reason=_scalar(inputs, "finish_reason", ""),
+        text_trim=int(_scalar(inputs, "text_trim", 0)),
+        num_input_tokens=int(_scalar(inputs, "num_input_tokens", 0)),
+        response_index=int(_scalar(inputs, "response_index", 0)),
+        options=OutputOptions.from_json(_scalar(inputs, "postprocess_options", "")),
+        logprobs=[] if logprobs is None else [float(v) for v in logprobs.reshape(-1)],
+        cum_log_prob=float(_scalar(inputs, "cum_log_probs", 0.0)),
+    )
+
+
+def chunk_text(tokenizer: Any, item: PostprocessInput) -> str:
+    final = bool(item.finish_reason)
+    text = decode_delta(tokenizer, item.context_ids, item.output_ids, final)
+    if final and item.text_trim:
+        text = text[: max(len(text) - item.text_trim, 0)]
+    if item.response_index == 0 and not item.options.exclude_input_in_output:
+        text = item.options.prompt + text
+    return text
+
+
+def postprocess_outputs(tokenizer: Any, item: PostprocessInput) -> dict[str, np.ndarray]:
+    """Output name -> array with the batch dim; only the outputs the request asked for."""
+    opts = item.options
+    text = chunk_text(tokenizer, item)
+    out = {"text_output": np.array([[text.encode("utf-8")]], dtype=np.object_)}
+    if opts.return_finish_reason:
+        reasons = [item.finish_reason.encode()] if item.finish_reason else []
+        out["finish_reason"] = np.array([reasons], dtype=np.object_).reshape(1, len(reasons))
+    if opts.return_num_input_tokens:
+        out["num_input_tokens"] = np.array([[item.num_input_tokens]], np.int32)
+    if opts.return_num_output_tokens:
+        out["num_output_tokens"] = np.array([[len(item.output_ids)]], np.int32)
+    if opts.return_log_probs:
+        out["cum_log_probs"] = np.array([[item.cum_log_prob]], np.float32)
+        out["output_log_probs"] = np.array(item.logprobs, np.float32).reshape(1, 1, -1)
+    return out
+
+
+def cancelled_outputs() -> dict[str, np.ndarray]:
+    """What a cancelled request gets: nothing reaches the client, but an error response here
+    would leave the ensemble request in flight forever in tritonserver 2.51 (it then blocks
+    shutdown for the whole exit timeout), so answer normally."""
+    return {"text_output": np.array([[b""]], dtype=np.object_)}

@@ -1,0 +1,55 @@
+"""Preprocess: validate an ensemble request and turn it into the llm and visual steps' inputs.
+
+All input validation happens here, so a bad request fails before it costs the vision tower or
+the engine anything (the engine still re-checks what it must).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_core.models import load_model_config
+from llm_core.serving.images import decode_images
+from llm_core.serving.prompt import PromptEncoder, PromptLimits
+from llm_core.serving.request import parse_generate_request, sampling_params_json
+
+
+class Preprocessor:
+    def __init__(self, model_dir: str | Path, tokenizer: Any, default_max_tokens: int = 16,
+                 max_model_len: int | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        cfg = load_model_config(model_dir)
+        self.model_config = cfg
+        self.default_max_tokens = default_max_tokens
+        limits = PromptLimits(max_model_len or cfg.max_position_embeddings, cfg.image_token_index,
+                              cfg.num_image_tokens or 0)
+        self.encoder = PromptEncoder(tokenizer, limits)
+        size = cfg.vision.image_size if cfg.vision is not None else 1
+        self.pixel_shape = (3, size, size)  # of the empty pixel tensor of a text-only request
+
+    def _pixels(self, images: list) -> np.ndarray:
+        if not images:
+            return np.zeros((0, *self.pixel_shape), np.float32)
+        from llm_core.models import preprocess_images
+
+        return preprocess_images([d.image for d in images], self.model_dir).numpy().astype(np.float32)
+
+    def run(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """-> the step's outputs (with the batch dim). Raises InputError naming the bad field."""
+        req = parse_generate_request(inputs, parameters, self.default_max_tokens)
+        ids = self.encoder.encode(req.prompt, len(req.images))
+        self.encoder.check_max_tokens(len(ids), req.params.max_tokens)
+        images = decode_images(req.images)
+        pixels = self._pixels(images)
+        return {
+            "input_ids": np.array([ids], np.int32),
+            "pixel_values": pixels[None],  # [1, num_images, 3, H, W]
+            "image_md5": np.array([[d.md5.encode() for d in images]], np.object_).reshape(1, len(images)),
+            "sampling_parameters": np.array([[sampling_params_json(req.params).encode()]], np.object_),
+            "stream": np.array([[req.stream]], np.bool_),
+            "postprocess_options": np.array([[req.options.to_json().encode()]], np.object_),
+        }

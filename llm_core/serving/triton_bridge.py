@@ -1,0 +1,86 @@
+"""Conversions between pb_utils objects and plain numpy/dicts, shared by the model.py adapters.
+
+The `triton_python_backend_utils` module is passed in (`pb`), never imported here, so this
+module imports anywhere and is tested with a stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from llm_core.serving.metrics import COUNTER, GAUGE, HISTOGRAM, MetricSpec
+
+log = logging.getLogger("llm_core.serving")
+
+
+def input_names(model_config: Mapping[str, Any]) -> list[str]:
+    return [spec["name"] for spec in model_config.get("input", [])]
+
+
+def request_inputs(pb: Any, request: Any, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The inputs present in `request` (optional ones may be absent) as numpy arrays."""
+    out = {}
+    for name in names:
+        tensor = pb.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            out[name] = tensor.as_numpy()
+    return out
+
+
+def request_parameters(request: Any) -> dict[str, Any]:
+    try:
+        params = json.loads(request.parameters() or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def make_response(pb: Any, outputs: Mapping[str, np.ndarray]) -> Any:
+    return pb.InferenceResponse(output_tensors=[pb.Tensor(name, value) for name, value in outputs.items()])
+
+
+def error_response(pb: Any, message: str) -> Any:
+    return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
+
+
+class PbMetricsSink:
+    """A MetricsSink over pb_utils.MetricFamily objects (one unlabeled metric per spec)."""
+
+    def __init__(self, pb: Any, specs: Sequence[MetricSpec], labels: Mapping[str, str] | None = None) -> None:
+        kinds = {COUNTER: pb.MetricFamily.COUNTER, GAUGE: pb.MetricFamily.GAUGE}
+        self.families = []
+        self.metrics: dict[str, Any] = {}
+        for spec in specs:
+            if spec.kind == HISTOGRAM:
+                family = pb.MetricFamily(name=spec.name, description=spec.description,
+                                         kind=pb.MetricFamily.HISTOGRAM)
+                metric = family.Metric(labels=dict(labels or {}), buckets=list(spec.buckets))
+            else:
+                family = pb.MetricFamily(name=spec.name, description=spec.description, kind=kinds[spec.kind])
+                metric = family.Metric(labels=dict(labels or {}))
+            self.families.append(family)
+            self.metrics[spec.name] = metric
+
+    def set(self, name: str, value: float) -> None:
+        self.metrics[name].set(value)
+
+    def increment(self, name: str, delta: float) -> None:
+        self.metrics[name].increment(delta)
+
+    def observe(self, name: str, value: float) -> None:
+        self.metrics[name].observe(value)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log llm_core's messages to the stub's stderr (Triton shows it in the server log)."""
+    logger = logging.getLogger("llm_core")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
