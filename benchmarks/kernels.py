@@ -45,7 +45,7 @@ DT = torch.bfloat16
 HQ, HK, D, HIDDEN, INTER = 32, 8, 128, 4096, 14336
 ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 16384, 32768, 1 << 28, 8192
 SWEEP_PREFILL_LEN = 8192
-SWEEP_DECODE = [(64, 2048), (1, 32768), (16, 8192), (256, 2048)]  # (batch, context)
+SWEEP_DECODE = [(64, 2048), (1, 32768), (1, 8192), (16, 8192), (256, 2048)]  # (batch, context)
 GB = 1e9
 
 
@@ -56,6 +56,22 @@ def bench(fn: Callable[[], object], rep_ms: int = 200) -> float:
         fn()
         return (time.perf_counter() - start) * 1e3
     return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
+
+
+def bench_graph(fn: Callable[[], object], rep_ms: int = 100) -> float:
+    """Median milliseconds of one CUDA-graph replay of fn: the GPU time without Python launch cost."""
+    if DEV.type == "cpu":
+        return bench(fn)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench(graph.replay, rep_ms)
 
 
 def attempt(rows: list[dict], make_row: Callable[[], dict]) -> None:
@@ -86,10 +102,22 @@ def ceilings() -> dict:
     }
 
 
-def row(name: str, shape: str, unit: str, amount: float, ours_ms: float, torch_ms: float | None) -> dict:
+def row(
+    name: str,
+    shape: str,
+    unit: str,
+    amount: float,
+    ours_ms: float,
+    torch_ms: float | None,
+    ours_graph_ms: float | None = None,
+    torch_graph_ms: float | None = None,
+) -> dict:
     """amount: bytes (unit GB/s) or FLOPs (unit TFLOP/s) per call."""
     scale = GB if unit == "GB/s" else 1e12
     return {
+        "ours_graph_ms": ours_graph_ms,
+        "ours_graph": None if ours_graph_ms is None else amount / (ours_graph_ms * 1e-3) / scale,
+        "torch_graph_ms": torch_graph_ms,
         "kernel": name,
         "shape": shape,
         "unit": unit,
@@ -138,6 +166,13 @@ def elementwise_rows() -> list[dict]:
         "store_kv", f"T={t} kv{HK} x{D}, scattered slots", "GB/s", store_bytes,
         bench(lambda: kernels.store_kv(k, v, k_cache, v_cache, slots)),
         bench(lambda: torch_ops.store_kv(k, v, k_cache, v_cache, slots)),
+    ))  # fmt: skip
+    big_k, big_v = randn(4 * t, HK, D), randn(4 * t, HK, D)
+    big_slots = torch.randperm(num_slots, device=DEV).to(torch.int32)
+    attempt(rows, lambda: row(
+        "store_kv", f"T={4 * t} kv{HK} x{D}, scattered slots", "GB/s", 4 * store_bytes,
+        bench(lambda: kernels.store_kv(big_k, big_v, k_cache, v_cache, big_slots)),
+        bench(lambda: torch_ops.store_kv(big_k, big_v, k_cache, v_cache, big_slots)),
     ))  # fmt: skip
 
     ts = t // 2
@@ -190,7 +225,8 @@ def decode_case(batch: int, ctx: int, config: DecodeConfig, num_splits: int | No
 
     nbytes = batch * ctx * HK * D * 2 * 2 + 2 * q.numel() * 2 + batch * ctx * 4
     ours_ms = bench(ours, rep_ms=100)
-    torch_ms = None
+    ours_graph_ms = bench_graph(ours)
+    torch_ms = torch_graph_ms = None
     if with_torch and batch * ctx <= 4 << 20:
         # Contiguous [B, Hk, ctx, D] K/V, gathered outside the timed region.
         kc = k_cache[req_to_slot[:batch].long()].permute(0, 2, 1, 3).contiguous()
@@ -199,10 +235,11 @@ def decode_case(batch: int, ctx: int, config: DecodeConfig, num_splits: int | No
         sdpa = torch.nn.functional.scaled_dot_product_attention
         try:
             torch_ms = bench(lambda: sdpa(qs, kc, vc, scale=scale, enable_gqa=True), rep_ms=100)
+            torch_graph_ms = bench_graph(lambda: sdpa(qs, kc, vc, scale=scale, enable_gqa=True))
         except RuntimeError as e:
             print(f"torch decode baseline failed: {e}", flush=True)
-    r = row("decode_attention", f"B={batch} ctx={ctx} splits={num_splits}", "GB/s", nbytes, ours_ms, torch_ms)
-    return r
+    shape = f"B={batch} ctx={ctx} splits={num_splits}"
+    return row("decode_attention", shape, "GB/s", nbytes, ours_ms, torch_ms, ours_graph_ms, torch_graph_ms)
 
 
 def prefill_case(query_lens: list[int], config: PrefillConfig | None, with_torch: bool) -> dict:
@@ -242,25 +279,17 @@ def prefill_case(query_lens: list[int], config: PrefillConfig | None, with_torch
     return row("prefill_attention", shape + " causal", "TFLOP/s", flops, ours_ms, torch_ms)
 
 
-PREFILL_SWEEP = [
-    PrefillConfig(128, 64, 8, 3),
-    PrefillConfig(128, 128, 8, 3),
-    PrefillConfig(128, 64, 4, 3),
-    PrefillConfig(128, 32, 4, 4),
-    PrefillConfig(64, 64, 4, 3),
-    PrefillConfig(128, 128, 8, 2),
-    PrefillConfig(64, 128, 4, 3),
-]
+PREFILL_SWEEP = [PrefillConfig(128, 64, 4, 3), PrefillConfig(128, 128, 8, 3), PrefillConfig(128, 64, 8, 3)]
 DECODE_SWEEP = [
+    DecodeConfig(),
     DecodeConfig(block_n=64, num_warps=4, num_stages=3),
-    DecodeConfig(block_n=64, num_warps=4, num_stages=4),
-    DecodeConfig(block_n=32, num_warps=4, num_stages=4),
-    DecodeConfig(block_n=128, num_warps=4, num_stages=3),
-    DecodeConfig(block_n=128, num_warps=8, num_stages=3),
-    DecodeConfig(block_n=64, num_warps=2, num_stages=4),
-    DecodeConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=8),
-    DecodeConfig(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2),
+    DecodeConfig(block_n=64, num_warps=2, num_stages=3),
+    DecodeConfig(block_n=64, num_warps=2, num_stages=4, programs_per_sm=2),
+    DecodeConfig(block_n=32, num_warps=2, num_stages=4),
 ]
+# (batch, context, forced number of splits) with the default launch shape
+SPLITS_SWEEP = [(1, 512, s) for s in (1, 2)] + [(16, 512, s) for s in (1, 2)] + [(1, 2048, s) for s in (1, 4, 8)]
+SPLITS_SWEEP += [(1, 32768, s) for s in (16, 32, 64, 128)] + [(16, 8192, s) for s in (2, 3, 5, 8)]
 
 
 def sweep() -> list[str]:
@@ -275,9 +304,19 @@ def sweep() -> list[str]:
         for batch, ctx in SWEEP_DECODE:
             try:
                 r = decode_case(batch, ctx, cfg, None, with_torch=False)
-                lines.append(f"- decode B={batch} ctx={ctx} {cfg}: {r['ours']:.0f} GB/s ({r['shape']})")
+                lines.append(
+                    f"- decode {r['shape']} {cfg}: eager {r['ours']:.0f} GB/s, graph {r['ours_graph']:.0f} GB/s"
+                )
             except Exception as e:  # noqa: BLE001
                 lines.append(f"- decode {cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    for batch, ctx, splits in SPLITS_SWEEP:
+        try:
+            r = decode_case(batch, ctx, DecodeConfig(), splits, with_torch=False)
+            lines.append(
+                f"- decode {r['shape']} (forced): eager {r['ours']:.0f} GB/s, graph {r['ours_graph']:.0f} GB/s"
+            )
+        except Exception as e:  # noqa: BLE001
+            lines.append(f"- decode B={batch} ctx={ctx} splits={splits}: failed {type(e).__name__}: {str(e)[:120]}")
     print("\n".join(lines), flush=True)
     return lines
 
@@ -288,21 +327,31 @@ def markdown(ceil: dict, rows: list[dict], meta: dict) -> str:
         f"Ceilings measured in this run: device-to-device copy **{ceil['copy_GBps']:.0f} GB/s** "
         f"(read + write), bf16 matmul 8192^3 **{ceil['matmul_TFLOPs']:.0f} TFLOP/s**.",
         "",
-        "| kernel | shape | ours ms | ours | % of ceiling | torch ms | torch | ours / torch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "Eager: each call launched from Python, as the engine does without CUDA graphs. Graph: one",
+        "CUDA-graph replay per call (decode only), i.e. GPU time without Python launch overhead.",
+        "",
+        "| kernel | shape | ours ms | ours | % of ceiling | torch ms | torch | ours / torch "
+        "| graph: ours ms | ours | % of ceiling | torch ms | ours / torch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["kernel"] == "FAILED":
-            out.append(f"| FAILED | {r['shape']} | | | | | | |")
+            out.append(f"| FAILED | {r['shape']} |" + " |" * 11)
             continue
         ceiling = ceil["copy_GBps"] if r["unit"] == "GB/s" else ceil["matmul_TFLOPs"]
-        t_ms = "" if r["torch_ms"] is None else f"{r['torch_ms']:.4f}"
-        t_rate = "" if r["torch"] is None else f"{r['torch']:.0f} {r['unit']}"
-        ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['ours_ms']:.2f}x"
-        out.append(
-            f"| {r['kernel']} | {r['shape']} | {r['ours_ms']:.4f} | {r['ours']:.0f} {r['unit']} | "
-            f"{100 * r['ours'] / ceiling:.0f}% | {t_ms} | {t_rate} | {ratio} |"
-        )
+        cells = [r["kernel"], r["shape"], f"{r['ours_ms']:.4f}", f"{r['ours']:.0f} {r['unit']}"]
+        cells.append(f"{100 * r['ours'] / ceiling:.0f}%")
+        has_torch = r["torch_ms"] is not None
+        cells += [f"{r['torch_ms']:.4f}", f"{r['torch']:.0f} {r['unit']}"] if has_torch else ["", ""]
+        cells.append(f"{r['torch_ms'] / r['ours_ms']:.2f}x" if has_torch else "")
+        if r.get("ours_graph_ms") is not None:
+            cells += [f"{r['ours_graph_ms']:.4f}", f"{r['ours_graph']:.0f} {r['unit']}"]
+            cells.append(f"{100 * r['ours_graph'] / ceiling:.0f}%")
+            tg = r["torch_graph_ms"]
+            cells += [f"{tg:.4f}", f"{tg / r['ours_graph_ms']:.2f}x"] if tg is not None else ["", ""]
+        else:
+            cells += [""] * 5
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -313,6 +362,7 @@ def _smoke_shapes() -> None:
     HQ, HK, D, HIDDEN, INTER = 4, 2, 32, 64, 96
     ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 32, 512, 1 << 16, 64
     SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
+    SPLITS_SWEEP[:] = [(2, 300, 3)]
     PREFILL_SWEEP[:] = [PrefillConfig(32, 16, 4, 1)]
     DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
 

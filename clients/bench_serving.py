@@ -38,7 +38,7 @@ def make_requests(args: argparse.Namespace, rng: np.random.Generator) -> list[Ge
 
     requests = []
     for input_len, output_len in zip(
-        lengths(args.input_len, args.input_len_range), lengths(args.output_len, args.output_len_range)
+        lengths(args.input_len, args.input_len_range), lengths(args.output_len, args.output_len_range), strict=True
     ):
         prompt = " ".join(rng.choice(WORDS, size=int(input_len)))
         sampling: dict[str, float | int] = {} if args.allow_early_stop else {"min_tokens": int(output_len)}

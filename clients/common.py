@@ -73,12 +73,16 @@ def input_arrays(req: GenerateRequest) -> dict[str, np.ndarray]:
 
 
 def grpc_inputs(req: GenerateRequest) -> list:
-    """The request as a list of tritonclient.grpc.InferInput."""
+    """The request as a list of tritonclient.grpc.InferInput for the ensemble."""
+    return to_grpc_inputs(input_arrays(req))
+
+
+def to_grpc_inputs(arrays: dict[str, np.ndarray]) -> list:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import np_to_triton_dtype
 
     inputs = []
-    for name, array in input_arrays(req).items():
+    for name, array in arrays.items():
         tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
@@ -122,7 +126,7 @@ def _first(value):
 def _as_str(value) -> str | None:
     value = _first(value)
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        value = value.decode("utf-8")
     return None if value is None or value == "" else str(value)
 
 
@@ -208,7 +212,7 @@ class RequestTimer:
     def itls(self) -> list[float]:
         """Inter-token latencies: a chunk of k tokens after a gap g gives k gaps of g/k."""
         gaps = []
-        for prev, now, tokens in zip(self.chunk_times, self.chunk_times[1:], self.chunk_tokens[1:]):
+        for prev, now, tokens in zip(self.chunk_times[:-1], self.chunk_times[1:], self.chunk_tokens[1:], strict=True):
             gaps.extend([(now - prev) / tokens] * tokens if tokens else [])
         return gaps
 
@@ -229,7 +233,7 @@ def add_request_args(parser: argparse.ArgumentParser) -> None:
     for name, dtype in SAMPLING_DTYPES.items():
         parser.add_argument("--" + name.replace("_", "-"), type=float if dtype is np.float32 else int)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    parser.add_argument("--sampling-parameters", help='vLLM-style JSON, e.g. \'{"temperature": 0}\'')
+    parser.add_argument("--sampling-parameters", help="vLLM-style JSON, e.g. '{\"temperature\": 0}'")
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:

@@ -1,7 +1,8 @@
 """gRPC streaming client: prints the text as it arrives, then TTFT and tokens/s.
 
-    python clients/grpc_stream.py "Tell me a story" --max-tokens 64 --temperature 0
-    python clients/grpc_stream.py "<image> What is in this picture?" --image cat.jpg
+python clients/grpc_stream.py "Tell me a story" --max-tokens 64 --temperature 0
+python clients/grpc_stream.py "<image> What is in this picture?" --image cat.jpg
+python clients/grpc_stream.py "Tell me a story" --model llm --tokenizer /path/to/hf_model
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from collections.abc import Callable
 import tritonclient.grpc as grpcclient
 from common import (
     Chunk,
-    GenerateRequest,
     RequestTimer,
     add_request_args,
     chunk_from_grpc,
     grpc_inputs,
     request_from_args,
+    to_grpc_inputs,
 )
+from llm_direct import IncrementalDecoder, chunk_from_llm, llm_input_arrays, load_tokenizer
 
 
 class GrpcStreamer:
@@ -34,21 +36,23 @@ class GrpcStreamer:
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
 
     def generate(
-        self, model: str, req: GenerateRequest, on_chunk: Callable[[Chunk], None] | None = None
+        self,
+        model: str,
+        inputs: list,
+        parse: Callable[[object], Chunk] = chunk_from_grpc,
+        on_chunk: Callable[[Chunk], None] | None = None,
     ) -> RequestTimer:
-        """Sends `req` and reads its responses until the server's final one."""
+        """Sends one request (a list of InferInput) and reads its responses until the final one."""
         timer = RequestTimer()
         request_id = uuid.uuid4().hex
-        self.client.async_stream_infer(
-            model, grpc_inputs(req), request_id=request_id, enable_empty_final_response=True
-        )
+        self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
         while True:
             result, error = self.responses.get(timeout=self.timeout_s)
             if error is not None:
                 raise error
             if result.get_response().id != request_id:
                 continue  # a late response of an earlier request that failed on this stream
-            chunk = chunk_from_grpc(result)
+            chunk = parse(result)
             timer.add(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -64,12 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_request_args(parser)
     parser.add_argument("--url", default="localhost:8001", help="gRPC address host:port")
-    parser.add_argument("--model", default="ensemble", help="ensemble (default) or llm")
+    parser.add_argument("--model", default="ensemble", help="ensemble (default) or llm (text only)")
+    parser.add_argument("--tokenizer", help="with --model llm: HF model directory (default: $LLM_MODEL_DIR)")
     args = parser.parse_args(argv)
+    req = request_from_args(args)
+    if args.model == "llm":
+        tokenizer = load_tokenizer(args.tokenizer)
+        inputs = to_grpc_inputs(llm_input_arrays(req, tokenizer(req.prompt)["input_ids"]))
+        decoder = IncrementalDecoder(tokenizer)
+        parse = lambda result: chunk_from_llm(result, decoder)
+    else:
+        inputs, parse = grpc_inputs(req), chunk_from_grpc
 
     streamer = GrpcStreamer(args.url)
     try:
-        timer = streamer.generate(args.model, request_from_args(args), lambda c: print(c.text, end="", flush=True))
+        timer = streamer.generate(args.model, inputs, parse, lambda c: print(c.text, end="", flush=True))
     except grpcclient.InferenceServerException as exc:
         print(f"\nerror: {exc.message()}", file=sys.stderr)
         return 1

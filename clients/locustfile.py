@@ -9,7 +9,8 @@ then carries it). Each request reports three entries:
   type grpc_stream / http_sse, name generate: whole request, in ms (length = output tokens);
   type TTFT, name grpc_stream / http_sse: time to first token, in ms;
   type tokens/s, name grpc_stream / http_sse: output tokens per second (the "ms" columns hold tokens/s).
-A request fails on any error, a finish_reason of "error", or no output text.
+Every request sets min_tokens = max_tokens, so it must end with finish_reason "length" after
+exactly LOCUST_MAX_TOKENS tokens; anything else, or any error, is a failure.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from urllib.parse import urlsplit
 
 import grpc.experimental.gevent
-from common import GenerateRequest, RequestTimer, encode_image
+from common import GenerateRequest, RequestTimer, encode_image, grpc_inputs
 from grpc_stream import GrpcStreamer
 from http_sse import stream_sse
 from locust import User, between, task
@@ -42,7 +43,8 @@ PROMPTS = (
 def random_request() -> GenerateRequest:
     prompt = random.choice(PROMPTS)
     images = (encode_image(IMAGE),) if IMAGE else ()
-    return GenerateRequest(prompt=("<image>\n" + prompt) if IMAGE else prompt, max_tokens=MAX_TOKENS, images=images)
+    prompt = ("<image>\n" + prompt) if IMAGE else prompt
+    return GenerateRequest(prompt, max_tokens=MAX_TOKENS, images=images, sampling={"min_tokens": MAX_TOKENS})
 
 
 class GenerationUser(User):
@@ -60,8 +62,8 @@ class GenerationUser(User):
         start = time.perf_counter()
         try:
             timer = self.generate(random_request())
-            if timer.finish_reason == "error" or not timer.text:
-                raise RuntimeError(f"finish_reason={timer.finish_reason!r}, text={timer.text!r}")
+            if timer.finish_reason != "length" or timer.num_output_tokens != MAX_TOKENS:
+                raise RuntimeError(f"finish_reason={timer.finish_reason!r} after {timer.num_output_tokens} tokens")
         except Exception as exc:  # every error is a Locust failure; repr() of some lacks the message
             failure = RuntimeError(f"{type(exc).__name__}: {exc}")
             self.report(self.kind, "generate", (time.perf_counter() - start) * 1e3, 0, failure)
@@ -90,7 +92,7 @@ class GrpcStreamUser(GenerationUser):
 
     def generate(self, req: GenerateRequest) -> RequestTimer:
         try:
-            return self.streamer.generate(MODEL, req)
+            return self.streamer.generate(MODEL, grpc_inputs(req))
         except Exception:
             self.streamer.close()  # the stream may be broken: the next task gets a fresh one
             self.streamer = GrpcStreamer(self.grpc_url, timeout_s=60.0)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stream:
             from llm_core.detokenizer import IncrementalDetokenizer
 
-            detok = IncrementalDetokenizer(tok, prompts[0][-6:])
+            detok = IncrementalDetokenizer(tok, prompts[0])
             for chunk in engine.stream(prompts[0], params):
                 text = detok.push(chunk.token_ids)
                 if chunk.finished:

@@ -1,24 +1,24 @@
 """Exact incremental detokenization and stop strings (DESIGN §4 "Streaming text must be exact").
 
 Text of a token sequence is `decode(ids)` with special tokens skipped and no clean-up of
-spaces. Streaming emits, per chunk of new ids, `stable(window) - stable(window context part)`
-where the window starts at an *anchor* inside a few preceding context ids:
+spaces. Streaming emits, per chunk of new ids, `stable(context + new) - stable(context)`
+(the full decode of context + new instead of `stable` for the last chunk), where:
 
 - `stable(ids)` holds back what later tokens could still change: a trailing run of
   byte-fallback tokens `<0xNN>` (SentencePiece-style tokenizers decode a whole run at once and
   turn every byte of an invalid run into U+FFFD) and trailing U+FFFD characters (an
-  incomplete UTF-8 sequence at the end, byte-level BPE). The last chunk (`final`) uses the
-  full decode instead.
-- an anchor is a context position j where ctx[j] is not a byte-fallback token and
-  stable(ctx[j:]) is non-empty and does not begin with U+FFFD. Decoding from an anchor is
-  decoding from a point where UTF-8 decoding is in its initial state, a byte run is closed,
-  and SentencePiece's strip of the first leading space hits the same character in both
-  decodes; so the delta equals the delta of decoding the whole sequence.
+  incomplete UTF-8 sequence at the end, byte-level BPE).
+- the context must contain an *anchor*: a position j where ctx[j] is not a byte-fallback
+  token and stable(ctx[j:]) is non-empty and does not begin with U+FFFD. At an anchor UTF-8
+  decoding is in its initial state and any byte run is closed, so whatever the context decodes
+  to before it (U+FFFD for a character cut by the context's start, a cut byte run) is a common
+  prefix of both decodes, and SentencePiece's strip of the first leading space hits the same
+  character in both; so the delta equals the delta of decoding the whole sequence.
 
 Guarantee: if every chunk's context contains an anchor, or reaches back to the start of the
 sequence (the first chunk with empty context does), the deltas concatenate to exactly
 `decode(all_ids)`. `context_window` returns such a context: the last `DEFAULT_CONTEXT` ids,
-extended back (doubling) until it has an anchor, at most `MAX_CONTEXT` ids. Only when the
+extended back to the last anchor, at most `MAX_CONTEXT` ids. Only when the
 last `MAX_CONTEXT` ids hold no anchor at all (e.g. one run of more than `MAX_CONTEXT`
 byte-fallback tokens, or that many tokens of invalid UTF-8) can the text differ.
 A plain fixed context of the last `DEFAULT_CONTEXT` (8) ids is enough for byte-level BPE and
@@ -81,14 +81,13 @@ class TextCodec:
             end -= 1
         return self.decode(ids[:end]).rstrip(_REPLACEMENT) if end else ""
 
-    def anchor(self, ctx: list[int]) -> tuple[int, str] | None:
-        """First anchor j of ctx (no special tokens) and stable(ctx[j:]), or None."""
-        for j, token in enumerate(ctx):
-            if token in self.byte_ids:
-                continue
-            text = self.stable(ctx[j:])
-            if text and text[0] != _REPLACEMENT:
-                return j, text
+    def last_anchor(self, ids: list[int]) -> int | None:
+        """Index of the last anchor in ids (see the module docstring), or None."""
+        for j in range(len(ids) - 1, -1, -1):
+            if ids[j] not in self.byte_ids and ids[j] not in self.special_ids:
+                text = self.stable(self.drop_special(ids[j:]))
+                if text and text[0] != _REPLACEMENT:
+                    return j
         return None
 
 
@@ -112,10 +111,8 @@ def decode_delta(tokenizer: Any, context_ids: Sequence[int], new_ids: Sequence[i
     new = codec.drop_special(new_ids)
     if not new and not final:
         return ""
-    found = codec.anchor(ctx)
-    start, before = found if found else (0, codec.stable(ctx))
-    window = ctx[start:] + new
-    after = codec.decode(window) if final else codec.stable(window)
+    before = codec.stable(ctx)
+    after = codec.decode(ctx + new) if final else codec.stable(ctx + new)
     if not after.startswith(before):  # only for decoders that rewrite earlier text
         before = os.path.commonprefix([before, after])
     return after[len(before) :]
@@ -124,12 +121,12 @@ def decode_delta(tokenizer: Any, context_ids: Sequence[int], new_ids: Sequence[i
 def context_window(
     tokenizer: Any, ids: Sequence[int], min_len: int = DEFAULT_CONTEXT, max_len: int = MAX_CONTEXT
 ) -> list[int]:
-    """The context to send with the chunk that follows `ids`: a suffix of `ids` with an anchor."""
-    codec = codec_for(tokenizer)
-    size = min_len
-    while size < min(len(ids), max_len) and codec.anchor(codec.drop_special(ids[-size:])) is None:
-        size = min(2 * size, max_len)
-    return list(ids[-size:]) if size < len(ids) else list(ids)
+    """The context to send with the chunk that follows `ids`: the last `min_len` ids, or more
+    back to the last anchor; all of `ids` (the exact start) or the last `max_len` without one."""
+    tail = list(ids[-max_len:])
+    anchor = codec_for(tokenizer).last_anchor(tail)
+    size = len(tail) if anchor is None else max(min_len, len(tail) - anchor)
+    return tail[-size:] if size else []
 
 
 def full_text(tokenizer: Any, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> str:

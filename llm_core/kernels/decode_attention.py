@@ -92,8 +92,8 @@ def _decode_split_kernel(
     req_to_slot_ptr,  # [R + 1, L] int32
     req_rows_ptr,  # [B]
     seq_lens_ptr,  # [B]
-    mid_out_ptr,  # [B, Hq, num_splits, D] fp32 contiguous
-    mid_lse_ptr,  # [B, Hq, num_splits] fp32 contiguous
+    mid_out_ptr,  # [B, Hq, num_splits, D] fp32 contiguous; with DIRECT: the output [B, Hq, D]
+    mid_lse_ptr,  # [B, Hq, num_splits] fp32 contiguous; unused with DIRECT
     stride_q_seq,
     stride_q_head,
     stride_kv_slot,
@@ -108,6 +108,7 @@ def _decode_split_kernel(
     EVEN_D: tl.constexpr,
     UPCAST: tl.constexpr,
     IEEE: tl.constexpr,
+    DIRECT: tl.constexpr,  # one split: write the final output, no reduce
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -152,8 +153,11 @@ def _decode_split_kernel(
 
     mid = (seq * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]
     out = acc / l_i[:, None]
-    tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
-    tl.store(mid_lse_ptr + mid, m_i + tl.math.log2(l_i), mask=groups < GROUP)
+    if DIRECT:
+        tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out.to(q_ptr.dtype.element_ty), mask=q_mask)
+    else:
+        tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
+        tl.store(mid_lse_ptr + mid, m_i + tl.math.log2(l_i), mask=groups < GROUP)
 
 
 @triton.jit
@@ -189,9 +193,11 @@ def _decode_reduce_kernel(
 
 @dataclass(frozen=True, slots=True)
 class DecodeConfig:
+    """Launch shape; the defaults measured best overall on an H200 (benchmarks/kernels.py --sweep)."""
+
     block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 3
+    num_warps: int = 2
+    num_stages: int = 4
     max_splits: int = 64
     min_split_len: int = 256  # fewer keys per split than this costs more in partials than it gains
     programs_per_sm: int = 4  # split until batch * kv_heads * splits fills this many per SM
@@ -242,8 +248,12 @@ def decode_attention_with_splits(
     block_n = config.block_n
     split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
     num_splits = triton.cdiv(max_seq_len, split_len)
-    mid_out = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
-    mid_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
+    direct = num_splits == 1
+    if direct:
+        mid_out, mid_lse = out, out
+    else:
+        mid_out = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        mid_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
     group = num_q_heads // num_kv_heads
     block_d = max(triton.next_power_of_2(head_dim), 16)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
@@ -269,12 +279,15 @@ def decode_attention_with_splits(
         EVEN_D=block_d == head_dim,
         UPCAST=dot_upcast(),
         IEEE=q.dtype == torch.float32,
+        DIRECT=direct,
         BLOCK_G=max(triton.next_power_of_2(group), 16),
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+    if direct:
+        return out
     _decode_reduce_kernel[(batch, num_q_heads)](
         mid_out,
         mid_lse,

@@ -28,9 +28,7 @@ def _inject_image_embeds_kernel(
     tl.store(dst, row.to(inputs_embeds_ptr.dtype.element_ty), mask=mask)
 
 
-def inject_image_embeds(
-    inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor
-) -> None:
+def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor) -> None:
     """In place: inputs_embeds[image_positions[i]] = image_embeds[i]. [T, H], [N, H], [N] int."""
     assert inputs_embeds.dim() == 2 and image_embeds.dim() == 2
     assert image_embeds.shape[1] == inputs_embeds.shape[1], (image_embeds.shape, inputs_embeds.shape)

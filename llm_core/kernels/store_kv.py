@@ -16,23 +16,28 @@ def _store_kv_kernel(
     k_cache_ptr,  # [S + 1, Hk, D] contiguous
     v_cache_ptr,
     slots_ptr,  # [T]
+    num_tokens,
     k_token_stride,
     k_head_stride,
     v_token_stride,
     v_head_stride,
-    num_heads,
-    head_dim,
+    NUM_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    token = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slots_ptr + token).to(tl.int64)
-    heads = tl.arange(0, BLOCK_H)[:, None]
-    dims = tl.arange(0, BLOCK_D)[None, :]
-    mask = (heads < num_heads) & (dims < head_dim)
-    dst = slot * num_heads * head_dim + heads * head_dim + dims
-    k = tl.load(k_ptr + token * k_token_stride + heads * k_head_stride + dims, mask=mask)
-    v = tl.load(v_ptr + token * v_token_stride + heads * v_head_stride + dims, mask=mask)
+    # BLOCK_T tokens per program keeps several KB of loads in flight per program.
+    tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    token_mask = tokens < num_tokens
+    slots = tl.load(slots_ptr + tokens, mask=token_mask, other=0).to(tl.int64)
+    t3 = tokens[:, None, None]
+    heads = tl.arange(0, BLOCK_H)[None, :, None]
+    dims = tl.arange(0, BLOCK_D)[None, None, :]
+    mask = token_mask[:, None, None] & (heads < NUM_HEADS) & (dims < HEAD_DIM)
+    dst = slots[:, None, None] * (NUM_HEADS * HEAD_DIM) + heads * HEAD_DIM + dims
+    k = tl.load(k_ptr + t3 * k_token_stride + heads * k_head_stride + dims, mask=mask)
+    v = tl.load(v_ptr + t3 * v_token_stride + heads * v_head_stride + dims, mask=mask)
     tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
     tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
@@ -58,19 +63,22 @@ def store_kv(
         return
     block_h = triton.next_power_of_2(num_heads)
     block_d = triton.next_power_of_2(head_dim)
-    _store_kv_kernel[(num_tokens,)](
+    block_t = max(1, min(4096 // (block_h * block_d), 8, triton.next_power_of_2(num_tokens)))
+    _store_kv_kernel[(triton.cdiv(num_tokens, block_t),)](
         k,
         v,
         k_cache,
         v_cache,
         slots,
+        num_tokens,
         k.stride(0),
         k.stride(1),
         v.stride(0),
         v.stride(1),
-        num_heads,
-        head_dim,
+        NUM_HEADS=num_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_T=block_t,
         BLOCK_H=block_h,
         BLOCK_D=block_d,
-        num_warps=4 if block_h * block_d >= 1024 else 1,
+        num_warps=8 if block_t * block_h * block_d >= 4096 else (4 if block_h * block_d >= 1024 else 1),
     )

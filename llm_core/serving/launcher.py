@@ -20,6 +20,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +29,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llm_core.serving.cancel_relay import ENV_RUNTIME_DIR
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
 from llm_core.serving.tritonserver_env import find_tritonserver, server_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHM_PREFIX_BASE = "triton_python_backend_shm_region_llmcore"
-ENV_RUNTIME_DIR = "LLM_SERVING_RUNTIME_DIR"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -96,6 +97,19 @@ def remove_shm(prefix: str) -> list[str]:
     return removed
 
 
+def busy_ports(ports: list[int]) -> list[int]:
+    """Ports some other process listens on (tritonserver binds 0.0.0.0 and would fail late)."""
+    busy = []
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -122,6 +136,11 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    busy = busy_ports([args.http_port, args.grpc_port, args.metrics_port])
+    if busy:
+        print(f"[launcher] port(s) {busy} already in use: pick others with --http-port/--grpc-port/--metrics-port",
+              file=sys.stderr)
+        return 2
     install = find_tritonserver()
     shm_prefix = args.shm_prefix or f"{SHM_PREFIX_BASE}{os.getpid()}_"
     runtime_dir = Path(tempfile.mkdtemp(prefix="llm_core_triton_"))

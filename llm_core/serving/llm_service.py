@@ -56,10 +56,11 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
         raise InputError("input_ids", f"batch size {ids.shape[0]} is not supported")
     embeds = inputs.get("image_embeds")
     if embeds is not None:
-        embeds = np.asarray(embeds, np.float32)
+        embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
         embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
         embeds = embeds if embeds.shape[0] else None
-    kwargs = parse_sampling_json(_scalar(inputs["sampling_parameters"]) or "") if "sampling_parameters" in inputs else {}
+    sampling_json = _scalar(inputs["sampling_parameters"]) if "sampling_parameters" in inputs else None
+    kwargs = parse_sampling_json(sampling_json or "")
     if "max_tokens" in inputs:
         kwargs["max_tokens"] = as_int("max_tokens", _scalar(inputs["max_tokens"]))
     stream = as_bool("stream", _scalar(inputs["stream"])) if "stream" in inputs else False

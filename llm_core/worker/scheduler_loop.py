@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_core.detokenizer import StopStringChecker
+from llm_core.detokenizer import MAX_CONTEXT, StopStringChecker, context_window
 from llm_core.outputs import StreamChunk
 from llm_core.sampling import Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
 from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
-CONTEXT_IDS = 6  # ids sent with each chunk for stateless detokenization downstream
+CONTEXT_IDS = 8  # ids sent with each chunk when the model has no tokenizer
 
 
 @dataclass(slots=True)
@@ -70,7 +70,7 @@ class SchedulerLoop:
             generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
         checker = None
         if params.stop and self.tokenizer is not None:
-            checker = StopStringChecker(self.tokenizer, params.stop, req.prompt_ids[-CONTEXT_IDS:])
+            checker = StopStringChecker(self.tokenizer, params.stop, req.prompt_ids)
         self.tracked[cmd.request_id] = _Tracked(req, generator, checker)
         self.counters["prompt_tokens_total"] += len(req.prompt_ids)
         self.dirty = True
@@ -137,7 +137,7 @@ class SchedulerLoop:
                     reason, trim = "stop", rest.text_trim
         else:
             new_ids = [token]
-        context = (req.prompt_ids + tracked.released)[-CONTEXT_IDS:]
+        context = self._context(req, tracked)
         tracked.released += new_ids
         if reason is not None:
             self.router.finish(req, reason)
@@ -154,6 +154,15 @@ class SchedulerLoop:
             req.request_id, new_ids, reason, text_trim=trim, logprobs=logprobs, context_ids=context,
             num_prompt_tokens=len(req.prompt_ids), time=time.monotonic(),
         )
+
+    def _context(self, req: Request, tracked: _Tracked) -> list[int]:
+        """Ids preceding this chunk, enough for exact stateless detokenization downstream."""
+        tail = tracked.released[-MAX_CONTEXT:]
+        if len(tail) < MAX_CONTEXT:
+            tail = req.prompt_ids[-(MAX_CONTEXT - len(tail)) :] + tail
+        if self.tokenizer is None:
+            return tail[-CONTEXT_IDS:]
+        return context_window(self.tokenizer, tail)
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
         params = req.params

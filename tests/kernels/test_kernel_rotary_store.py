@@ -17,9 +17,7 @@ ROTARY_SHAPES = (
     else [(1, 4, 4, 16), (11, 8, 2, 64), (6, 8, 1, 128)]
 )
 # (tokens, kv_heads, head_dim)
-STORE_SHAPES = (
-    [(1, 8, 128), (3001, 8, 128), (513, 4, 64)] if ON_GPU else [(1, 2, 16), (19, 4, 64), (5, 1, 128)]
-)
+STORE_SHAPES = [(1, 8, 128), (3001, 8, 128), (513, 4, 64)] if ON_GPU else [(1, 2, 16), (19, 4, 64), (5, 1, 128)]
 
 
 def _qkv_views(tokens: int, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype):

@@ -124,7 +124,7 @@ def test_stop_strings_cut_exactly(text_model):
 def _stream_text(engine, prompt, stop):
     from llm_core.detokenizer import IncrementalDetokenizer
 
-    detok = IncrementalDetokenizer(engine.tokenizer, prompt[-6:])
+    detok = IncrementalDetokenizer(engine.tokenizer, prompt)
     params = SamplingParams(max_tokens=32, temperature=0.0, stop=(stop,), ignore_eos=True)
     for chunk in engine.stream(prompt, params):
         text = detok.push(chunk.token_ids)

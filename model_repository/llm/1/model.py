@@ -1,0 +1,78 @@
+"""Triton adapter of the llm step (decoupled); the logic is llm_core.serving.llm_service.
+
+execute() only hands each request to LlmService.submit and returns; LlmService's sender thread
+streams the responses through the pb_utils response senders and ends every request with
+TRITONSERVER_RESPONSE_COMPLETE_FINAL.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from llm_core.engine import Engine
+from llm_core.serving.cancel_relay import CancelRelayServer
+from llm_core.serving.llm_service import LlmResponse, LlmService
+from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
+from llm_core.serving.settings import load_settings, model_parameters
+from llm_core.serving.triton_bridge import PbMetricsSink, input_names, request_inputs, setup_logging
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _tensors(r: LlmResponse) -> list:
+    def scalar(value, dtype) -> np.ndarray:
+        return np.array([[value]], dtype=dtype)
+
+    return [
+        pb_utils.Tensor("output_ids", np.array([r.output_ids], np.int32).reshape(1, -1)),
+        pb_utils.Tensor("context_ids", np.array([r.context_ids], np.int32).reshape(1, -1)),
+        pb_utils.Tensor("finish_reason", scalar(r.finish_reason.encode(), np.object_)),
+        pb_utils.Tensor("text_trim", scalar(r.text_trim, np.int32)),
+        pb_utils.Tensor("num_input_tokens", scalar(r.num_input_tokens, np.int32)),
+        pb_utils.Tensor("response_index", scalar(r.response_index, np.int32)),
+        pb_utils.Tensor("request_id", scalar(r.request_id.encode(), np.object_)),
+        pb_utils.Tensor("postprocess_options", scalar(r.options.encode(), np.object_)),
+        pb_utils.Tensor("output_log_probs", np.array([r.logprobs or []], np.float32).reshape(1, -1)),
+        pb_utils.Tensor("cum_log_probs", scalar(r.cum_log_prob, np.float32)),
+    ]
+
+
+class _Transport:
+    """LlmService's view of pb_utils response senders (used from the sender thread only)."""
+
+    def send(self, sender, response: LlmResponse | None, final: bool) -> None:
+        if response is None:
+            sender.send(flags=_FINAL)
+        else:
+            sender.send(pb_utils.InferenceResponse(output_tensors=_tensors(response)), flags=_FINAL if final else 0)
+
+    def send_error(self, sender, message: str) -> None:
+        sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=_FINAL)
+
+    def is_cancelled(self, sender) -> bool:
+        return sender.is_cancelled()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        setup_logging()
+        settings = load_settings(model_parameters(args["model_config"]))
+        self.inputs = input_names(json.loads(args["model_config"]))
+        self.engine = Engine(settings.engine_config())
+        metrics = EngineMetrics(PbMetricsSink(pb_utils, LLM_METRICS))
+        self.service = LlmService(self.engine, _Transport(), metrics, settings.default_max_tokens)
+        self.service.start()
+        self.relay = CancelRelayServer(self.service.abort)
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self.service.submit(request.get_response_sender(), request_inputs(pb_utils, request, self.inputs))
+        return None
+
+    def finalize(self) -> None:
+        self.relay.close()
+        self.engine.shutdown()  # ends every in-flight request ("abort" chunks)
+        self.service.stop()

@@ -1,0 +1,43 @@
+"""Triton adapter of the postprocess step; the logic is llm_core.serving.postprocess."""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from llm_core.serving.cancel_relay import CancelRelayClient
+from llm_core.serving.postprocess import cancelled_outputs, parse_postprocess_input, postprocess_outputs
+from llm_core.serving.settings import load_settings, model_parameters
+from llm_core.serving.triton_bridge import input_names, make_response, request_inputs, setup_logging
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        from transformers import AutoTokenizer
+
+        setup_logging()
+        settings = load_settings(model_parameters(args["model_config"]))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+        self.inputs = input_names(json.loads(args["model_config"]))
+        self.relay = CancelRelayClient()
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            item = parse_postprocess_input(request_inputs(pb_utils, request, self.inputs))
+            if request.is_cancelled():
+                # Inside an ensemble only this step sees the client's cancellation: stop the engine.
+                self.relay.abort(item.request_id)
+                responses.append(make_response(pb_utils, cancelled_outputs()))
+                continue
+            try:
+                outputs = postprocess_outputs(self.tokenizer, item)
+            except Exception as exc:  # noqa: BLE001 - an error response would wedge the ensemble request
+                pb_utils.Logger.log_error(f"postprocess of {item.request_id} failed: {exc!r}")
+                outputs = cancelled_outputs()
+            responses.append(make_response(pb_utils, outputs))
+        return responses
+
+    def finalize(self) -> None:
+        self.relay.close()

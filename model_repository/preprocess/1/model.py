@@ -1,0 +1,44 @@
+"""Triton adapter of the preprocess step; the logic is llm_core.serving.preprocess."""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from llm_core.serving.preprocess import Preprocessor
+from llm_core.serving.request import InputError
+from llm_core.serving.settings import load_settings, model_parameters
+from llm_core.serving.triton_bridge import (
+    error_response,
+    input_names,
+    make_response,
+    request_inputs,
+    request_parameters,
+    setup_logging,
+)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        from transformers import AutoTokenizer
+
+        setup_logging()
+        settings = load_settings(model_parameters(args["model_config"]))
+        tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+        self.preprocessor = Preprocessor(settings.model_dir, tokenizer, settings.default_max_tokens,
+                                         settings.max_model_len)
+        self.inputs = input_names(json.loads(args["model_config"]))
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                inputs = request_inputs(pb_utils, request, self.inputs)
+                outputs = self.preprocessor.run(inputs, request_parameters(request))
+                responses.append(make_response(pb_utils, outputs))
+            except InputError as exc:
+                responses.append(error_response(pb_utils, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - never let one request kill the stub
+                responses.append(error_response(pb_utils, f"preprocess failed: {type(exc).__name__}: {exc}"))
+        return responses

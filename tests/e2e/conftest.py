@@ -1,0 +1,39 @@
+"""A real tritonserver (through our launcher) on free ports, one per session and model.
+
+`triton_server` serves the default tiny LLaVA (byte-level BPE tokenizer); test_sentencepiece_kill.py
+starts its own (tiny Llama, SentencePiece-style tokenizer) and ends it with kill -9. Teardown sends
+SIGTERM and asserts a clean exit: launcher exit code 0, no process of the server's tree left,
+no /dev/shm segment with its prefix. Server logs go to the session's temp dir.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from llm_core.serving.server_process import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+SHUTDOWN_TIMEOUT_S = 45.0  # tritonserver's own exit timeout is 30 s
+
+
+def _serve(model_dir, log_dir, name: str, extra_args: list[str] | None = None):
+    server = ServerProcess(model_dir, log_path=log_dir / f"{name}.log", extra_args=extra_args)
+    server.start()
+    try:
+        yield server
+    finally:
+        code = server.stop(signal.SIGTERM, timeout=SHUTDOWN_TIMEOUT_S)
+        procs, shm = server.leftovers()
+        assert code == 0, f"server did not exit cleanly on SIGTERM (code {code}); {server._tail()}"
+        assert not procs, f"processes left after shutdown: {procs}"
+        assert not shm, f"/dev/shm segments left after shutdown: {shm}"
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_llava, tmp_path_factory):
+    """ServerProcess serving tiny LLaVA (bpe): .grpc_url, .http_url, .metrics_url, .model_dir."""
+    yield from _serve(tiny_llava, tmp_path_factory.mktemp("triton-logs"), "llava",
+                      ["--max-total-tokens=8192"])
