@@ -26,15 +26,16 @@ PROMPT = "Hello, 世界 🙂! Tell me a story about a cat."
 class Urls:
     http: str  # http://host:port
     grpc: str  # host:port
+    model_dir: str | None  # the served model (for the tokenizer of direct llm calls)
 
 
 @pytest.fixture(scope="module")
 def urls(request) -> Urls:
     if os.environ.get("TRITON_HTTP_URL") and os.environ.get("TRITON_GRPC_URL"):
-        return Urls(os.environ["TRITON_HTTP_URL"], os.environ["TRITON_GRPC_URL"])
+        return Urls(os.environ["TRITON_HTTP_URL"], os.environ["TRITON_GRPC_URL"], os.environ.get("LLM_MODEL_DIR"))
     server = request.getfixturevalue("triton_server")
     http = server.http_url if "://" in server.http_url else "http://" + server.http_url
-    return Urls(http, server.grpc_url.removeprefix("grpc://"))
+    return Urls(http, server.grpc_url.removeprefix("grpc://"), str(server.model_dir))
 
 
 def run_client(script: str, *args: str, timeout_s: float = 180.0, env: dict | None = None):
@@ -56,6 +57,14 @@ def test_grpc_cli_prints_streamed_text_equal_to_non_streamed(urls):
     whole = run_client("grpc_stream.py", *args, "--no-stream")
     assert streamed.stdout.strip() and streamed.stdout == whole.stdout
     assert "TTFT" in streamed.stderr and "tokens/s" in streamed.stderr
+
+
+def test_grpc_cli_direct_llm_matches_ensemble(urls):
+    args = (PROMPT, "--url", urls.grpc, "--max-tokens", "16", "--temperature", "0")
+    tokenizer = ("--tokenizer", urls.model_dir) if urls.model_dir else ()
+    direct = run_client("grpc_stream.py", *args, "--model", "llm", *tokenizer)
+    ensemble = run_client("grpc_stream.py", *args)
+    assert direct.stdout.strip() and direct.stdout == ensemble.stdout
 
 
 def test_grpc_cli_with_two_images(urls, tmp_path):

@@ -206,3 +206,26 @@ def test_locustfile_lists_both_users():
     )
     assert out.returncode == 0, out.stderr
     assert "GrpcStreamUser" in out.stdout and "HttpSseUser" in out.stdout
+
+
+def test_llm_direct_inputs_and_incremental_decoding():
+    import llm_direct
+
+    req = GenerateRequest(
+        "hi", max_tokens=4, sampling={"temperature": 0.0}, stop_words=("x",), sampling_parameters='{"top_k": 2}'
+    )
+    arrays = llm_direct.llm_input_arrays(req, [5, 6, 7])
+    assert arrays["input_ids"].dtype == np.int32 and arrays["input_ids"].tolist() == [[5, 6, 7]]
+    assert json.loads(arrays["sampling_parameters"][0, 0]) == {"temperature": 0.0, "top_k": 2, "stop": ["x"]}
+    assert arrays["max_tokens"].tolist() == [[4]] and arrays["stream"].tolist() == [[True]]
+    with pytest.raises(ValueError, match="images"):
+        llm_direct.llm_input_arrays(GenerateRequest("<image>", images=("aGk=",)), [1])
+
+    class ByteTokenizer:  # one UTF-8 byte per id
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    decoder = llm_direct.IncrementalDecoder(ByteTokenizer())
+    data = " 世界🙂".encode()
+    deltas = [decoder.add([b], final=False) for b in data]
+    assert "".join(deltas) == " 世界🙂" and "\ufffd" not in "".join(deltas)

@@ -1,0 +1,38 @@
+"""tp=2 vs tp=1 on GPUs: identical greedy tokens for tiny Llama/Qwen2/LLaVA models in fp32."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from llm_core import Engine, EngineConfig, SamplingParams  # noqa: E402
+from llm_core.testing.tiny_model import make_tiny_model  # noqa: E402
+
+
+def main() -> int:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, overrides in (("llama", {}), ("qwen2", {}), ("llama", {"num_key_value_heads": 1})):
+            model_dir = str(make_tiny_model(Path(tmp) / f"{arch}-{len(results)}", arch, **overrides))
+            prompts = [[3, 4, 5, 6, 7], [9] * 13, [20, 21], list(range(30, 70))]
+            params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+            outs = {}
+            for tp in (1, 2):
+                with Engine(EngineConfig(model_dir=model_dir, device=device, tp=tp, dtype="float32")) as engine:
+                    outs[tp] = [o.token_ids for o in engine.generate(prompts, params)]
+            results.append({"arch": arch, **overrides, "identical": outs[1] == outs[2]})
+            print(json.dumps(results[-1]), flush=True)
+    ok = all(r["identical"] for r in results)
+    print("TP CHECK", "PASSED" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
