@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llm_core.detokenizer import DEFAULT_CONTEXT, MAX_CONTEXT, context_window
+from llm_core.detokenizer import DEFAULT_CONTEXT, MAX_CONTEXT, context_window, decode_delta
 from llm_core.outputs import StreamChunk
 from llm_core.sampling_params import SamplingParams
 from llm_core.serving.metrics import EngineMetrics
@@ -146,8 +146,9 @@ class LlmService:
             self.engine.add_request(req.prompt_ids, req.params, req.image_embeds, request_id=request_id,
                                     output_queue=self.outputs)
         except Exception as exc:  # noqa: BLE001 - every failure must reach the client
-            message = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            self.outputs.put(StreamChunk(request_id, [], "error", error=message))
+            if not isinstance(exc, (ValueError, RuntimeError)):
+                log.exception("request %s failed", request_id)
+            self.outputs.put(StreamChunk(request_id, [], "error", error=str(exc) or type(exc).__name__))
         return request_id
 
     def abort(self, request_id: str) -> None:
@@ -234,8 +235,11 @@ class LlmService:
             streaming = state.request is not None and state.request.stream
             if not final and (state.cancelled or not (streaming and state.pending)):
                 continue
+            context = self._context(state.history)
+            if not final and not self._visible(context, state.pending):
+                continue  # only an incomplete character so far: never send an empty text chunk
             try:
-                self._send(request_id, state, final)
+                self._send(request_id, state, context, final)
             except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
                 log.exception("sending a response of %s failed", request_id)
                 if not final:
@@ -245,7 +249,13 @@ class LlmService:
                 with self._lock:
                     self._streams.pop(request_id, None)
 
-    def _send(self, request_id: str, state: _Stream, final: bool) -> None:
+    def _visible(self, context: list[int], new_ids: list[int]) -> bool:
+        """Whether `new_ids` add text (postprocess would otherwise stream an empty chunk)."""
+        if self.tokenizer is None:
+            return True
+        return decode_delta(self.tokenizer, context, new_ids, final=False) != ""
+
+    def _send(self, request_id: str, state: _Stream, context: list[int], final: bool) -> None:
         if final and state.finish_reason == "error":
             self.transport.send_error(state.handle, state.error or "generation failed")
             return
@@ -255,7 +265,7 @@ class LlmService:
         req = state.request
         logprobs = state.pending_logprobs if req.params.logprobs else None
         response = LlmResponse(
-            request_id, state.pending, self._context(state.history), state.finish_reason or "",
+            request_id, state.pending, context, state.finish_reason or "",
             state.text_trim, len(req.prompt_ids), state.num_responses, req.options, logprobs, state.cum_log_prob,
         )
         state.history = (state.history + state.pending)[-MAX_CONTEXT:]

@@ -247,6 +247,14 @@ _OPTION_INPUTS = ("exclude_input_in_output", "return_finish_reason", "return_num
                   "return_num_output_tokens", "return_log_probs")
 
 
+def _merge(kwargs: dict[str, Any], later: dict[str, Any]) -> None:
+    """Later sources override earlier ones, except stop token ids, which add up (end_id + JSON list)."""
+    for key, value in later.items():
+        if key == "stop_token_ids" and key in kwargs:
+            value = tuple(dict.fromkeys(kwargs[key] + value))
+        kwargs[key] = value
+
+
 def _check_batch(inputs: Mapping[str, np.ndarray]) -> None:
     for name, array in inputs.items():
         if array.ndim >= 1 and array.shape[0] > 1:
@@ -265,12 +273,12 @@ def parse_generate_request(
         raise InputError("text_input", "prompt is empty")
     kwargs = sampling_from_mapping(parameters, "", strict=False)
     if "sampling_parameters" in inputs:
-        kwargs.update(parse_sampling_json(_scalar(inputs["sampling_parameters"]) or ""))
+        _merge(kwargs, parse_sampling_json(_scalar(inputs["sampling_parameters"]) or ""))
     tensor_values = {}
     for name in SAMPLING_KEYS & inputs.keys():
         array = inputs[name]
         tensor_values[name] = _string_list(array) if name in _LIST_INPUTS else _scalar(array)
-    kwargs.update(sampling_from_mapping(tensor_values, "", strict=True))
+    _merge(kwargs, sampling_from_mapping(tensor_values, "", strict=True))
     flags = {name: as_bool(name, parameters[name]) for name in _OPTION_INPUTS if name in parameters}
     flags.update({name: as_bool(name, _scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})
     if flags.get("return_log_probs"):

@@ -64,11 +64,10 @@ def test_cancel_ensemble_sse_disconnect(triton_server):
     resp = requests.post(f"{triton_server.http_url}/v2/models/ensemble/generate_stream", json=body, stream=True,
                          timeout=60)
     events = 0
-    for line in resp.iter_lines():
-        events += line.startswith(b"data:")
-        if events >= 3:
-            break
-    _slots_busy(triton_server)
+    lines = resp.iter_lines()
+    while events < 3:
+        events += next(lines).startswith(b"data:")
+    _slots_busy(triton_server)  # still connected (leaving the iterator would close the connection)
     resp.close()  # the client goes away
     cancelled_at = time.monotonic()
     _assert_freed(triton_server, cancelled_at)

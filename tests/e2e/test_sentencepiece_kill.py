@@ -33,6 +33,7 @@ def test_stream_concatenation_equals_non_streamed_sentencepiece(sp_server):
             status, whole = http_generate(sp_server.http_url, values)
             assert streamed.error is None and status == 200, (streamed, whole)
             assert streamed.text == whole["text_output"], (prompt, streamed.chunks)
+            assert all(streamed.chunks[:-1]), streamed.chunks
             texts.append(whole["text_output"])
     assert any(" " in text for text in texts), texts  # SentencePiece spaces ("▁") survived
     assert any(ord(ch) > 0x2E80 for text in texts for ch in text), texts

@@ -200,10 +200,8 @@ def test_cli_help(script):
 
 
 def test_locustfile_lists_both_users():
-    locust = Path(sys.executable).parent / "locust"
-    out = subprocess.run(
-        [str(locust), "-f", str(CLIENTS / "locustfile.py"), "--list"], capture_output=True, text=True, timeout=60
-    )
+    cmd = [sys.executable, "-m", "locust", "-f", str(CLIENTS / "locustfile.py"), "--list"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "GrpcStreamUser" in out.stdout and "HttpSseUser" in out.stdout
 

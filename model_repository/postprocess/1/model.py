@@ -28,7 +28,8 @@ class TritonPythonModel:
             item = parse_postprocess_input(request_inputs(pb_utils, request, self.inputs))
             if request.is_cancelled():
                 # Inside an ensemble only this step sees the client's cancellation: stop the engine.
-                self.relay.abort(item.request_id)
+                if self.relay.abort(item.request_id):
+                    pb_utils.Logger.log_info(f"client cancelled; aborting {item.request_id}")
                 responses.append(make_response(pb_utils, cancelled_outputs()))
                 continue
             try:

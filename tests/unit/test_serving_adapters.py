@@ -1,0 +1,91 @@
+"""The model.py adapters with a stand-in for triton_python_backend_utils (no server)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+class Tensor:
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def as_numpy(self):
+        return self.value
+
+
+class Response:
+    def __init__(self, output_tensors=(), error=None):
+        self.outputs = {t.name: t.value for t in output_tensors}
+        self.error = error
+
+
+class Request:
+    def __init__(self, inputs: dict, parameters: dict | None = None, cancelled: bool = False):
+        self.inputs, self._parameters, self.cancelled = inputs, parameters or {}, cancelled
+
+    def parameters(self):
+        return json.dumps(self._parameters)
+
+    def is_cancelled(self):
+        return self.cancelled
+
+
+def _fake_pb() -> ModuleType:
+    pb = ModuleType("triton_python_backend_utils")
+    pb.Tensor = Tensor
+    pb.InferenceResponse = Response
+    pb.TritonError = lambda message: SimpleNamespace(message=message)
+    pb.get_input_tensor_by_name = lambda request, name: (
+        Tensor(name, request.inputs[name]) if name in request.inputs else None)
+    pb.Logger = SimpleNamespace(log_info=lambda m: None, log_error=lambda m: None)
+    pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    return pb
+
+
+@pytest.fixture
+def load_model(monkeypatch, tiny_llava, tmp_path):
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb())
+    monkeypatch.setenv("LLM_MODEL_DIR", str(tiny_llava))
+    monkeypatch.setenv("LLM_SERVING_RUNTIME_DIR", str(tmp_path))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"adapter_{name}", REPO / name / "1" / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = module.TritonPythonModel()
+        config = (REPO / name / "config.pbtxt").read_text()
+        names = [line.split('"')[1] for line in config.split("output [")[0].splitlines() if "name:" in line][1:]
+        model.initialize({"model_config": json.dumps({"input": [{"name": n} for n in names], "parameters": {}})})
+        return model
+
+    return load
+
+
+def test_preprocess_adapter_maps_errors_to_error_responses(load_model):
+    model = load_model("preprocess")
+    good = Request({"text_input": np.array([[b"hello"]], np.object_)}, {"max_tokens": 4})
+    bad = Request({"text_input": np.array([[b"hello"]], np.object_), "top_k": np.array([[-2]], np.int32)})
+    responses = model.execute([good, bad])
+    assert responses[0].error is None and responses[0].outputs["input_ids"].shape[0] == 1
+    assert json.loads(responses[0].outputs["sampling_parameters"][0, 0])["max_tokens"] == 4
+    assert responses[1].error.message.startswith("top_k")
+
+
+def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_path):
+    model = load_model("postprocess")
+    inputs = {"output_ids": np.array([[72, 105]], np.int32), "context_ids": np.zeros((1, 0), np.int32),
+              "finish_reason": np.array([[b"length"]], np.object_), "request_id": np.array([[b"llm-1"]], np.object_),
+              "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_)}
+    done, cancelled = model.execute([Request(inputs), Request(inputs, cancelled=True)])
+    assert done.outputs["finish_reason"].tolist() == [[b"length"]] and done.outputs["text_output"].shape == (1, 1)
+    assert cancelled.error is None and cancelled.outputs["text_output"].tolist() == [[b""]]
+    model.finalize()

@@ -1,0 +1,128 @@
+"""Image decoding (raw / base64 / data URI) and prompt encoding with <image> expansion."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer
+
+from llm_core.models import load_model_config
+from llm_core.serving.images import decode_image
+from llm_core.serving.preprocess import Preprocessor
+from llm_core.serving.prompt import PromptEncoder, PromptLimits
+from llm_core.serving.request import InputError
+
+
+def _png(color=(10, 200, 30), size=(20, 12), fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_three_encodings_decode_to_the_same_md5():
+    raw = _png()
+    b64 = base64.b64encode(raw)
+    forms = [raw, b64, b"data:image/png;base64," + b64, base64.urlsafe_b64encode(raw).rstrip(b"="),
+             b64[:10] + b"\n" + b64[10:]]
+    decoded = [decode_image(f) for f in forms]
+    assert len({d.md5 for d in decoded}) == 1
+    assert decoded[0].image.size == (20, 12)
+    assert decode_image(_png(fmt="JPEG")).image.format == "JPEG"
+
+
+@pytest.mark.parametrize("element,problem", [
+    (b"@@@not base64@@@", "invalid base64"),
+    (base64.b64encode(b"hello, not pixels"), "not a decodable image"),
+    (b"\x00\x01\x02binary junk\xff", "not a decodable image"),
+    (b"data:image/png,abc", "data URI"),
+    (b"data:image/png;base64,%%%", "invalid base64"),
+    (_png()[:40], "not a decodable image"),  # truncated file
+    (b"", "empty"),
+])
+def test_bad_images(element, problem):
+    with pytest.raises(InputError) as info:
+        decode_image(element, index=2)
+    assert str(info.value).startswith("image[2]") and problem in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def llava_tokenizer(tiny_llava):
+    return AutoTokenizer.from_pretrained(str(tiny_llava))
+
+
+def _encoder(tiny_llava, tokenizer, max_len=None) -> PromptEncoder:
+    cfg = load_model_config(tiny_llava)
+    return PromptEncoder(tokenizer, PromptLimits(max_len or cfg.max_position_embeddings, cfg.image_token_index,
+                                                 cfg.num_image_tokens))
+
+
+def test_image_expansion_matches_transformers_processor(tiny_llava, llava_tokenizer):
+    encoder = _encoder(tiny_llava, llava_tokenizer)
+    processor = AutoProcessor.from_pretrained(str(tiny_llava))
+    image = Image.new("RGB", (33, 17), (1, 2, 3))
+    for text, num in [("<image>\nWhat is it?", 1), ("A <image> and <image>, compare.", 2), ("no image", 0)]:
+        want = processor(text=text, images=[image] * num or None, return_tensors="np")["input_ids"][0].tolist()
+        assert encoder.encode(text, num) == want
+
+
+def test_expansion_without_a_tag_token(tiny_llava, llava_tokenizer):
+    """A tokenizer that does not know `<image>` as one token: tokenize around the tags."""
+    cfg = load_model_config(tiny_llava)
+
+    class SplittingTokenizer:
+        def __call__(self, text, add_special_tokens=True):
+            ids = llava_tokenizer(text.replace("<image>", "<img>"), add_special_tokens=add_special_tokens)
+            return {"input_ids": ids["input_ids"]}
+
+    encoder = PromptEncoder(SplittingTokenizer(), PromptLimits(1024, cfg.image_token_index, 3))
+    ids = encoder.encode("a <image> b", 1)
+    assert ids.count(cfg.image_token_index) == 3
+
+
+@pytest.mark.parametrize("text,num,field,problem", [
+    ("", 0, "text_input", "empty"),
+    ("<image> <image>", 1, "image", "2 <image> tag(s) but 1 image(s)"),
+    ("<image>", 2, "text_input", "1 <image> tag(s) but 2 image(s)"),
+    ("none", 1, "text_input", "0 <image> tag(s) but 1 image(s)"),
+])
+def test_prompt_errors(tiny_llava, llava_tokenizer, text, num, field, problem):
+    with pytest.raises(InputError) as info:
+        _encoder(tiny_llava, llava_tokenizer).encode(text, num)
+    assert str(info.value).startswith(field) and problem in str(info.value)
+
+
+def test_context_limits(tiny_llava, llava_tokenizer):
+    encoder = _encoder(tiny_llava, llava_tokenizer, max_len=32)
+    with pytest.raises(InputError, match="^text_input: prompt is .* tokens long"):
+        encoder.encode("word " * 40, 0)
+    with pytest.raises(InputError, match="^text_input"):  # 16 image tokens + text overflow 32
+        encoder.encode("<image> <image>", 2)
+    ids = encoder.encode("short", 0)
+    encoder.check_max_tokens(len(ids), 32 - len(ids))
+    with pytest.raises(InputError, match="^max_tokens"):
+        encoder.check_max_tokens(len(ids), 33 - len(ids))
+
+
+def test_text_only_model_refuses_images(tiny_llama):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    encoder = PromptEncoder(tokenizer, PromptLimits(1024, None))
+    with pytest.raises(InputError, match="^image: this model does not take images"):
+        encoder.encode("<image> hi", 1)
+    assert encoder.encode("<image> is plain text here", 0)
+
+
+def test_preprocessor_outputs(tiny_llava, llava_tokenizer):
+    pre = Preprocessor(tiny_llava, llava_tokenizer, default_max_tokens=8)
+    png = _png()
+    inputs = {"text_input": np.array([[b"<image> hi"]], np.object_),
+              "image": np.array([[base64.b64encode(png)]], np.object_), "stream": np.array([[True]])}
+    out = pre.run(inputs, {"temperature": 0})
+    assert out["input_ids"].shape == (1, 1 + 16 + len(llava_tokenizer(" hi", add_special_tokens=False)["input_ids"]))
+    assert out["pixel_values"].shape == (1, 1, 3, 32, 32) and out["pixel_values"].dtype == np.float32
+    assert out["image_md5"].shape == (1, 1) and out["stream"].tolist() == [[True]]
+    text_only = pre.run({"text_input": np.array([[b"hi"]], np.object_)}, {})
+    assert text_only["pixel_values"].shape == (1, 0, 3, 32, 32) and text_only["image_md5"].shape == (1, 0)

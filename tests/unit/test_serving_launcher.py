@@ -1,0 +1,86 @@
+"""Launcher pieces: tritonserver discovery and environment, settings, shm cleanup, ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from llm_core.serving import launcher, tritonserver_env
+from llm_core.serving.settings import load_settings, model_parameters
+
+
+def test_wheel_install_and_environment(monkeypatch):
+    monkeypatch.setattr(tritonserver_env.shutil, "which", lambda name: None)
+    install = tritonserver_env.find_tritonserver()
+    assert install.from_wheel and install.binary.is_file()
+    stub = install.backend_dir / "python" / "triton_python_backend_stub"
+    assert stub.exists() and (install.backend_dir / "python" / "libtriton_python.so").exists()
+    assert f"/{sys.version_info.major}.{sys.version_info.minor}/" in str(stub.resolve())
+    env = tritonserver_env.server_env(install, {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/x"})
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert libs[0] == sysconfig.get_config_var("LIBDIR") and libs[1].endswith("nvidia_pytriton.libs")
+    assert libs[-1] == "/opt/x"
+    again = tritonserver_env.find_tritonserver()  # idempotent
+    assert again.backend_dir == install.backend_dir
+
+
+def test_tritonserver_on_path_wins(monkeypatch, tmp_path):
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(tritonserver_env.shutil, "which", lambda name: str(binary))
+    install = tritonserver_env.find_tritonserver()
+    assert install.binary == binary and install.backend_dir is None and not install.from_wheel
+
+
+def test_triton_command_and_model_env(tiny_llama):
+    args = launcher.parse_args(["--model-dir", str(tiny_llama), "--http-port", "1", "--grpc-port", "2",
+                                "--metrics-port", "3", "--tp", "2", "--device", "cuda", "--", "--log-info=true"])
+    cmd = launcher.triton_command(Path("/bin/tritonserver"), Path("/b"), args, "pfx_")
+    assert "--http-port=1" in cmd and "--backend-directory=/b" in cmd and cmd[-1] == "--log-info=true"
+    assert "--backend-config=python,shm-region-prefix-name=pfx_" in cmd
+    env = launcher.model_env(args)
+    assert env == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_TP": "2", "LLM_DEVICE": "cuda"}
+
+
+def test_remove_shm_only_touches_the_prefix():
+    prefix = f"llmcore_unit_{os.getpid()}_"
+    mine, other = Path(f"/dev/shm/{prefix}a"), Path(f"/dev/shm/llmcore_unit_other_{os.getpid()}")
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    try:
+        assert launcher.remove_shm(prefix) == [mine.name]
+        assert not mine.exists() and other.exists()
+    finally:
+        other.unlink(missing_ok=True)
+        mine.unlink(missing_ok=True)
+
+
+def test_busy_ports_are_refused():
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert launcher.busy_ports([port]) == [port]
+        assert launcher.main(["--http-port", str(port)]) == 2
+
+
+def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
+    config = '{"parameters": {"model_dir": {"string_value": "%s"}, "tp": {"string_value": "1"},' \
+             ' "max_total_tokens": {"string_value": ""}, "device": {"string_value": "${device}"}}}' % tiny_llama
+    params = model_parameters(config)
+    settings = load_settings(params, env={})
+    assert settings.model_dir == tiny_llama and settings.max_total_tokens is None and settings.device == "cpu"
+    settings = load_settings(params, env={"LLM_MODEL_DIR": str(tiny_qwen2), "LLM_TP": "2",
+                                          "LLM_MAX_TOTAL_TOKENS": "4096"})
+    assert settings.model_dir == tiny_qwen2 and settings.tp == 2 and settings.max_total_tokens == 4096
+    assert settings.engine_config().max_total_tokens == 4096
+    with pytest.raises(ValueError, match="LLM_TP"):
+        load_settings(params, env={"LLM_TP": "two"})
+    with pytest.raises(FileNotFoundError):
+        load_settings({}, env={"LLM_MODEL_DIR": "/nonexistent/model"})

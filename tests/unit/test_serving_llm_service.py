@@ -1,0 +1,231 @@
+"""LlmService (the llm model's logic) against a fake engine and a fake transport."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from llm_core.detokenizer import full_text
+from llm_core.outputs import StreamChunk
+from llm_core.serving.llm_service import LlmService, parse_llm_request
+from llm_core.serving.metrics import EngineMetrics, RecordingSink
+from llm_core.serving.postprocess import chunk_text, parse_postprocess_input
+from llm_core.serving.request import InputError
+
+
+class FakeEngine:
+    def __init__(self, tokenizer=None) -> None:
+        self.tokenizer = tokenizer
+        self.added: dict[str, tuple] = {}
+        self.aborted: list[str] = []
+        self.queue = None
+        self.slots_used = 0
+
+    def add_request(self, prompt_ids, params, image_embeds=None, request_id=None, output_queue=None):
+        if len(prompt_ids) > 100:
+            raise ValueError("prompt has too many tokens")
+        self.added[request_id] = (prompt_ids, params, image_embeds)
+        self.queue = output_queue
+        return request_id
+
+    def emit(self, request_id, ids, finish=None, **kw) -> None:
+        self.queue.put(StreamChunk(request_id, list(ids), finish, time=time.monotonic(), **kw))
+
+    def abort(self, request_id) -> None:
+        self.aborted.append(request_id)
+        self.emit(request_id, [], "abort")
+
+    def stats(self) -> dict:
+        return {"slots_used": self.slots_used, "slots_total": 100, "running": 1, "waiting": 0, "paused": 0,
+                "total_pauses": 0, "prompt_tokens_total": 5, "generation_tokens_total": 7, "restarts": 0}
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+        self.cancelled: set = set()
+        self.lock = threading.Lock()
+
+    def send(self, handle, response, final):
+        with self.lock:
+            self.sent.append((handle, response, final))
+
+    def send_error(self, handle, message):
+        with self.lock:
+            self.sent.append((handle, message, True))
+
+    def is_cancelled(self, handle):
+        return handle in self.cancelled
+
+    def of(self, handle):
+        with self.lock:
+            return [(r, f) for h, r, f in self.sent if h == handle]
+
+
+def _inputs(ids, stream=True, **sampling) -> dict:
+    out = {"input_ids": np.array([ids], np.int32), "stream": np.array([[stream]])}
+    if sampling:
+        out["sampling_parameters"] = np.array([[json.dumps(sampling).encode()]], np.object_)
+    return out
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def setup():
+    engine, transport, sink = FakeEngine(), FakeTransport(), RecordingSink()
+    service = LlmService(engine, transport, EngineMetrics(sink), default_max_tokens=8,
+                         cancel_poll_s=0.02, stats_interval_s=0.02)
+    service.start()
+    yield engine, transport, service, sink
+    service.stop()
+
+
+def test_parse_llm_request():
+    req = parse_llm_request({**_inputs([1, 2, 3], temperature=0), "max_tokens": np.array([[5]], np.int32),
+                             "image_embeds": np.zeros((1, 0, 8), np.float32)}, 16)
+    assert req.prompt_ids == [1, 2, 3] and req.params.max_tokens == 5 and req.params.greedy
+    assert req.image_embeds is None and req.stream
+    req = parse_llm_request({"input_ids": np.array([[7]], np.int32),
+                             "image_embeds": np.ones((1, 2, 4), np.float32)}, 16)
+    assert req.image_embeds.shape == (2, 4) and not req.stream and req.params.max_tokens == 16
+    with pytest.raises(InputError, match="^input_ids"):
+        parse_llm_request({"input_ids": np.zeros((1, 0), np.int32)}, 16)
+
+
+def test_streaming_sends_one_response_per_pass_and_ends_final(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("h", _inputs([10, 11, 12]))
+    engine.emit(rid, [1])
+    wait_until(lambda: len(transport.of("h")) == 1)
+    engine.emit(rid, [2])
+    engine.emit(rid, [3])
+    engine.emit(rid, [4], "length")
+    wait_until(lambda: transport.of("h") and transport.of("h")[-1][1])
+    sent = transport.of("h")
+    ids = [t for r, _ in sent for t in r.output_ids]
+    assert ids == [1, 2, 3, 4]
+    assert [f for _, f in sent].count(True) == 1 and sent[-1][0].finish_reason == "length"
+    assert sent[0][0].context_ids == [10, 11, 12] and sent[0][0].response_index == 0
+    assert sent[1][0].context_ids[-1] == 1 and sent[-1][0].response_index == len(sent) - 1
+    assert service.num_streams() == 0
+
+
+def test_coalescing_merges_chunks_queued_together(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("h", _inputs([1]))
+    with engine.queue.mutex:  # hold the sender back while five steps' chunks arrive
+        for t in range(5):
+            engine.queue.queue.append(StreamChunk(rid, [t + 2], None, time=time.monotonic()))
+        engine.queue.not_empty.notify()
+    wait_until(lambda: transport.of("h"))
+    assert transport.of("h")[0][0].output_ids == [2, 3, 4, 5, 6]
+
+
+def test_non_streaming_gets_exactly_one_response(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("h", _inputs([5, 6], stream=False))
+    for t in (1, 2, 3):
+        engine.emit(rid, [t])
+    time.sleep(0.1)
+    assert transport.of("h") == []
+    engine.emit(rid, [4], "stop", text_trim=2)
+    wait_until(lambda: transport.of("h"))
+    [(response, final)] = transport.of("h")
+    assert final and response.output_ids == [1, 2, 3, 4] and response.text_trim == 2
+    assert response.finish_reason == "stop" and response.context_ids == [5, 6]
+
+
+def test_errors_end_the_request(setup):
+    engine, transport, service, _ = setup
+    service.submit("bad-json", {**_inputs([1]), "sampling_parameters": np.array([[b"{"]], np.object_)})
+    service.submit("too-long", _inputs(list(range(200))))
+    rid = service.submit("dies", _inputs([1]))
+    engine.emit(rid, [3])
+    engine.emit(rid, [], "error", error="engine failure: worker died")
+    wait_until(lambda: transport.of("dies") and transport.of("dies")[-1][1])
+    assert transport.of("bad-json") == [("sampling_parameters: malformed JSON (Expecting property name enclosed "
+                                         "in double quotes at position 1)", True)]
+    assert transport.of("too-long") == [("prompt has too many tokens", True)]
+    assert transport.of("dies")[-1] == ("engine failure: worker died", True)
+
+
+def test_client_cancellation_aborts_and_ends_with_a_bare_final(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("h", _inputs([1]))
+    engine.emit(rid, [2])
+    wait_until(lambda: transport.of("h"))
+    transport.cancelled.add("h")
+    wait_until(lambda: engine.aborted == [rid])
+    wait_until(lambda: transport.of("h")[-1][1])
+    assert transport.of("h")[-1] == (None, True)
+
+
+def test_relayed_abort_reports_cancelled(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("h", _inputs([1]))
+    service.abort(rid)
+    wait_until(lambda: transport.of("h"))
+    [(response, final)] = transport.of("h")
+    assert final and response.finish_reason == "cancelled"
+
+
+def test_metrics_published_from_the_sender(setup):
+    engine, transport, service, sink = setup
+    engine.slots_used = 42
+    rid = service.submit("h", _inputs([1]))
+    engine.emit(rid, [2])
+    engine.emit(rid, [3], "length")
+    wait_until(lambda: sink.values.get("llm_kv_slots_used") == 42)
+    assert sink.values["llm_generation_tokens_total"] == 7
+    wait_until(lambda: len(sink.observations.get("llm_time_to_first_token_seconds", [])) == 1)
+    assert len(sink.observations["llm_inter_token_latency_seconds"]) == 1
+
+
+def test_stop_fails_requests_still_open():
+    engine, transport = FakeEngine(), FakeTransport()
+    service = LlmService(engine, transport, EngineMetrics(RecordingSink()))
+    service.start()
+    service.submit("h", _inputs([1]))
+    service.stop()
+    assert transport.of("h") == [("the server is shutting down", True)]
+    service.submit("late", _inputs([1]))
+    assert engine.queue.get_nowait().error == "the server is shutting down"
+
+
+@pytest.mark.parametrize("arch,kind", [("llava", "bpe"), ("llama", "sp")])
+def test_streamed_text_is_exact_and_never_empty(tiny_model_factory, arch, kind):
+    """llm responses -> postprocess text: chunks concatenate to the whole text, none empty."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_factory(arch, kind)))
+    engine, transport = FakeEngine(tokenizer), FakeTransport()
+    service = LlmService(engine, transport, EngineMetrics(RecordingSink()))
+    service.start()
+    rng = np.random.default_rng(0)
+    prompt = tokenizer("  你好 world 😀")["input_ids"]
+    for trial in range(10):
+        outputs = [int(t) for t in rng.integers(3, 1000, size=30)]
+        rid = service.submit(trial, _inputs(prompt))
+        for t in outputs[:-1]:
+            engine.emit(rid, [t])
+            time.sleep(0.0005 * (trial % 3))  # vary how chunks coalesce
+        engine.emit(rid, outputs[-1:], "length")
+        wait_until(lambda trial=trial: transport.of(trial) and transport.of(trial)[-1][1])
+        texts = []
+        for response, _ in transport.of(trial):
+            inputs = {"output_ids": np.array([response.output_ids]), "context_ids": np.array([response.context_ids]),
+                      "finish_reason": np.array([[response.finish_reason.encode()]], np.object_),
+                      "response_index": np.array([[response.response_index]])}
+            texts.append(chunk_text(tokenizer, parse_postprocess_input(inputs)))
+        assert "".join(texts) == full_text(tokenizer, prompt, outputs)
+        assert all(texts[:-1]), texts
+    service.stop()

@@ -1,0 +1,156 @@
+"""Visual cache/batching, postprocess outputs, metrics bookkeeping and the cancel relay."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from llm_core.serving.cancel_relay import CancelRelayClient, CancelRelayServer
+from llm_core.serving.metrics import LLM_METRICS, CounterTracker, EngineMetrics, RecordingSink
+from llm_core.serving.postprocess import PostprocessInput, cancelled_outputs, postprocess_outputs
+from llm_core.serving.request import OutputOptions
+from llm_core.serving.triton_bridge import PbMetricsSink
+from llm_core.serving.visual_cache import EmbeddingCache, VisualRequest, embed_batch
+
+HIDDEN, TOKENS = 4, 3
+
+
+class CountingEncoder:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:  # [N, 3, H, W] -> [N, TOKENS, HIDDEN]
+        self.calls.append(pixels.shape[0])
+        return np.repeat(pixels[:, :1, :1, :1].reshape(-1, 1, 1), TOKENS, 1).repeat(HIDDEN, 2)
+
+
+def _request(*values: float) -> VisualRequest:
+    pixels = np.stack([np.full((3, 2, 2), v, np.float32) for v in values]) if values else np.zeros((0, 3, 2, 2))
+    return VisualRequest(pixels, [f"md5-{v}" for v in values])
+
+
+def test_embed_batch_encodes_misses_once_in_one_call():
+    cache, encode = EmbeddingCache(8), CountingEncoder()
+    out = embed_batch([_request(1.0, 2.0), _request(), _request(2.0, 3.0, 1.0)], cache, encode, HIDDEN)
+    assert encode.calls == [3]  # 1, 2, 3 once each, in a single batch
+    assert out[0].shape == (2 * TOKENS, HIDDEN) and out[1].shape == (0, HIDDEN) and out[2].shape == (9, HIDDEN)
+    assert out[2][:TOKENS].max() == 2.0 and out[2][-TOKENS:].max() == 1.0  # order of the request's images
+    assert (cache.hits, cache.misses) == (2, 3)
+    embed_batch([_request(3.0)], cache, encode, HIDDEN)
+    assert encode.calls == [3] and cache.hits == 3
+
+
+def test_lru_evicts_the_least_recently_used():
+    cache = EmbeddingCache(2)
+    cache.put("a", np.zeros(1))
+    cache.put("b", np.zeros(1))
+    assert cache.get("a") is not None
+    cache.put("c", np.zeros(1))
+    assert "b" not in cache and "a" in cache and "c" in cache and len(cache) == 2
+
+
+def _item(**kw) -> PostprocessInput:
+    base = dict(request_id="r", output_ids=[], context_ids=[], finish_reason="", text_trim=0, num_input_tokens=7,
+                response_index=0, options=OutputOptions(), logprobs=[], cum_log_prob=0.0)
+    return PostprocessInput(**{**base, **kw})
+
+
+class CharTokenizer:
+    """ids are code points: decode is exact, nothing is ever held back."""
+
+    def decode(self, ids, **kwargs):
+        return "".join(chr(i) for i in ids)
+
+    all_special_ids: list[int] = []
+
+    def get_vocab(self):
+        return {}
+
+
+def test_postprocess_outputs_follow_the_options():
+    tok = CharTokenizer()
+    out = postprocess_outputs(tok, _item(output_ids=[104, 105]))
+    assert list(out) == ["text_output"] and out["text_output"].tolist() == [[b"hi"]]
+    opts = OutputOptions(return_finish_reason=True, return_num_input_tokens=True, return_num_output_tokens=True,
+                         return_log_probs=True)
+    out = postprocess_outputs(tok, _item(output_ids=[104], options=opts, logprobs=[-0.5], cum_log_prob=-1.5))
+    assert out["finish_reason"].shape == (1, 0)  # not finished yet
+    assert out["num_input_tokens"].tolist() == [[7]] and out["num_output_tokens"].tolist() == [[1]]
+    assert out["output_log_probs"].shape == (1, 1, 1) and out["cum_log_probs"].tolist() == [[-1.5]]
+    out = postprocess_outputs(tok, _item(output_ids=[104, 83, 84], finish_reason="stop", text_trim=2, options=opts))
+    assert out["text_output"].tolist() == [[b"h"]] and out["finish_reason"].tolist() == [[b"stop"]]
+
+
+def test_echo_prepends_the_prompt_to_the_first_chunk_only():
+    tok = CharTokenizer()
+    opts = OutputOptions(exclude_input_in_output=False, prompt="Q: ")
+    assert postprocess_outputs(tok, _item(output_ids=[65], options=opts))["text_output"].tolist() == [[b"Q: A"]]
+    assert postprocess_outputs(tok, _item(output_ids=[66], options=opts, response_index=1))[
+        "text_output"].tolist() == [[b"B"]]
+    assert cancelled_outputs()["text_output"].tolist() == [[b""]]
+
+
+def test_engine_metrics_gauges_and_counter_increments():
+    sink = RecordingSink()
+    metrics = EngineMetrics(sink)
+    metrics.publish({"slots_used": 5, "slots_total": 10, "prompt_tokens_total": 10, "restarts": 0})
+    metrics.publish({"slots_used": 0, "slots_total": 10, "prompt_tokens_total": 25, "restarts": 0})
+    metrics.publish({"slots_used": 0, "slots_total": 10, "prompt_tokens_total": 4, "restarts": 1})  # restarted
+    assert sink.values["llm_kv_slots_used"] == 0 and sink.values["llm_kv_slots_total"] == 10
+    assert sink.values["llm_prompt_tokens_total"] == 29 and sink.values["llm_engine_restarts_total"] == 1
+    tracker = CounterTracker(sink)
+    tracker.update("x", 3)
+    tracker.update("x", 3)
+    assert sink.values["x"] == 3
+
+
+class FakeFamily:
+    COUNTER, GAUGE, HISTOGRAM = "c", "g", "h"
+
+    def __init__(self, name, description, kind):
+        self.name, self.kind, self.metric = name, kind, None
+
+    def Metric(self, labels, buckets=None):  # noqa: N802 - pb_utils' name
+        self.metric = SimpleNamespace(labels=labels, buckets=buckets, values=[])
+        self.metric.set = self.metric.values.append
+        self.metric.increment = self.metric.values.append
+        self.metric.observe = self.metric.values.append
+        return self.metric
+
+
+def test_pb_metrics_sink_creates_one_family_per_spec():
+    sink = PbMetricsSink(SimpleNamespace(MetricFamily=FakeFamily), LLM_METRICS)
+    assert len(sink.families) == len(LLM_METRICS)
+    sink.observe("llm_time_to_first_token_seconds", 0.1)
+    sink.set("llm_kv_slots_used", 3)
+    assert sink.metrics["llm_time_to_first_token_seconds"].buckets
+    assert sink.metrics["llm_kv_slots_used"].values == [3]
+
+
+def test_cancel_relay_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_SERVING_RUNTIME_DIR", str(tmp_path))
+    aborted: list[str] = []
+    client = CancelRelayClient()  # may connect before the server binds
+    server = CancelRelayServer(aborted.append)
+    try:
+        assert client.abort("req-1") and not client.abort("req-1")  # each id once
+        assert client.abort("req-2")
+        deadline = time.monotonic() + 5
+        while len(aborted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert aborted == ["req-1", "req-2"]
+    finally:
+        client.close()
+        server.close()
+    assert not list(tmp_path.iterdir())  # the socket file is gone
+
+
+def test_cancel_relay_without_launcher_uses_a_private_dir(monkeypatch):
+    monkeypatch.delenv("LLM_SERVING_RUNTIME_DIR", raising=False)
+    server = CancelRelayServer(lambda rid: None, model_name=f"test{time.monotonic_ns()}")
+    directory = server.path.parent
+    assert directory.is_dir() and str(directory.name).startswith("llm_core_triton_")
+    server.close()
+    assert not directory.exists()
