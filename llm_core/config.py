@@ -26,6 +26,9 @@ class EngineConfig:
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
+    # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops)
+    cuda_graph: bool = True  # replay decode steps from CUDA graphs; False: always launch eagerly
+    cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
@@ -44,6 +47,8 @@ class EngineConfig:
             raise ValueError("max_running_requests and max_prefill_tokens must be >= 1")
         if self.decode_steps_per_prefill < 1:
             raise ValueError("decode_steps_per_prefill must be >= 1")
+        if self.cuda_graph_max_batch < 1:
+            raise ValueError(f"cuda_graph_max_batch must be >= 1, got {self.cuda_graph_max_batch}")
         if self.model_dir is None:
             raise ValueError("model_dir is required (a Hugging Face model directory)")
 
