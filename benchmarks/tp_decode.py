@@ -1,10 +1,13 @@
 """Decode step latency of a Llama-3-8B-shaped `dummy` model at tp=1 and tp=2 (GPU, NCCL).
 
-For each tp and batch size: time ModelRunner.forward of one decode step (context --ctx tokens
-per sequence, CUDA events, median of --iters) and, separately, the all-reduces one step
-issues (2 per layer on [batch, hidden] bf16). Prints a markdown table; --out writes JSON.
+For each tp, batch size and mode: time ModelRunner.forward of one decode step (context --ctx
+tokens per sequence, CUDA events, median of --iters), eagerly launched ("eager") and replayed
+from a CUDA graph ("graph", llm_core/worker/cuda_graph.py; the first call captures, outside
+the timing). Separately, the all-reduces one step issues (2 per layer on [batch, hidden] bf16),
+launched eagerly and replayed from a graph. Also: graph logits vs eager logits of the same step.
+Prints a markdown table; --out writes JSON.
 
-  python benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512
+  python benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512 --mode eager graph
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -47,7 +51,7 @@ def _time_cuda(fn, iters: int) -> float:
     return statistics.median(times)
 
 
-def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, results):
+def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results):
     from llm_core.config import EngineConfig
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
@@ -56,20 +60,35 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
                                 device_id=torch.device("cuda", rank))
     max_batch = max(batches)
     cfg = EngineConfig(model_dir=model_dir, device="cuda", tp=tp, dtype="bfloat16", load_format="dummy",
-                       max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8)
+                       max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
+                       cuda_graph="graph" in modes)
     runner = ModelRunner(cfg, rank, dist.group.WORLD if tp > 1 else None)
     runner.allocate_kv(cfg.max_total_tokens)
     # Context already "cached": rows b hold slots [b*(ctx+1), b*(ctx+1)+ctx).
     for b in range(max_batch):
         runner.kv.req_to_slot[b, :ctx] = torch.arange(b * (ctx + 1), b * (ctx + 1) + ctx, dtype=torch.int32)
     hidden = LLAMA3_8B["hidden_size"]
-    rows = []
     for batch in batches:
         step = StepInput(is_prefill=False, seqs=[
             SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)
         ])
-        step_ms = _time_cuda(lambda step=step: runner.forward(step), iters)
-        allreduce_ms = 0.0
+        row = {"tp": tp, "batch": batch, "ctx": ctx}
+        logits = {}
+        for mode in modes:
+            runner.use_cuda_graph = mode == "graph"
+            start = time.perf_counter()
+            logits[mode] = runner.forward(step).clone()  # graph mode: captures here
+            torch.cuda.synchronize()
+            row[f"first_call_s_{mode}"] = round(time.perf_counter() - start, 3)
+            row[f"step_ms_{mode}"] = round(_time_cuda(lambda step=step: runner.forward(step), iters), 3)
+        if "graph" in modes:
+            row["graphs_captured"] = runner.graph_runner.num_graphs if runner.graph_runner else 0
+            row["graph_failed"] = runner.graph_failed
+        if len(logits) == 2:
+            e, g = logits["eager"], logits["graph"]
+            row["graph_vs_eager_max_rel_diff"] = round(((g - e).abs().max() / e.abs().max()).item(), 6)
+            row["graph_vs_eager_same_argmax"] = bool((g.argmax(-1) == e.argmax(-1)).all().item())
+        row["allreduce_ms_per_step"] = row["allreduce_graph_ms_per_step"] = 0.0
         if tp > 1:
             x = torch.randn(batch, hidden, dtype=torch.bfloat16, device="cuda")
 
@@ -77,11 +96,14 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
                 for _ in range(2 * LLAMA3_8B["num_hidden_layers"]):
                     dist.all_reduce(x)
 
-            allreduce_ms = _time_cuda(reduces, iters)
-        rows.append({"tp": tp, "batch": batch, "ctx": ctx, "step_ms": round(step_ms, 3),
-                     "allreduce_ms_per_step": round(allreduce_ms, 3)})
-    if rank == 0:
-        results.extend(rows)
+            row["allreduce_ms_per_step"] = round(_time_cuda(reduces, iters), 3)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                reduces()
+            row["allreduce_graph_ms_per_step"] = round(_time_cuda(graph.replay, iters), 3)
+        if rank == 0:  # as soon as measured: a later failure must not lose it
+            results.append(row)
+            print(f"row: {json.dumps(row)}", flush=True)
     if tp > 1:
         dist.destroy_process_group()
 
@@ -92,11 +114,13 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--mode", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for var, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
         os.environ[var] = value
     results = mp.Manager().list()
+    failures: list[str] = []
     with tempfile.TemporaryDirectory() as model_dir:
         Path(model_dir, "config.json").write_text(json.dumps(LLAMA3_8B))
         for tp in args.tp:
@@ -104,15 +128,31 @@ def main() -> int:
                 print(f"skip tp={tp}: only {torch.cuda.device_count()} GPUs")
                 continue
             port = 29500 + tp
-            mp.spawn(_rank, args=(tp, port, model_dir, args.batch, args.ctx, args.iters, results), nprocs=tp)
+            try:
+                mp.spawn(_rank, nprocs=tp,
+                         args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results))
+            except Exception as exc:  # keep the other tp's rows; report the failure at the end
+                failures.append(f"tp={tp}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
+                print(f"FAILED tp={tp}", flush=True)
     rows = list(results)
     print(f"device: {torch.cuda.get_device_name()} x{torch.cuda.device_count()}")
-    print("| tp | batch | ctx | decode step ms | all-reduce ms/step |\n|---|---|---|---|---|")
+    print("| tp | batch | ctx | mode | decode step ms | tp2/tp1 | all-reduce ms/step (eager / graph) |")
+    print("|---|---|---|---|---|---|---|")
+    tp1 = {(r["batch"], m): r[f"step_ms_{m}"] for r in rows if r["tp"] == 1 for m in args.mode}
     for r in rows:
-        print(f"| {r['tp']} | {r['batch']} | {r['ctx']} | {r['step_ms']} | {r['allreduce_ms_per_step']} |")
+        for m in args.mode:
+            base = tp1.get((r["batch"], m))
+            ratio = f"{r[f'step_ms_{m}'] / base:.2f}" if r["tp"] > 1 and base else ""
+            print(f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | "
+                  f"{r['allreduce_ms_per_step']} / {r['allreduce_graph_ms_per_step']} |")
+    for r in rows:
+        extra = {k: v for k, v in r.items() if k.startswith(("first_call", "graph"))}
+        print(f"tp={r['tp']} batch={r['batch']}: {json.dumps(extra)}")
+    for failure in failures:
+        print(f"FAILED {failure}")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
-    return 0
+        Path(args.out).write_text(json.dumps({"rows": rows, "failures": failures}, indent=2))
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,13 @@ class GrpcStreamer:
         self.timeout_s = timeout_s
         self.client = grpcclient.InferenceServerClient(url)
         self.responses: queue.Queue = queue.Queue()
+        self.in_flight = False  # a request was sent and its final response has not come
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+
+    def restart(self) -> None:
+        """A fresh stream on the same client and channel (after an error the old one may be dead)."""
+        self.client.stop_stream(cancel_requests=self.in_flight)
+        self.in_flight = False
         self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
 
     def generate(
@@ -45,10 +52,12 @@ class GrpcStreamer:
         """Sends one request (a list of InferInput) and reads its responses until the final one."""
         timer = RequestTimer()
         request_id = uuid.uuid4().hex
+        self.in_flight = True
         self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
         while True:
             result, error = self.responses.get(timeout=self.timeout_s)
             if error is not None:
+                self.in_flight = False  # the request failed, or the whole stream did
                 raise error
             if result.get_response().id != request_id:
                 continue  # a late response of an earlier request that failed on this stream
@@ -57,11 +66,19 @@ class GrpcStreamer:
             if on_chunk is not None:
                 on_chunk(chunk)
             if chunk.final:
+                self.in_flight = False
                 return timer
 
     def close(self) -> None:
-        self.client.stop_stream(cancel_requests=True)
-        self.client.close()
+        """Cancels a request still in flight, else ends the stream gracefully (a cancelled stream
+        leaves grpc's request-reading thread blocked for good)."""
+        try:
+            self.client.stop_stream(cancel_requests=self.in_flight)
+        finally:
+            self.client.close()
+            # InferenceServerClient.__del__ closes the channel again; under gevent (Locust) that
+            # second close, run by the garbage collector at exit, can deadlock on a grpc mutex.
+            self.client.close = lambda: None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,10 +82,11 @@ class GrpcStreamUser(GenerationUser):
     kind = "grpc_stream"
 
     def on_start(self) -> None:
-        self.grpc_url = os.environ.get("TRITON_GRPC_URL")
-        if self.grpc_url is None:
-            self.grpc_url = f"{urlsplit(self.host).hostname}:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
-        self.streamer = GrpcStreamer(self.grpc_url, timeout_s=60.0)
+        # One client per user for the whole run: under gevent, a grpc channel garbage-collected
+        # while another greenlet is inside grpc can deadlock (its __del__ closes it again).
+        url = os.environ.get("TRITON_GRPC_URL")
+        url = url or f"{urlsplit(self.host).hostname}:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
+        self.streamer = GrpcStreamer(url, timeout_s=60.0)
 
     def on_stop(self) -> None:
         self.streamer.close()
@@ -94,8 +95,7 @@ class GrpcStreamUser(GenerationUser):
         try:
             return self.streamer.generate(MODEL, grpc_inputs(req))
         except Exception:
-            self.streamer.close()  # the stream may be broken: the next task gets a fresh one
-            self.streamer = GrpcStreamer(self.grpc_url, timeout_s=60.0)
+            self.streamer.restart()  # the stream may be broken: the next task gets a fresh one
             raise
 
 

@@ -27,7 +27,9 @@ class EngineConfig:
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
     # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops)
-    cuda_graph: bool = True  # replay decode steps from CUDA graphs; False: always launch eagerly
+    # Replay decode steps from CUDA graphs. Off by default until validated on a GPU: the first
+    # device run (2026-11-21) hit a lifetime bug, fixed since but not yet re-run (RESULTS_tp.md).
+    cuda_graph: bool = False
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
 
     def __post_init__(self) -> None:

@@ -26,7 +26,8 @@ fi
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 fi
-"$VPY" -m pip install -q -e "$ROOT[serve,test]" 2>&1 | grep -v "^WARNING: Location" || true
-"$VPY" -c "import torch, numpy, transformers, tokenizers, safetensors, tritonclient.grpc, locust, zmq; assert numpy.__version__ < '2', numpy.__version__" \
+"$VPY" -m pip install -q -e "$ROOT[serve,test]" 2>&1 | grep -E "^(ERROR|error)" || true
+"$VPY" -c "import torch, numpy, transformers, tokenizers, safetensors, tritonclient.grpc, zmq; assert numpy.__version__ < '2', numpy.__version__" \
+  && "$VENV/bin/locust" --version >/dev/null 2>&1 \
   || { echo "setup_env: dependency check failed" >&2; exit 1; }
 echo "$HASH" > "$STAMP"

@@ -211,8 +211,11 @@ def _num_sms(device: torch.device) -> int:
 
 
 def num_splits_for(batch: int, kv_heads: int, max_seq_len: int, num_sms: int, config: DecodeConfig) -> int:
-    """Splits per sequence so that the grid fills the GPU without splits shorter than min_split_len."""
-    wanted = triton.cdiv(config.programs_per_sm * num_sms, max(batch * kv_heads, 1))
+    """Splits per sequence so that the grid fills the GPU without splits shorter than min_split_len.
+
+    Rounded down: at most programs_per_sm * num_sms programs (one wave), no partial second wave.
+    """
+    wanted = (config.programs_per_sm * num_sms) // max(batch * kv_heads, 1)
     by_length = max(max_seq_len // config.min_split_len, 1)
     return max(1, min(wanted, by_length, config.max_splits))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,8 +12,9 @@ import torch
 
 from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
-from llm_core.ops import select_ops
+from llm_core.ops import select_ops, torch_ops
 from llm_core.worker.batch import ForwardBatch, KVCache
+from llm_core.worker.cuda_graph import DecodeGraphRunner
 
 _GIB = 1 << 30
 _CPU_KV_BUDGET = 2 * _GIB  # default KV pool on CPU when max_total_tokens is not given
@@ -61,6 +64,10 @@ class ModelRunner:
         self.ops = select_ops(self.device, cfg.force_torch_ops)
         self.image_token_index = self.model_config.image_token_index
         self.kv: KVCache | None = None
+        # Decode steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
+        self.use_cuda_graph = cfg.cuda_graph and self.device.type == "cuda" and self.ops is not torch_ops
+        self.graph_runner: DecodeGraphRunner | None = None
+        self.graph_failed = False
 
     # --- KV pool -------------------------------------------------------------------------
     def kv_heads_per_rank(self) -> int:
@@ -88,6 +95,12 @@ class ModelRunner:
             mc.num_layers, num_slots, self.kv_heads_per_rank(), mc.head_dim,
             self.cfg.max_running_requests, self.max_model_len, self.dtype, self.device,
         )
+        if self.use_cuda_graph:
+            self.graph_runner = DecodeGraphRunner(
+                self.model, self.kv, self.ops, self.model_config.vocab_size,
+                max_batch=min(self.cfg.cuda_graph_max_batch, self.cfg.max_running_requests),
+                max_model_len=self.max_model_len,
+            )  # fmt: skip
 
     # --- forward -------------------------------------------------------------------------
     def prepare(self, step: StepInput) -> ForwardBatch:
@@ -155,5 +168,15 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, step: StepInput) -> torch.Tensor:
+        """[B, vocab] fp32 logits; from a CUDA graph, a view valid until the next forward."""
+        graphs = self.graph_runner
+        if self.use_cuda_graph and graphs is not None and graphs.can_run(step):
+            try:
+                return graphs.forward(step)
+            except Exception:  # a capture that fails leaves the eager path working
+                print(f"[llm_core] rank {self.rank}: CUDA graph decode failed, running eagerly from now on:\n"
+                      f"{traceback.format_exc()}", file=sys.stderr, flush=True)  # fmt: skip
+                self.use_cuda_graph = False
+                self.graph_failed = True
         batch = self.prepare(step)
         return self.model(batch, self.kv, self.ops)  # [B, vocab] fp32

@@ -4,6 +4,9 @@
    the tiny Llama, Qwen2 and LLaVA models (8 prompts, 32 new tokens, one continuous batch).
 2. bf16: last-token logits of one packed prefill and a few decode steps are within bf16
    tolerance of transformers' bf16 logits.
+On CUDA both run decode steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager); the
+bf16 check also compares each graph decode step with the same step launched eagerly and
+requires that graphs were captured without falling back.
 Also runs on CPU (`--device cpu`) as a dry run of the script itself.
 """
 
@@ -53,13 +56,16 @@ def _cases(engine: Engine, model_dir: str, device: str):
     return cases
 
 
+CUDA_GRAPH = True
+
+
 def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
 
     model_dir = str(make_tiny_model(work / arch, arch))
     cls = LlavaForConditionalGeneration if arch == "llava" else AutoModelForCausalLM
     hf = cls.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    with Engine(EngineConfig(model_dir=model_dir, device=device, dtype="float32")) as engine:
+    with Engine(EngineConfig(model_dir=model_dir, device=device, dtype="float32", cuda_graph=CUDA_GRAPH)) as engine:
         cases = _cases(engine, model_dir, device)
         embeds = [None] * len(cases)
         if arch == "llava":
@@ -86,7 +92,7 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
 
     model_dir = str(make_tiny_model(work / f"{arch}-bf16", arch))
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(device).eval()
-    cfg = _Cfg(model_dir=model_dir, device=device, dtype="bfloat16", max_total_tokens=4096)
+    cfg = _Cfg(model_dir=model_dir, device=device, dtype="bfloat16", max_total_tokens=4096, cuda_graph=CUDA_GRAPH)
     runner = ModelRunner(cfg, rank=0)
     runner.allocate_kv(4096)
     prompts = [[5, 9, 17, 33, 2, 8], list(range(10, 51)), [7] * 19]
@@ -96,21 +102,53 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
         step.seqs.append(SeqInput(row, 0, ids, list(range(next_slot, next_slot + len(ids))), len(ids)))
         next_slot += len(ids)
     ours = runner.forward(step).float().cpu()
-    worst = 0.0
-    for row, ids in enumerate(prompts):
+
+    def rel_err(row_logits, ids) -> float:
         with torch.no_grad():
             ref = hf(torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
-        scale = ref.abs().max().item()
-        worst = max(worst, (ours[row] - ref).abs().max().item() / scale)
-    return {"arch": arch, "max_rel_logit_err_bf16": round(worst, 5), "ok": worst < 0.05}
+        return (row_logits - ref).abs().max().item() / ref.abs().max().item()
+
+    worst = max(rel_err(ours[row], ids) for row, ids in enumerate(prompts))
+    # Decode steps: 3 sequences, padded to the graph batch bucket 4 on CUDA.
+    seqs = [list(ids) for ids in prompts]
+    decode_worst = graph_vs_eager = 0.0
+    for _ in range(4):
+        next_ids = ours.argmax(-1).tolist()
+        step = StepInput(is_prefill=False)
+        for row, ids in enumerate(seqs):
+            step.seqs.append(SeqInput(row, len(ids), [next_ids[row]], [next_slot], len(prompts[row])))
+            ids.append(next_ids[row])
+            next_slot += 1
+        eager = None
+        if runner.use_cuda_graph:  # the same step eagerly first; the graph stores the same K/V again
+            runner.use_cuda_graph = False
+            eager = runner.forward(step).float().cpu()
+            runner.use_cuda_graph = True
+        ours = runner.forward(step).float().cpu()
+        if eager is not None:
+            graph_vs_eager = max(graph_vs_eager, ((ours - eager).abs().max() / eager.abs().max()).item())
+        decode_worst = max(decode_worst, *(rel_err(ours[row], ids) for row, ids in enumerate(seqs)))
+    graphs = runner.graph_runner.num_graphs if runner.graph_runner is not None else 0
+    graphs_ok = device != "cuda" or not CUDA_GRAPH or (graphs > 0 and not runner.graph_failed)
+    return {
+        "arch": arch, "max_rel_logit_err_bf16": round(worst, 5),
+        "decode_max_rel_logit_err_bf16": round(decode_worst, 5),
+        "graph_vs_eager_max_rel_diff": round(graph_vs_eager, 5), "graphs_captured": graphs,
+        "graph_failed": runner.graph_failed,
+        "ok": worst < 0.05 and decode_worst < 0.05 and graph_vs_eager < 0.05 and graphs_ok,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-cuda-graph", action="store_true", help="eager decode steps")
     args = ap.parse_args()
-    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "checks": []}
+    global CUDA_GRAPH
+    CUDA_GRAPH = not args.no_cuda_graph
+    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+               "cuda_graph": CUDA_GRAPH, "checks": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for arch in ("llama", "qwen2", "llava"):

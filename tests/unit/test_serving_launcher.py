@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -71,8 +72,9 @@ def test_busy_ports_are_refused():
 
 
 def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
-    config = '{"parameters": {"model_dir": {"string_value": "%s"}, "tp": {"string_value": "1"},' \
-             ' "max_total_tokens": {"string_value": ""}, "device": {"string_value": "${device}"}}}' % tiny_llama
+    config = json.dumps({"parameters": {"model_dir": {"string_value": str(tiny_llama)}, "tp": {"string_value": "1"},
+                                        "max_total_tokens": {"string_value": ""},
+                                        "device": {"string_value": "${device}"}}})
     params = model_parameters(config)
     settings = load_settings(params, env={})
     assert settings.model_dir == tiny_llama and settings.max_total_tokens is None and settings.device == "cpu"
@@ -84,3 +86,38 @@ def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
         load_settings(params, env={"LLM_TP": "two"})
     with pytest.raises(FileNotFoundError):
         load_settings({}, env={"LLM_MODEL_DIR": "/nonexistent/model"})
+
+
+def test_watchdog_exits_when_the_parent_dies(tmp_path):
+    """A grandchild running exit_with_parent() ends soon after its parent is killed."""
+    import subprocess
+    import time
+
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "if sys.argv[1] == 'parent':\n"
+        "    p = subprocess.Popen([sys.executable, __file__, 'child'])\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(60)\n"
+        "else:\n"
+        "    from llm_core.serving.watchdog import exit_with_parent\n"
+        "    exit_with_parent(poll_s=0.05)\n"
+        "    time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script), "parent"], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child imports and starts watching
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has exited
+    except (FileNotFoundError, ProcessLookupError):
+        return True

@@ -18,6 +18,7 @@ from llm_core.serving.llm_service import LlmResponse, LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import PbMetricsSink, input_names, request_inputs, setup_logging
+from llm_core.serving.watchdog import exit_with_parent
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -59,6 +60,7 @@ class _Transport:
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         setup_logging()
+        exit_with_parent()
         settings = load_settings(model_parameters(args["model_config"]))
         self.inputs = input_names(json.loads(args["model_config"]))
         self.engine = Engine(settings.engine_config())

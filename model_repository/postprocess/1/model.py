@@ -10,6 +10,7 @@ from llm_core.serving.cancel_relay import CancelRelayClient
 from llm_core.serving.postprocess import cancelled_outputs, parse_postprocess_input, postprocess_outputs
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import input_names, make_response, request_inputs, setup_logging
+from llm_core.serving.watchdog import exit_with_parent
 
 
 class TritonPythonModel:
@@ -17,6 +18,7 @@ class TritonPythonModel:
         from transformers import AutoTokenizer
 
         setup_logging()
+        exit_with_parent()
         settings = load_settings(model_parameters(args["model_config"]))
         self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         self.inputs = input_names(json.loads(args["model_config"]))

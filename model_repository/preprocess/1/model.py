@@ -17,6 +17,7 @@ from llm_core.serving.triton_bridge import (
     request_parameters,
     setup_logging,
 )
+from llm_core.serving.watchdog import exit_with_parent
 
 
 class TritonPythonModel:
@@ -24,6 +25,7 @@ class TritonPythonModel:
         from transformers import AutoTokenizer
 
         setup_logging()
+        exit_with_parent()
         settings = load_settings(model_parameters(args["model_config"]))
         tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         self.preprocessor = Preprocessor(settings.model_dir, tokenizer, settings.default_max_tokens,

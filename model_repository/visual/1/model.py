@@ -8,6 +8,7 @@ from llm_core.serving.metrics import VISUAL_METRICS
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import PbMetricsSink, error_response, make_response, request_inputs, setup_logging
 from llm_core.serving.visual import VisualService
+from llm_core.serving.watchdog import exit_with_parent
 
 _INPUTS = ("pixel_values", "image_md5")
 
@@ -15,6 +16,7 @@ _INPUTS = ("pixel_values", "image_md5")
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         setup_logging()
+        exit_with_parent()
         settings = load_settings(model_parameters(args["model_config"]))
         # Metrics are updated only here, in execute (one thread per stub).
         self.service = VisualService(settings, PbMetricsSink(pb_utils, VISUAL_METRICS))

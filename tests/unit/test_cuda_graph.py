@@ -1,0 +1,150 @@
+"""Decode CUDA-graph bookkeeping without a GPU: buckets, padding, and the static-buffer path.
+
+The graph capture itself needs CUDA (scripts/device/gpu_engine_check.py, gpu_tp_check.py);
+here `DecodeGraphRunner(capture=False)` runs the same static-buffer path eagerly on CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_core.config import EngineConfig
+from llm_core.worker.cuda_graph import (
+    DecodeGraphRunner,
+    batch_buckets,
+    bucket_for,
+    context_buckets,
+    decode_arrays,
+    is_plain_decode,
+    pad_decode_step,
+)
+from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+
+
+def test_batch_buckets() -> None:
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(8) == (1, 2, 4, 8)
+    assert batch_buckets(256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+    with pytest.raises(ValueError):
+        batch_buckets(0)
+
+
+def test_context_buckets() -> None:
+    assert context_buckets(8192) == (4096, 8192)
+    assert context_buckets(520) == (520,)
+    assert context_buckets(131072) == (4096, 8192, 16384, 32768, 65536, 131072)
+    assert context_buckets(10000, min_bucket=1024) == (1024, 2048, 4096, 8192, 10000)
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (64, 64), (65, 100), (100, 100), (101, None)],
+)
+def test_bucket_for(n: int, expected: int | None) -> None:
+    assert bucket_for(n, batch_buckets(100)) == expected
+
+
+def _decode_step(rows, prefixes, tokens, slots) -> StepInput:
+    seqs = [SeqInput(r, p, [t], [s], 3) for r, p, t, s in zip(rows, prefixes, tokens, slots, strict=True)]
+    return StepInput(is_prefill=False, seqs=seqs)
+
+
+def test_pad_decode_step_and_arrays() -> None:
+    step = _decode_step([5, 0, 2], [10, 3, 7], [11, 12, 13], [40, 41, 42])
+    dummy_row, dummy_slot, stride = 16, 500, 64
+    padded = pad_decode_step(step, 4, dummy_row, dummy_slot)
+    assert padded.seqs[:3] == step.seqs and len(padded.seqs) == 4
+    pad = padded.seqs[3]
+    assert (pad.row, pad.prefix_len, pad.new_token_ids, pad.new_slots) == (dummy_row, 0, [0], [dummy_slot])
+
+    arrays = decode_arrays(step.seqs, 4, dummy_row, dummy_slot, stride)
+    expected = np.array(
+        [
+            [11, 12, 13, 0],  # input_ids
+            [10, 3, 7, 0],  # positions
+            [5 * 64 + 10, 0 * 64 + 3, 2 * 64 + 7, 16 * 64],  # flat req_to_slot index
+            [40, 41, 42, 500],  # out_slots
+            [5, 0, 2, 16],  # req_rows
+            [10, 3, 7, 0],  # prefix_lens
+            [11, 4, 8, 1],  # seq_lens: padded rows read one key, the dummy slot
+        ]
+    )
+    np.testing.assert_array_equal(arrays, expected)
+    np.testing.assert_array_equal(arrays, decode_arrays(padded.seqs, 4, dummy_row, dummy_slot, stride))
+    np.testing.assert_array_equal(decode_arrays((), 2, dummy_row, dummy_slot, stride)[:, 0], expected[:, 3])
+    with pytest.raises(AssertionError):
+        pad_decode_step(step, 2, dummy_row, dummy_slot)
+
+
+def test_is_plain_decode() -> None:
+    assert is_plain_decode(_decode_step([0], [4], [1], [2]))
+    assert not is_plain_decode(StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [1, 2], [3, 4], 2)]))
+    assert not is_plain_decode(StepInput(is_prefill=False, seqs=[SeqInput(0, 4, [1, 2], [3, 4], 2)]))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="cuda_graph_max_batch"):
+        EngineConfig(model_dir="x", cuda_graph_max_batch=0)
+    assert EngineConfig(model_dir="x").cuda_graph is False  # until validated on a GPU
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_llama) -> ModelRunner:
+    cfg = EngineConfig(model_dir=str(tiny_llama), device="cpu", dtype="float32", max_total_tokens=256,
+                       max_running_requests=8, max_model_len=64, cuda_graph=True)  # fmt: skip
+    runner = ModelRunner(cfg, rank=0)
+    runner.allocate_kv(256)
+    assert runner.graph_runner is None and not runner.use_cuda_graph  # never on CPU
+    return runner
+
+
+def _prefill(runner: ModelRunner, rows, lengths, first_slot: int) -> list[int]:
+    """Prefill sequences on `rows`; returns the next free slot after each sequence's prompt."""
+    step, slot, g = StepInput(is_prefill=True), first_slot, torch.Generator().manual_seed(1)
+    for row, n in zip(rows, lengths, strict=True):
+        ids = torch.randint(3, 200, (n,), generator=g).tolist()
+        step.seqs.append(SeqInput(row, 0, ids, list(range(slot, slot + n)), n))
+        slot += n
+    runner.forward(step)
+    return [s.new_slots[-1] for s in step.seqs]
+
+
+def test_padded_decode_matches_unpadded(runner: ModelRunner) -> None:
+    """Dummy rows change nothing for the real ones: eager padded step == eager unpadded step."""
+    rows, lengths = [3, 0, 6], [5, 9, 2]
+    last = _prefill(runner, rows, lengths, 0)
+    step = _decode_step(rows, lengths, [21, 22, 23], [100, 101, 102])
+    ref = runner.forward(step).clone()
+    padded = pad_decode_step(step, 8, runner.kv.req_to_slot.shape[0] - 1, runner.kv.num_slots)
+    out = runner.forward(padded)
+    torch.testing.assert_close(out[:3], ref, rtol=1e-5, atol=1e-5)
+    assert last == [4, 13, 15]
+    assert int(runner.kv.req_to_slot[-1, 0]) == runner.kv.num_slots  # dummy row still reads the dummy slot
+
+
+def test_static_path_matches_eager(runner: ModelRunner) -> None:
+    """DecodeGraphRunner's static-buffer path (what is captured on CUDA) == the eager step."""
+    graphs = DecodeGraphRunner(runner.model, runner.kv, runner.ops, runner.model_config.vocab_size,
+                               max_batch=8, max_model_len=runner.max_model_len, capture=False,
+                               min_context_bucket=16)  # fmt: skip
+    assert graphs.batch_buckets == (1, 2, 4, 8) and graphs.context_buckets == (16, 32, 64)
+    rows, lengths = [1, 4, 7], [6, 17, 3]
+    _prefill(runner, rows, lengths, 120)
+    step = _decode_step(rows, lengths, [31, 32, 33], [200, 201, 202])
+    assert graphs.buckets_for(step) == (4, 32)
+    ref = runner.forward(step).clone()  # eager; stores the same K/V the static path stores again
+    runner.kv.req_to_slot[rows, lengths] = runner.kv.num_slots  # the static path must write these
+    out = graphs.forward(step)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert runner.kv.req_to_slot[rows, lengths].tolist() == [200, 201, 202]
+    assert int(runner.kv.req_to_slot[-1, 0]) == runner.kv.num_slots
+    assert graphs.num_graphs == 1
+    # Steps the runner declines: prefill, too many sequences, context past the last bucket.
+    assert not graphs.can_run(StepInput(is_prefill=True, seqs=step.seqs))
+    assert not graphs.can_run(_decode_step(list(range(9)), [1] * 9, [1] * 9, list(range(9))))
+    assert not graphs.can_run(_decode_step([0], [64], [1], [5]))
+    assert graphs.can_run(_decode_step([0], [63], [1], [5]))
