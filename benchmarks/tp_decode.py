@@ -61,7 +61,7 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
     max_batch = max(batches)
     cfg = EngineConfig(model_dir=model_dir, device="cuda", tp=tp, dtype="bfloat16", load_format="dummy",
                        max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
-                       cuda_graph="graph" in modes)
+                       cuda_graph="graph" in modes, cuda_graph_tp=True)
     runner = ModelRunner(cfg, rank, dist.group.WORLD if tp > 1 else None)
     runner.allocate_kv(cfg.max_total_tokens)
     # Context already "cached": rows b hold slots [b*(ctx+1), b*(ctx+1)+ctx).

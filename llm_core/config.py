@@ -29,7 +29,10 @@ class EngineConfig:
     # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops)
     # Replay decode steps from CUDA graphs. Off by default until validated on a GPU: the first
     # device run (2026-11-21) hit a lifetime bug, fixed since but not yet re-run (RESULTS_tp.md).
-    cuda_graph: bool = False
+    # Decode steps from CUDA graphs. Verified on one GPU (scripts/device/gpu_engine.sh); at tp > 1 it
+    # stays off unless cuda_graph_tp is set, because that path has not passed a GPU run yet.
+    cuda_graph: bool = True
+    cuda_graph_tp: bool = False
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
 
     def __post_init__(self) -> None:

@@ -106,6 +106,9 @@ class _Stream:
     text_trim: int = 0
     error: str | None = None
     last_token_time: float | None = None
+    ttft: float | None = None  # measured, not yet observed
+    itl_sum: float = 0.0  # token gaps since the last response, not yet observed
+    itl_tokens: int = 0
     num_responses: int = 0
     cancelled: bool = False  # the client is gone: end with a bare final flag
 
@@ -126,6 +129,8 @@ class LlmService:
         self._dirty: dict[str, None] = {}  # streams with news since their last response, in order
         self._thread = threading.Thread(target=self.run, name="llm-sender", daemon=True)
         self._stopping = False
+        self.max_itl_per_tick = max(1, int(1000 * stats_interval_s))  # ~1000 ITL observations/s
+        self._itl_budget = self.max_itl_per_tick
 
     # --- any thread ----------------------------------------------------------------------
     def start(self) -> None:
@@ -206,9 +211,10 @@ class LlmService:
         when = chunk.time or time.monotonic()
         if chunk.token_ids:
             if state.last_token_time is None:
-                self.metrics.observe_ttft(when - state.arrival)
+                state.ttft = when - state.arrival
             else:
-                self.metrics.observe_itl((when - state.last_token_time) / len(chunk.token_ids))
+                state.itl_sum += when - state.last_token_time
+                state.itl_tokens += len(chunk.token_ids)
             state.last_token_time = when
             state.pending.extend(chunk.token_ids)
             if chunk.logprobs:
@@ -272,6 +278,19 @@ class LlmService:
         state.pending, state.pending_logprobs = [], []
         state.num_responses += 1
         self.transport.send(state.handle, response, final)
+        self._observe_latencies(state)
+
+    def _observe_latencies(self, state: _Stream) -> None:
+        """One TTFT per request; one ITL per response (the mean gap of the tokens it carries), at
+        most `max_itl_per_tick` per stats tick: each observation is a blocking round trip to the
+        server (~40 us, GIL held), as costly as a third of a response."""
+        if state.ttft is not None:
+            self.metrics.observe_ttft(state.ttft)
+            state.ttft = None
+        if state.itl_tokens and self._itl_budget > 0:
+            self._itl_budget -= 1
+            self.metrics.observe_itl(state.itl_sum / state.itl_tokens)
+        state.itl_sum, state.itl_tokens = 0.0, 0
 
     def _poll_cancelled(self) -> None:
         with self._lock:
@@ -286,6 +305,7 @@ class LlmService:
                 self.engine.abort(request_id)
 
     def _publish_stats(self) -> None:
+        self._itl_budget = self.max_itl_per_tick
         try:
             self.metrics.publish(self.engine.stats())
         except Exception:  # noqa: BLE001 - metrics must never stop the sender

@@ -111,10 +111,13 @@ class EngineMetrics:
     def __init__(self, sink: MetricsSink) -> None:
         self.sink = sink
         self.counters = CounterTracker(sink)
+        self._gauges: dict[str, float] = {}
 
     def publish(self, stats: dict) -> None:
         for key, name in _GAUGES.items():
-            if key in stats:
+            # Each update is a blocking round trip to the server: skip unchanged values.
+            if key in stats and self._gauges.get(name) != float(stats[key]):
+                self._gauges[name] = float(stats[key])
                 self.sink.set(name, float(stats[key]))
         for key, name in _COUNTERS.items():
             if key in stats:

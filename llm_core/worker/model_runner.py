@@ -65,7 +65,9 @@ class ModelRunner:
         self.image_token_index = self.model_config.image_token_index
         self.kv: KVCache | None = None
         # Decode steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
-        self.use_cuda_graph = cfg.cuda_graph and self.device.type == "cuda" and self.ops is not torch_ops
+        self.use_cuda_graph = (
+            cfg.cuda_graph and (cfg.tp == 1 or cfg.cuda_graph_tp) and self.device.type == "cuda" and self.ops is not torch_ops
+        )
         self.graph_runner: DecodeGraphRunner | None = None
         self.graph_failed = False
 

@@ -3,8 +3,10 @@ streaming with that tokenizer family, then `kill -9` of tritonserver leaves noth
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -40,12 +42,17 @@ def test_stream_concatenation_equals_non_streamed_sentencepiece(sp_server):
 
 
 def test_kill_9_leaves_no_process_and_no_shm(sp_server):
-    # A request in flight, so the engine worker and every stub are busy when the server dies.
+    # Requests in flight, so the engine worker, the llm sender thread (sends, metric updates)
+    # and every stub are busy when the server dies.
     assert grpc_stream(sp_server.grpc_url, {"text_input": "warm up", "max_tokens": 4}).error is None
+    long = {"text_input": "a long one", "max_tokens": 900, "sampling_parameters": json.dumps({"ignore_eos": True})}
+    for _ in range(4):
+        threading.Thread(target=grpc_stream, args=(sp_server.grpc_url, long), daemon=True).start()
+    time.sleep(0.5)
     pid = sp_server.tritonserver_pid()
     assert pid is not None
     procs_before = sp_server.sample_tree()
-    assert len(procs_before) >= 7, procs_before  # launcher, server, 4 stubs, >= 1 engine worker
+    assert len(procs_before) >= 11, procs_before  # launcher, server, 4 stubs + watchdogs, engine worker
     os.kill(pid, signal.SIGKILL)
     start = time.monotonic()
     code = sp_server.proc.wait(30)  # the launcher notices, cleans up and exits

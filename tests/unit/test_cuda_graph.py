@@ -88,7 +88,7 @@ def test_is_plain_decode() -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="cuda_graph_max_batch"):
         EngineConfig(model_dir="x", cuda_graph_max_batch=0)
-    assert EngineConfig(model_dir="x").cuda_graph is False  # until validated on a GPU
+    assert EngineConfig(model_dir="x").cuda_graph is True and EngineConfig(model_dir="x").cuda_graph_tp is False
 
 
 @pytest.fixture(scope="module")

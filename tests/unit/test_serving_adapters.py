@@ -56,7 +56,7 @@ def _fake_pb() -> ModuleType:
 @pytest.fixture
 def load_model(monkeypatch, tiny_llava, tmp_path):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb())
-    monkeypatch.setattr(watchdog, "_started", True)  # no parent watchdog inside pytest
+    monkeypatch.setattr(watchdog, "_watchdog", object())  # no parent watchdog for pytest
     monkeypatch.setenv("LLM_MODEL_DIR", str(tiny_llava))
     monkeypatch.setenv("LLM_SERVING_RUNTIME_DIR", str(tmp_path))
 
