@@ -27,8 +27,6 @@ class EngineConfig:
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
     # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops)
-    # Replay decode steps from CUDA graphs. Off by default until validated on a GPU: the first
-    # device run (2026-11-21) hit a lifetime bug, fixed since but not yet re-run (RESULTS_tp.md).
     # Decode steps from CUDA graphs. Verified on one GPU (scripts/device/gpu_engine.sh); at tp > 1 it
     # stays off unless cuda_graph_tp is set, because that path has not passed a GPU run yet.
     cuda_graph: bool = True
