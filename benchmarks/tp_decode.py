@@ -28,11 +28,22 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LLAMA3_8B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
-    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-    "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "torch_dtype": "bfloat16",
 }
 
 
@@ -56,12 +67,26 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
     if tp > 1:
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=tp,
-                                device_id=torch.device("cuda", rank))
+        dist.init_process_group(
+            "nccl",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=tp,
+            device_id=torch.device("cuda", rank),
+        )
     max_batch = max(batches)
-    cfg = EngineConfig(model_dir=model_dir, device="cuda", tp=tp, dtype="bfloat16", load_format="dummy",
-                       max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
-                       cuda_graph="graph" in modes, cuda_graph_tp=True)
+    cfg = EngineConfig(
+        model_dir=model_dir,
+        device="cuda",
+        tp=tp,
+        dtype="bfloat16",
+        load_format="dummy",
+        max_total_tokens=max_batch * (ctx + 1),
+        max_running_requests=max_batch,
+        max_model_len=ctx + 8,
+        cuda_graph="graph" in modes,
+        cuda_graph_tp=True,
+    )
     runner = ModelRunner(cfg, rank, dist.group.WORLD if tp > 1 else None)
     runner.allocate_kv(cfg.max_total_tokens)
     # Context already "cached": rows b hold slots [b*(ctx+1), b*(ctx+1)+ctx).
@@ -69,9 +94,9 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         runner.kv.req_to_slot[b, :ctx] = torch.arange(b * (ctx + 1), b * (ctx + 1) + ctx, dtype=torch.int32)
     hidden = LLAMA3_8B["hidden_size"]
     for batch in batches:
-        step = StepInput(is_prefill=False, seqs=[
-            SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)
-        ])
+        step = StepInput(
+            is_prefill=False, seqs=[SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
+        )
         row = {"tp": tp, "batch": batch, "ctx": ctx}
         logits = {}
         for mode in modes:
@@ -117,7 +142,11 @@ def main() -> int:
     ap.add_argument("--mode", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    for var, value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+    for var, value in (
+        ("NCCL_NVLS_ENABLE", "0"),
+        ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+        ("NVSHMEM_DISABLE_NVLS", "1"),
+    ):
         os.environ[var] = value
     results = mp.Manager().list()
     failures: list[str] = []
@@ -129,8 +158,9 @@ def main() -> int:
                 continue
             port = 29500 + tp
             try:
-                mp.spawn(_rank, nprocs=tp,
-                         args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results))
+                mp.spawn(
+                    _rank, nprocs=tp, args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results)
+                )
             except Exception as exc:  # keep the other tp's rows; report the failure at the end
                 failures.append(f"tp={tp}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
                 print(f"FAILED tp={tp}", flush=True)
@@ -143,8 +173,10 @@ def main() -> int:
         for m in args.mode:
             base = tp1.get((r["batch"], m))
             ratio = f"{r[f'step_ms_{m}'] / base:.2f}" if r["tp"] > 1 and base else ""
-            print(f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | "
-                  f"{r['allreduce_ms_per_step']} / {r['allreduce_graph_ms_per_step']} |")
+            print(
+                f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | "
+                f"{r['allreduce_ms_per_step']} / {r['allreduce_graph_ms_per_step']} |"
+            )
     for r in rows:
         extra = {k: v for k, v in r.items() if k.startswith(("first_call", "graph"))}
         print(f"tp={r['tp']} batch={r['batch']}: {json.dumps(extra)}")

@@ -28,12 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     config = EngineConfig(
-        model_dir=args.model_dir, device=args.device, tp=args.tp, dtype=args.dtype,
-        load_format=args.load_format, max_total_tokens=args.max_total_tokens,
+        model_dir=args.model_dir,
+        device=args.device,
+        tp=args.tp,
+        dtype=args.dtype,
+        load_format=args.load_format,
+        max_total_tokens=args.max_total_tokens,
     )
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, stop=tuple(args.stop),
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=tuple(args.stop),
     )
     with Engine(config) as engine:
         tok = engine.tokenizer

@@ -55,8 +55,9 @@ class _Workers:
         self.procs = []
         for rank in range(cfg.tp):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(rank, cfg, theirs, os.getpid()), daemon=True,
-                               name=f"llm_core-rank{rank}")
+            proc = ctx.Process(
+                target=worker_main, args=(rank, cfg, theirs, os.getpid()), daemon=True, name=f"llm_core-rank{rank}"
+            )
             proc.start()
             theirs.close()
             self.conns.append(ours)
@@ -176,7 +177,9 @@ class Engine:
         if embeds.ndim != 2 or embeds.shape[1] != self.model_config.hidden_size:
             raise ValueError(f"image_embeds must be [N, {self.model_config.hidden_size}], got {list(embeds.shape)}")
         if embeds.shape[0] != num_image_tokens:
-            raise ValueError(f"image_embeds has {embeds.shape[0]} rows but the prompt has {num_image_tokens} image tokens")
+            raise ValueError(
+                f"image_embeds has {embeds.shape[0]} rows but the prompt has {num_image_tokens} image tokens"
+            )
         return embeds
 
     def abort(self, request_id: str) -> None:
@@ -188,9 +191,7 @@ class Engine:
         except (OSError, EOFError):
             pass
 
-    def stream(
-        self, prompt_ids: Sequence[int], params: SamplingParams, image_embeds=None
-    ) -> Iterator[StreamChunk]:
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams, image_embeds=None) -> Iterator[StreamChunk]:
         q: queue.Queue = queue.Queue()
         request_id = self.add_request(prompt_ids, params, image_embeds, output_queue=q)
         finished = False

@@ -95,9 +95,7 @@ class QKVParallelLinear(nn.Module):
     With tp size > num_kv_heads each rank holds one kv head, replicated over tp / num_kv_heads ranks.
     """
 
-    def __init__(
-        self, hidden_size, head_dim, num_heads, num_kv_heads, bias, tp: TensorParallel, dtype, device
-    ):
+    def __init__(self, hidden_size, head_dim, num_heads, num_kv_heads, bias, tp: TensorParallel, dtype, device):
         super().__init__()
         if num_kv_heads % tp.size and tp.size % num_kv_heads:
             raise ValueError(f"num_kv_heads={num_kv_heads} and tp size {tp.size} do not divide")
@@ -133,9 +131,7 @@ class QKVParallelLinear(nn.Module):
 class MergedGateUpLinear(nn.Module):
     """gate and up projections fused by output rows: [gate shard | up shard], for ops.silu_and_mul."""
 
-    def __init__(
-        self, hidden_size: int, intermediate_size: int, bias: bool, tp: TensorParallel, dtype, device
-    ):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, tp: TensorParallel, dtype, device):
         super().__init__()
         self.tp = tp
         self.shard_size = _split(intermediate_size, tp, "intermediate_size")

@@ -105,12 +105,8 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TensorParallel, dtype, device):
         super().__init__()
-        self.gate_up_proj = MergedGateUpLinear(
-            cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, tp, dtype, device
-        )
-        self.down_proj = RowParallelLinear(
-            cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device
-        )
+        self.gate_up_proj = MergedGateUpLinear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, tp, dtype, device)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device)
 
     def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, hidden]
@@ -135,9 +131,7 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TensorParallel, dtype, device):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype, device)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, tp, dtype, device) for i in range(cfg.num_layers)
-        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, tp, dtype, device) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
 
 

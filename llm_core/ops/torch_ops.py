@@ -29,18 +29,14 @@ def add_rms_norm(
     return rms_norm(residual_out, weight, eps), residual_out
 
 
-def rotary_cos_sin(
-    inv_freq: torch.Tensor, max_positions: int, attention_scaling: float = 1.0
-) -> torch.Tensor:
+def rotary_cos_sin(inv_freq: torch.Tensor, max_positions: int, attention_scaling: float = 1.0) -> torch.Tensor:
     # -> [max_positions, head_dim] fp32: cos in the first half, sin in the second.
     positions = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)
     freqs = torch.outer(positions, inv_freq.float())  # [P, D/2]
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1) * attention_scaling
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
-) -> None:
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
     """In place, rotate-half (NeoX / HF Llama) style.
 
     q: [T, Hq, D], k: [T, Hk, D], positions: [T] int, cos_sin: [P, D] fp32.
@@ -146,9 +142,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(x[..., :half]) * x[..., half:]
 
 
-def inject_image_embeds(
-    inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor
-) -> None:
+def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor) -> None:
     # In place: inputs_embeds[image_positions[i]] = image_embeds[i].
     # inputs_embeds: [T, H]; image_embeds: [N, H]; image_positions: [N] int
     inputs_embeds[image_positions.long()] = image_embeds.to(inputs_embeds.dtype)

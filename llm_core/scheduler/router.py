@@ -184,9 +184,7 @@ class Router:
     def schedule(self) -> Batch | None:
         """Prefill new work when there is nothing to decode or every `decode_steps_per_prefill`
         decode steps; otherwise decode every running request. None when idle."""
-        if self.waiting and (
-            not self.running or self._decodes_since_prefill >= self.decode_steps_per_prefill
-        ):
+        if self.waiting and (not self.running or self._decodes_since_prefill >= self.decode_steps_per_prefill):
             batch = self._schedule_prefill()
             if batch is not None:
                 self._decodes_since_prefill = 0

@@ -72,6 +72,11 @@ class CancelRelayServer:
         self.path.unlink(missing_ok=True)
         if self._owns_dir:
             shutil.rmtree(self.path.parent, ignore_errors=True)
+        else:  # the launcher's runtime dir: remove it if empty (the launcher may have been killed)
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
 
 
 class CancelRelayClient:

@@ -61,8 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_env(args: argparse.Namespace) -> dict[str, str]:
     """LLM_* variables read by the models (llm_core/serving/settings.py)."""
     env = {ENV_MODEL_DIR: str(resolve_model_dir(args.model_dir, build_default=True))}
-    for flag, name in (("device", "LLM_DEVICE"), ("tp", "LLM_TP"), ("max_total_tokens", "LLM_MAX_TOTAL_TOKENS"),
-                       ("max_model_len", "LLM_MAX_MODEL_LEN"), ("dtype", "LLM_DTYPE")):
+    for flag, name in (
+        ("device", "LLM_DEVICE"),
+        ("tp", "LLM_TP"),
+        ("max_total_tokens", "LLM_MAX_TOTAL_TOKENS"),
+        ("max_model_len", "LLM_MAX_MODEL_LEN"),
+        ("dtype", "LLM_DTYPE"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             env[name] = str(value)
@@ -70,9 +75,15 @@ def model_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namespace, shm_prefix: str) -> list[str]:
-    cmd = [str(binary), f"--model-repository={args.model_repository}",
-           f"--http-port={args.http_port}", f"--grpc-port={args.grpc_port}", f"--metrics-port={args.metrics_port}",
-           f"--backend-config=python,shm-region-prefix-name={shm_prefix}", f"--log-verbose={args.log_verbose}"]
+    cmd = [
+        str(binary),
+        f"--model-repository={args.model_repository}",
+        f"--http-port={args.http_port}",
+        f"--grpc-port={args.grpc_port}",
+        f"--metrics-port={args.metrics_port}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        f"--log-verbose={args.log_verbose}",
+    ]
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     return cmd + list(args.triton_args)
@@ -129,17 +140,22 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
         if proc.poll() is None:
             print(f"[launcher] server not ready after {args.ready_timeout:.0f}s", flush=True)
         return
-    print(f"[launcher] ready  HTTP    http://{args.host}:{args.http_port}\n"
-          f"[launcher] ready  gRPC    {args.host}:{args.grpc_port}\n"
-          f"[launcher] ready  metrics http://{args.host}:{args.metrics_port}/metrics", flush=True)
+    print(
+        f"[launcher] ready  HTTP    http://{args.host}:{args.http_port}\n"
+        f"[launcher] ready  gRPC    {args.host}:{args.grpc_port}\n"
+        f"[launcher] ready  metrics http://{args.host}:{args.metrics_port}/metrics",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     busy = busy_ports([args.http_port, args.grpc_port, args.metrics_port])
     if busy:
-        print(f"[launcher] port(s) {busy} already in use: pick others with --http-port/--grpc-port/--metrics-port",
-              file=sys.stderr)
+        print(
+            f"[launcher] port(s) {busy} already in use: pick others with --http-port/--grpc-port/--metrics-port",
+            file=sys.stderr,
+        )
         return 2
     install = find_tritonserver()
     shm_prefix = args.shm_prefix or f"{SHM_PREFIX_BASE}{os.getpid()}_"

@@ -17,80 +17,17 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from llm_core.detokenizer import DEFAULT_CONTEXT, MAX_CONTEXT, context_window, decode_delta
 from llm_core.outputs import StreamChunk
-from llm_core.sampling_params import SamplingParams
+from llm_core.serving.llm_io import LlmRequest, LlmResponse, Transport, parse_llm_request
 from llm_core.serving.metrics import EngineMetrics
-from llm_core.serving.request import InputError, as_bool, as_int, build_sampling_params, parse_sampling_json
 
 log = logging.getLogger("llm_core.serving")
 FINISH_REASONS = {"stop": "stop", "length": "length", "abort": "cancelled", "error": "error"}
-
-
-@dataclass(frozen=True, slots=True)
-class LlmRequest:
-    prompt_ids: list[int]
-    image_embeds: np.ndarray | None  # [num_image_tokens_total, hidden] fp32
-    params: SamplingParams
-    stream: bool
-    options: str  # opaque, forwarded to postprocess with every response
-
-
-def _scalar(array: np.ndarray) -> Any:
-    flat = np.asarray(array).reshape(-1)
-    value = flat[0] if flat.size else None
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
-
-
-def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> LlmRequest:
-    """Inputs of the llm model (with the batch dim): input_ids, and optionally image_embeds,
-    sampling_parameters (JSON), max_tokens, stream, postprocess_options."""
-    ids = inputs.get("input_ids")
-    if ids is None or ids.size == 0:
-        raise InputError("input_ids", "is empty")
-    if ids.ndim == 2 and ids.shape[0] != 1:
-        raise InputError("input_ids", f"batch size {ids.shape[0]} is not supported")
-    embeds = inputs.get("image_embeds")
-    if embeds is not None:
-        embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
-        embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
-        embeds = embeds if embeds.shape[0] else None
-    sampling_json = _scalar(inputs["sampling_parameters"]) if "sampling_parameters" in inputs else None
-    kwargs = parse_sampling_json(sampling_json or "")
-    if "max_tokens" in inputs:
-        kwargs["max_tokens"] = as_int("max_tokens", _scalar(inputs["max_tokens"]))
-    stream = as_bool("stream", _scalar(inputs["stream"])) if "stream" in inputs else False
-    options = _scalar(inputs["postprocess_options"]) if "postprocess_options" in inputs else ""
-    params = build_sampling_params(kwargs, default_max_tokens)
-    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, options or "")
-
-
-@dataclass(frozen=True, slots=True)
-class LlmResponse:
-    request_id: str  # the engine's id: postprocess relays cancellation with it
-    output_ids: list[int]
-    context_ids: list[int]  # ids just before output_ids, for stateless detokenization
-    finish_reason: str  # "" until the last response
-    text_trim: int
-    num_input_tokens: int
-    response_index: int
-    options: str
-    logprobs: list[float] | None
-    cum_log_prob: float
-
-
-class Transport(Protocol):
-    """How responses reach the client (pb_utils response senders in the Triton adapter)."""
-
-    def send(self, handle: Any, response: LlmResponse | None, final: bool) -> None: ...
-
-    def send_error(self, handle: Any, message: str) -> None: ...  # also final
-
-    def is_cancelled(self, handle: Any) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -114,8 +51,15 @@ class _Stream:
 
 
 class LlmService:
-    def __init__(self, engine: Any, transport: Transport, metrics: EngineMetrics, default_max_tokens: int = 16,
-                 cancel_poll_s: float = 0.2, stats_interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        transport: Transport,
+        metrics: EngineMetrics,
+        default_max_tokens: int = 16,
+        cancel_poll_s: float = 0.2,
+        stats_interval_s: float = 0.25,
+    ) -> None:
         self.engine = engine
         self.transport = transport
         self.metrics = metrics
@@ -148,8 +92,9 @@ class LlmService:
             req = parse_llm_request(inputs, self.default_max_tokens)
             state.request = req
             state.history = req.prompt_ids[-MAX_CONTEXT:]
-            self.engine.add_request(req.prompt_ids, req.params, req.image_embeds, request_id=request_id,
-                                    output_queue=self.outputs)
+            self.engine.add_request(
+                req.prompt_ids, req.params, req.image_embeds, request_id=request_id, output_queue=self.outputs
+            )
         except Exception as exc:  # noqa: BLE001 - every failure must reach the client
             if not isinstance(exc, (ValueError, RuntimeError)):
                 log.exception("request %s failed", request_id)
@@ -271,8 +216,16 @@ class LlmService:
         req = state.request
         logprobs = state.pending_logprobs if req.params.logprobs else None
         response = LlmResponse(
-            request_id, state.pending, context, state.finish_reason or "",
-            state.text_trim, len(req.prompt_ids), state.num_responses, req.options, logprobs, state.cum_log_prob,
+            request_id,
+            state.pending,
+            context,
+            state.finish_reason or "",
+            state.text_trim,
+            len(req.prompt_ids),
+            state.num_responses,
+            req.options,
+            logprobs,
+            state.cum_log_prob,
         )
         state.history = (state.history + state.pending)[-MAX_CONTEXT:]
         state.pending, state.pending_logprobs = [], []
@@ -293,8 +246,14 @@ class LlmService:
         state.itl_sum, state.itl_tokens = 0.0, 0
 
     def _poll_cancelled(self) -> None:
+        # Ensemble requests (they carry postprocess_options) never see is_cancelled() in 2.51;
+        # postprocess relays their cancellation instead, so skip the round trips for them.
         with self._lock:
-            live = [(rid, s) for rid, s in self._streams.items() if not s.cancelled and s.finish_reason is None]
+            live = [
+                (rid, s)
+                for rid, s in self._streams.items()
+                if not s.cancelled and s.finish_reason is None and s.request is not None and not s.request.options
+            ]
         for request_id, state in live:
             try:
                 cancelled = self.transport.is_cancelled(state.handle)

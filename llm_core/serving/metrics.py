@@ -32,10 +32,12 @@ LLM_METRICS = (
     MetricSpec("llm_prompt_tokens_total", COUNTER, "Prompt tokens admitted"),
     MetricSpec("llm_generation_tokens_total", COUNTER, "Tokens generated"),
     MetricSpec("llm_engine_restarts_total", COUNTER, "Engine worker restarts after a failure"),
-    MetricSpec("llm_time_to_first_token_seconds", HISTOGRAM, "Time from request arrival to first token",
-               LATENCY_BUCKETS),
-    MetricSpec("llm_inter_token_latency_seconds", HISTOGRAM, "Time between consecutive tokens of a request",
-               LATENCY_BUCKETS),
+    MetricSpec(
+        "llm_time_to_first_token_seconds", HISTOGRAM, "Time from request arrival to first token", LATENCY_BUCKETS
+    ),
+    MetricSpec(
+        "llm_inter_token_latency_seconds", HISTOGRAM, "Time between consecutive tokens of a request", LATENCY_BUCKETS
+    ),
 )
 VISUAL_METRICS = (
     MetricSpec("visual_cache_hits_total", COUNTER, "Images whose embeddings came from the cache"),
@@ -44,10 +46,19 @@ VISUAL_METRICS = (
 )
 
 # engine.stats() key -> gauge / counter name
-_GAUGES = {"slots_used": "llm_kv_slots_used", "slots_total": "llm_kv_slots_total",
-           "running": "llm_requests_running", "waiting": "llm_requests_waiting", "paused": "llm_requests_paused"}
-_COUNTERS = {"total_pauses": "llm_request_pauses_total", "prompt_tokens_total": "llm_prompt_tokens_total",
-             "generation_tokens_total": "llm_generation_tokens_total", "restarts": "llm_engine_restarts_total"}
+_GAUGES = {
+    "slots_used": "llm_kv_slots_used",
+    "slots_total": "llm_kv_slots_total",
+    "running": "llm_requests_running",
+    "waiting": "llm_requests_waiting",
+    "paused": "llm_requests_paused",
+}
+_COUNTERS = {
+    "total_pauses": "llm_request_pauses_total",
+    "prompt_tokens_total": "llm_prompt_tokens_total",
+    "generation_tokens_total": "llm_generation_tokens_total",
+    "restarts": "llm_engine_restarts_total",
+}
 
 
 class MetricsSink(Protocol):

@@ -19,14 +19,16 @@ from llm_core.serving.request import parse_generate_request, sampling_params_jso
 
 
 class Preprocessor:
-    def __init__(self, model_dir: str | Path, tokenizer: Any, default_max_tokens: int = 16,
-                 max_model_len: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, tokenizer: Any, default_max_tokens: int = 16, max_model_len: int | None = None
+    ) -> None:
         self.model_dir = Path(model_dir)
         cfg = load_model_config(model_dir)
         self.model_config = cfg
         self.default_max_tokens = default_max_tokens
-        limits = PromptLimits(max_model_len or cfg.max_position_embeddings, cfg.image_token_index,
-                              cfg.num_image_tokens or 0)
+        limits = PromptLimits(
+            max_model_len or cfg.max_position_embeddings, cfg.image_token_index, cfg.num_image_tokens or 0
+        )
         self.encoder = PromptEncoder(tokenizer, limits)
         size = cfg.vision.image_size if cfg.vision is not None else 1
         self.pixel_shape = (3, size, size)  # of the empty pixel tensor of a text-only request

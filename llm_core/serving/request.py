@@ -243,8 +243,13 @@ def _string_list(array: np.ndarray) -> list[Any]:
 
 
 _LIST_INPUTS = ("stop_words", "bad_words")
-_OPTION_INPUTS = ("exclude_input_in_output", "return_finish_reason", "return_num_input_tokens",
-                  "return_num_output_tokens", "return_log_probs")
+_OPTION_INPUTS = (
+    "exclude_input_in_output",
+    "return_finish_reason",
+    "return_num_input_tokens",
+    "return_num_output_tokens",
+    "return_log_probs",
+)
 
 
 def _merge(kwargs: dict[str, Any], later: dict[str, Any]) -> None:

@@ -41,9 +41,14 @@ def free_ports(count: int) -> list[int]:
 
 
 class ServerProcess:
-    def __init__(self, model_dir: str | Path | None = None, log_path: str | Path | None = None,
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 ready_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        log_path: str | Path | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 600.0,
+    ) -> None:
         self.model_dir = model_dir
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         self.shm_prefix = f"{SHM_PREFIX_BASE}t{os.getpid()}_{self.http_port}_"
@@ -70,9 +75,15 @@ class ServerProcess:
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "llm_core.serving.launcher", f"--http-port={self.http_port}",
-               f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}",
-               f"--shm-prefix={self.shm_prefix}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llm_core.serving.launcher",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            f"--shm-prefix={self.shm_prefix}",
+        ]
         if self.model_dir is not None:
             cmd.append(f"--model-dir={self.model_dir}")
         cmd += self.extra_args

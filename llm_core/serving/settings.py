@@ -26,10 +26,16 @@ from llm_core.config import EngineConfig
 from llm_core.serving.model_dir import resolve_model_dir
 
 _ENV = {
-    "model_dir": "LLM_MODEL_DIR", "device": "LLM_DEVICE", "tp": "LLM_TP", "dtype": "LLM_DTYPE",
-    "max_total_tokens": "LLM_MAX_TOTAL_TOKENS", "max_model_len": "LLM_MAX_MODEL_LEN",
-    "max_running_requests": "LLM_MAX_RUNNING", "mem_fraction": "LLM_MEM_FRACTION",
-    "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS", "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
+    "model_dir": "LLM_MODEL_DIR",
+    "device": "LLM_DEVICE",
+    "tp": "LLM_TP",
+    "dtype": "LLM_DTYPE",
+    "max_total_tokens": "LLM_MAX_TOTAL_TOKENS",
+    "max_model_len": "LLM_MAX_MODEL_LEN",
+    "max_running_requests": "LLM_MAX_RUNNING",
+    "mem_fraction": "LLM_MEM_FRACTION",
+    "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
+    "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
 }
 
 
@@ -48,9 +54,14 @@ class ServingSettings:
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            model_dir=str(self.model_dir), device=self.device, tp=self.tp, dtype=self.dtype,
-            max_total_tokens=self.max_total_tokens, max_model_len=self.max_model_len,
-            max_running_requests=self.max_running_requests, mem_fraction=self.mem_fraction,
+            model_dir=str(self.model_dir),
+            device=self.device,
+            tp=self.tp,
+            dtype=self.dtype,
+            max_total_tokens=self.max_total_tokens,
+            max_model_len=self.max_model_len,
+            max_running_requests=self.max_running_requests,
+            mem_fraction=self.mem_fraction,
         )
 
     @property

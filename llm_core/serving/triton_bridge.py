@@ -57,8 +57,7 @@ class PbMetricsSink:
         self.metrics: dict[str, Any] = {}
         for spec in specs:
             if spec.kind == HISTOGRAM:
-                family = pb.MetricFamily(name=spec.name, description=spec.description,
-                                         kind=pb.MetricFamily.HISTOGRAM)
+                family = pb.MetricFamily(name=spec.name, description=spec.description, kind=pb.MetricFamily.HISTOGRAM)
                 metric = family.Metric(labels=dict(labels or {}), buckets=list(spec.buckets))
             else:
                 family = pb.MetricFamily(name=spec.name, description=spec.description, kind=kinds[spec.kind])

@@ -55,7 +55,9 @@ class ModelRunner:
             self.device = torch.device("cuda", rank)
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(int(os.environ.get("LLM_CORE_CPU_THREADS", max(1, (os.cpu_count() or 2) // (2 * cfg.tp)))))
+            torch.set_num_threads(
+                int(os.environ.get("LLM_CORE_CPU_THREADS", max(1, (os.cpu_count() or 2) // (2 * cfg.tp))))
+            )
         self.dtype = torch_dtype(cfg.torch_dtype_name)
         torch.manual_seed(cfg.seed)
         self.model = build_model(self.model_config, self.dtype, self.device, rank, cfg.tp, tp_group)
@@ -66,7 +68,10 @@ class ModelRunner:
         self.kv: KVCache | None = None
         # Decode steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
         self.use_cuda_graph = (
-            cfg.cuda_graph and (cfg.tp == 1 or cfg.cuda_graph_tp) and self.device.type == "cuda" and self.ops is not torch_ops
+            cfg.cuda_graph
+            and (cfg.tp == 1 or cfg.cuda_graph_tp)
+            and self.device.type == "cuda"
+            and self.ops is not torch_ops
         )
         self.graph_runner: DecodeGraphRunner | None = None
         self.graph_failed = False
@@ -94,8 +99,14 @@ class ModelRunner:
     def allocate_kv(self, num_slots: int) -> None:
         mc = self.model_config
         self.kv = KVCache.allocate(
-            mc.num_layers, num_slots, self.kv_heads_per_rank(), mc.head_dim,
-            self.cfg.max_running_requests, self.max_model_len, self.dtype, self.device,
+            mc.num_layers,
+            num_slots,
+            self.kv_heads_per_rank(),
+            mc.head_dim,
+            self.cfg.max_running_requests,
+            self.max_model_len,
+            self.dtype,
+            self.device,
         )
         if self.use_cuda_graph:
             self.graph_runner = DecodeGraphRunner(

@@ -36,7 +36,10 @@ def _init_distributed(cfg: EngineConfig, rank: int):
         return None, None
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{cfg.dist_port}", rank=rank, world_size=cfg.tp,
+        backend,
+        init_method=f"tcp://127.0.0.1:{cfg.dist_port}",
+        rank=rank,
+        world_size=cfg.tp,
         timeout=timedelta(seconds=600),
     )
     cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD

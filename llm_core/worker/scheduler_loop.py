@@ -56,7 +56,9 @@ class SchedulerLoop:
     # --- commands ------------------------------------------------------------------------
     def add(self, cmd: AddCommand) -> None:
         req = Request(
-            request_id=cmd.request_id, prompt_ids=list(cmd.prompt_ids), params=cmd.params,
+            request_id=cmd.request_id,
+            prompt_ids=list(cmd.prompt_ids),
+            params=cmd.params,
             image_embeds=cmd.image_embeds,
         )
         try:
@@ -98,8 +100,14 @@ class SchedulerLoop:
         for seq in batch.seqs:
             req = seq.request
             step.seqs.append(
-                SeqInput(seq.row, seq.prefix_len, list(seq.new_token_ids), list(seq.new_slots),
-                         len(req.prompt_ids), req.image_embeds if step.is_prefill else None)
+                SeqInput(
+                    seq.row,
+                    seq.prefix_len,
+                    list(seq.new_token_ids),
+                    list(seq.new_slots),
+                    len(req.prompt_ids),
+                    req.image_embeds if step.is_prefill else None,
+                )
             )
         self.broadcast(step)
         logits = self.runner.forward(step)
@@ -151,8 +159,14 @@ class SchedulerLoop:
             logprobs = tracked.pending_logprobs[: len(new_ids)]
             del tracked.pending_logprobs[: len(new_ids)]
         return StreamChunk(
-            req.request_id, new_ids, reason, text_trim=trim, logprobs=logprobs, context_ids=context,
-            num_prompt_tokens=len(req.prompt_ids), time=time.monotonic(),
+            req.request_id,
+            new_ids,
+            reason,
+            text_trim=trim,
+            logprobs=logprobs,
+            context_ids=context,
+            num_prompt_tokens=len(req.prompt_ids),
+            time=time.monotonic(),
         )
 
     def _context(self, req: Request, tracked: _Tracked) -> list[int]:

@@ -70,7 +70,9 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
         embeds = [None] * len(cases)
         if arch == "llava":
             vision = VisionEncoder.from_pretrained(model_dir, torch.device(device), torch.float32)
-            embeds = [vision.encode(px.to(device)).reshape(-1, engine.model_config.hidden_size).cpu() for _, px in cases]
+            embeds = [
+                vision.encode(px.to(device)).reshape(-1, engine.model_config.hidden_size).cpu() for _, px in cases
+            ]
         params = SamplingParams(max_tokens=32, temperature=0.0)
         t0 = time.perf_counter()
         outs = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
@@ -80,8 +82,14 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
     for (ids, pixels), out in zip(cases, outs, strict=True):
         extra = {"pixel_values": pixels.to(device)} if pixels is not None else {}
         with torch.no_grad():
-            ref = hf.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=32, do_sample=False,
-                              num_beams=1, pad_token_id=0, **extra)[0, len(ids):].tolist()
+            ref = hf.generate(
+                input_ids=torch.tensor([ids], device=device),
+                max_new_tokens=32,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=0,
+                **extra,
+            )[0, len(ids) :].tolist()
         cut = next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))
         mismatches += out.token_ids != ref[:cut]
     return {"arch": arch, "prompts": len(cases), "mismatches": mismatches, "seconds": round(elapsed, 2)}
@@ -131,9 +139,11 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
     graphs = runner.graph_runner.num_graphs if runner.graph_runner is not None else 0
     graphs_ok = device != "cuda" or not CUDA_GRAPH or (graphs > 0 and not runner.graph_failed)
     return {
-        "arch": arch, "max_rel_logit_err_bf16": round(worst, 5),
+        "arch": arch,
+        "max_rel_logit_err_bf16": round(worst, 5),
         "decode_max_rel_logit_err_bf16": round(decode_worst, 5),
-        "graph_vs_eager_max_rel_diff": round(graph_vs_eager, 5), "graphs_captured": graphs,
+        "graph_vs_eager_max_rel_diff": round(graph_vs_eager, 5),
+        "graphs_captured": graphs,
         "graph_failed": runner.graph_failed,
         "ok": worst < 0.05 and decode_worst < 0.05 and graph_vs_eager < 0.05 and graphs_ok,
     }
@@ -147,8 +157,11 @@ def main() -> int:
     args = ap.parse_args()
     global CUDA_GRAPH
     CUDA_GRAPH = not args.no_cuda_graph
-    results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-               "cuda_graph": CUDA_GRAPH, "checks": []}
+    results = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "cuda_graph": CUDA_GRAPH,
+        "checks": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for arch in ("llama", "qwen2", "llava"):

@@ -25,7 +25,9 @@ def main() -> int:
             params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
             outs = {}
             for tp in (1, 2):
-                cfg = EngineConfig(model_dir=model_dir, device=device, tp=tp, dtype="float32", cuda_graph=True, cuda_graph_tp=True)
+                cfg = EngineConfig(
+                    model_dir=model_dir, device=device, tp=tp, dtype="float32", cuda_graph=True, cuda_graph_tp=True
+                )
                 with Engine(cfg) as engine:
                     outs[tp] = [o.token_ids for o in engine.generate(prompts, params)]
             results.append({"arch": arch, **overrides, "identical": outs[1] == outs[2]})

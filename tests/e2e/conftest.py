@@ -35,5 +35,12 @@ def _serve(model_dir, log_dir, name: str, extra_args: list[str] | None = None):
 @pytest.fixture(scope="session")
 def triton_server(tiny_llava, tmp_path_factory):
     """ServerProcess serving tiny LLaVA (bpe): .grpc_url, .http_url, .metrics_url, .model_dir."""
-    yield from _serve(tiny_llava, tmp_path_factory.mktemp("triton-logs"), "llava",
-                      ["--max-total-tokens=8192"])
+    yield from _serve(tiny_llava, tmp_path_factory.mktemp("triton-logs"), "llava", ["--max-total-tokens=8192"])
+
+
+@pytest.fixture(scope="module")
+def tp2_server(tiny_llava, tmp_path_factory):
+    """The same model served with tp=2 (two gloo rank processes under the llm stub)."""
+    yield from _serve(
+        tiny_llava, tmp_path_factory.mktemp("tp2-logs"), "llava-tp2", ["--tp=2", "--max-total-tokens=4096"]
+    )

@@ -13,11 +13,33 @@ import tritonclient.grpc as grpcclient
 
 TYPES = {
     **dict.fromkeys(("text_input", "sampling_parameters", "stop_words", "bad_words", "image"), "BYTES"),
-    **dict.fromkeys(("max_tokens", "top_k", "min_tokens", "min_length", "end_id", "pad_id", "beam_width",
-                     "num_return_sequences", "input_ids"), "INT32"),
+    **dict.fromkeys(
+        (
+            "max_tokens",
+            "top_k",
+            "min_tokens",
+            "min_length",
+            "end_id",
+            "pad_id",
+            "beam_width",
+            "num_return_sequences",
+            "input_ids",
+        ),
+        "INT32",
+    ),
     **dict.fromkeys(("seed", "random_seed"), "UINT64"),
-    **dict.fromkeys(("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                     "frequency_penalty", "length_penalty"), "FP32"),
+    **dict.fromkeys(
+        (
+            "temperature",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "presence_penalty",
+            "frequency_penalty",
+            "length_penalty",
+        ),
+        "FP32",
+    ),
 }
 PROMPTS = ["Hello world", "  two leading spaces", "你好，世界！今天", "emoji 😀🎉 and more", "The quick brown fox"]
 ENSEMBLE_DEFAULTS = {"return_finish_reason": True, "return_num_output_tokens": True}
@@ -112,8 +134,9 @@ def http_stream(base: str, values: dict, model: str = "ensemble") -> StreamResul
                 break
             result.chunks.append(event.get("text_output", ""))
             if event.get("finish_reason"):
-                result.finish_reason = event["finish_reason"][0] if isinstance(event["finish_reason"], list) \
-                    else event["finish_reason"]
+                result.finish_reason = (
+                    event["finish_reason"][0] if isinstance(event["finish_reason"], list) else event["finish_reason"]
+                )
             result.num_output_tokens += int(event.get("num_output_tokens", 0))
     return result
 

@@ -48,21 +48,30 @@ def _cancel_grpc(server, model: str, values: dict) -> None:
 
 def test_cancel_direct_llm_grpc(triton_server):
     params = json.dumps({**LONG, "ignore_eos": True})
-    _cancel_grpc(triton_server, "llm", {"input_ids": [1020, 771, 277, 78], "sampling_parameters": params,
-                                        "stream": True})
+    _cancel_grpc(
+        triton_server, "llm", {"input_ids": [1020, 771, 277, 78], "sampling_parameters": params, "stream": True}
+    )
 
 
 def test_cancel_ensemble_grpc(triton_server):
     params = json.dumps({"ignore_eos": True})
-    _cancel_grpc(triton_server, "ensemble", {"text_input": "Once upon a time", "sampling_parameters": params,
-                                             "stream": True, **LONG})
+    _cancel_grpc(
+        triton_server,
+        "ensemble",
+        {"text_input": "Once upon a time", "sampling_parameters": params, "stream": True, **LONG},
+    )
 
 
 def test_cancel_ensemble_sse_disconnect(triton_server):
-    body = {"text_input": "Tell me everything", "stream": True, "sampling_parameters": json.dumps({"ignore_eos": True}),
-            **LONG}
-    resp = requests.post(f"{triton_server.http_url}/v2/models/ensemble/generate_stream", json=body, stream=True,
-                         timeout=60)
+    body = {
+        "text_input": "Tell me everything",
+        "stream": True,
+        "sampling_parameters": json.dumps({"ignore_eos": True}),
+        **LONG,
+    }
+    resp = requests.post(
+        f"{triton_server.http_url}/v2/models/ensemble/generate_stream", json=body, stream=True, timeout=60
+    )
     events = 0
     lines = resp.iter_lines()
     while events < 3:
@@ -76,6 +85,13 @@ def test_cancel_ensemble_sse_disconnect(triton_server):
 def test_server_serves_after_cancellations(triton_server):
     from e2e_helpers import grpc_stream
 
-    result = grpc_stream(triton_server.grpc_url, {"text_input": "after", "max_tokens": 6, "temperature": 0.0,
-                                                  "sampling_parameters": json.dumps({"ignore_eos": True})})
+    result = grpc_stream(
+        triton_server.grpc_url,
+        {
+            "text_input": "after",
+            "max_tokens": 6,
+            "temperature": 0.0,
+            "sampling_parameters": json.dumps({"ignore_eos": True}),
+        },
+    )
     assert result.error is None and result.num_output_tokens == 6 and result.finish_reason == "length"

@@ -42,8 +42,9 @@ def test_greedy_equals_engine_all_protocols(triton_server, reference):
         values = {"text_input": prompt, **GREEDY}
         got_grpc = grpc_stream(triton_server.grpc_url, values)
         got_sse = http_stream(triton_server.http_url, values)
-        status, body = http_generate(triton_server.http_url,
-                                     {**values, "return_finish_reason": True, "return_num_output_tokens": True})
+        status, body = http_generate(
+            triton_server.http_url, {**values, "return_finish_reason": True, "return_num_output_tokens": True}
+        )
         assert got_grpc.error is None and got_sse.error is None and status == 200, (got_grpc, got_sse, body)
         assert got_grpc.text == want.text, prompt
         assert got_sse.text == want.text, prompt
@@ -89,11 +90,14 @@ def test_image_requests_match_engine_and_hit_cache(triton_server, reference, tin
         pil = [Image.open(io.BytesIO(b)) for b in images]
         inputs = processor(text=prompt, images=pil, return_tensors="pt")
         embeds = vision.encode(inputs["pixel_values"]).reshape(-1, reference.model_config.hidden_size)
-        want = reference.generate([inputs["input_ids"][0].tolist()], SamplingParams(temperature=0.0, max_tokens=16),
-                                  [embeds])[0]
+        want = reference.generate(
+            [inputs["input_ids"][0].tolist()], SamplingParams(temperature=0.0, max_tokens=16), [embeds]
+        )[0]
         got = grpc_stream(triton_server.grpc_url, {"text_input": prompt, "image": images, **GREEDY, "max_tokens": 16})
-        status, body = http_generate(triton_server.http_url, {
-            "text_input": prompt, "image": [base64.b64encode(b).decode() for b in images], **GREEDY, "max_tokens": 16})
+        status, body = http_generate(
+            triton_server.http_url,
+            {"text_input": prompt, "image": [base64.b64encode(b).decode() for b in images], **GREEDY, "max_tokens": 16},
+        )
         assert got.error is None and status == 200, (got, body)
         assert got.text == body["text_output"] == want.text
     after = metrics(triton_server.metrics_url)

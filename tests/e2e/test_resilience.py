@@ -33,8 +33,11 @@ def test_engine_worker_death_fails_in_flight_then_recovers(triton_server):
     assert workers, "no engine worker found under the llm stub"
     restarts = metrics(triton_server.metrics_url).get("llm_engine_restarts_total", 0)
     result = {}
-    values = {"text_input": "a long story", "max_tokens": 900,
-              "sampling_parameters": json.dumps({"ignore_eos": True, "temperature": 0})}
+    values = {
+        "text_input": "a long story",
+        "max_tokens": 900,
+        "sampling_parameters": json.dumps({"ignore_eos": True, "temperature": 0}),
+    }
     thread = threading.Thread(target=lambda: result.update(r=grpc_stream(triton_server.grpc_url, values)))
     thread.start()
     time.sleep(0.3)

@@ -19,8 +19,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def sp_server(tiny_llama_sp, tmp_path_factory):
-    server = ServerProcess(tiny_llama_sp, log_path=tmp_path_factory.mktemp("triton-logs-sp") / "sp.log",
-                           extra_args=["--max-total-tokens=4096"])
+    server = ServerProcess(
+        tiny_llama_sp,
+        log_path=tmp_path_factory.mktemp("triton-logs-sp") / "sp.log",
+        extra_args=["--max-total-tokens=4096"],
+    )
     server.start()
     yield server
     server.stop(signal.SIGTERM, timeout=45)  # a no-op once the kill test ran
@@ -29,8 +32,10 @@ def sp_server(tiny_llama_sp, tmp_path_factory):
 def test_stream_concatenation_equals_non_streamed_sentencepiece(sp_server):
     texts = []
     for seed, prompt in enumerate(PROMPTS):
-        for values in ({"text_input": prompt, "max_tokens": 40, "temperature": 1.0, "seed": seed},
-                       {"text_input": prompt, "max_tokens": 24, "temperature": 0.0}):
+        for values in (
+            {"text_input": prompt, "max_tokens": 40, "temperature": 1.0, "seed": seed},
+            {"text_input": prompt, "max_tokens": 24, "temperature": 0.0},
+        ):
             streamed = grpc_stream(sp_server.grpc_url, values)
             status, whole = http_generate(sp_server.http_url, values)
             assert streamed.error is None and status == 200, (streamed, whole)

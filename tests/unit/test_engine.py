@@ -32,10 +32,14 @@ def _special_ids(engine: Engine) -> set[int]:
 def hf_greedy(hf_model, prompt: list[int], max_new: int, **extra) -> list[int]:
     with torch.no_grad():
         out = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False, num_beams=1,
-            pad_token_id=0, **extra,
+            torch.tensor([prompt]),
+            max_new_tokens=max_new,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=0,
+            **extra,
         )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -78,8 +82,11 @@ def test_pause_and_resume_keeps_outputs(tiny_model_factory):
     with Engine(EngineConfig(model_dir=str(model_dir), dtype="float32")) as roomy:
         expected = [o.token_ids for o in roomy.generate(prompts, params)]
     tight = EngineConfig(
-        model_dir=str(model_dir), dtype="float32", max_total_tokens=160,
-        optimistic_admission=True, optimistic_ratio=0.1,
+        model_dir=str(model_dir),
+        dtype="float32",
+        max_total_tokens=160,
+        optimistic_admission=True,
+        optimistic_ratio=0.1,
     )
     with Engine(tight) as engine:
         got = [o.token_ids for o in engine.generate(prompts, params)]
@@ -114,7 +121,9 @@ def test_stop_strings_cut_exactly(text_model):
     for start, length in ((3, 2), (len(text) // 2, 3), (1, 1)):
         stop = text[start : start + length]
         cut = text[: text.index(stop)]
-        out = engine.generate([prompt], SamplingParams(max_tokens=32, temperature=0.0, stop=(stop,), ignore_eos=True))[0]
+        out = engine.generate([prompt], SamplingParams(max_tokens=32, temperature=0.0, stop=(stop,), ignore_eos=True))[
+            0
+        ]
         assert out.finish_reason == "stop"
         assert out.text == cut
         streamed = "".join(_stream_text(engine, prompt, stop))

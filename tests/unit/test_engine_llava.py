@@ -34,9 +34,13 @@ def test_llava_greedy_matches_transformers(tiny_llava):
         for (ids, pixels), ours in zip(cases, got, strict=True):
             with torch.no_grad():
                 out = hf.generate(
-                    input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=32,
-                    do_sample=False, num_beams=1, pad_token_id=0,
+                    input_ids=torch.tensor([ids]),
+                    pixel_values=pixels,
+                    max_new_tokens=32,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=0,
                 )
-            ref = trim_after_eos(out[0, len(ids):].tolist(), cfg.eos_token_ids)
+            ref = trim_after_eos(out[0, len(ids) :].tolist(), cfg.eos_token_ids)
             assert ours == ref
         assert engine.stats()["slots_used"] == 0

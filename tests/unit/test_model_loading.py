@@ -95,9 +95,7 @@ def test_unsupported_configs_raise(tmp_path):
     write_json(tmp_path / "config.json", {"model_type": "mixtral"})
     with pytest.raises(ValueError):
         load_model_config(tmp_path)
-    write_json(
-        tmp_path / "config.json", {"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2}}
-    )
+    write_json(tmp_path / "config.json", {"model_type": "llama", "rope_scaling": {"type": "yarn", "factor": 2}})
     with pytest.raises(NotImplementedError):
         load_model_config(tmp_path)
 

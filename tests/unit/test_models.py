@@ -227,9 +227,7 @@ def test_llava_logits_match_transformers(llava_model, num_images):
     embeds = VisionEncoder.from_pretrained(path, "cpu", torch.float32).encode(pixels)
     positions = torch.tensor([i for i, t in enumerate(ids) if t == IMAGE_TOKEN])
     runner = load_ours(path)
-    logits = runner.step(
-        [0], [ids], image_embeds=embeds.reshape(-1, cfg.hidden_size), image_positions=positions
-    )
+    logits = runner.step([0], [ids], image_embeds=embeds.reshape(-1, cfg.hidden_size), image_positions=positions)
     seq = list(ids)
     for _ in range(3):
         expected = hf_last_logits(hf, seq, pixel_values=pixels)

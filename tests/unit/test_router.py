@@ -127,9 +127,7 @@ def check_batch(
     decodes_since_prefill: int,
     head_fit_before: bool,
 ) -> None:
-    policy_allows_prefill = (
-        num_running_before == 0 or decodes_since_prefill >= router.decode_steps_per_prefill
-    )
+    policy_allows_prefill = num_running_before == 0 or decodes_since_prefill >= router.decode_steps_per_prefill
     for seq in batch.seqs:
         req = seq.request
         assert len(seq.new_slots) == len(seq.new_token_ids)
@@ -272,9 +270,7 @@ def test_optimistic_mode_pauses_but_produces_the_same_tokens(workload, ratio):
     workloads(max_pool=40, max_arrival=4, crowded=True) | workloads(max_pool=40),
     st.booleans(),
     st.lists(
-        st.tuples(
-            st.integers(0, 60), st.sampled_from(["id", "running", "waiting", "paused"]), st.integers(0, 9)
-        ),
+        st.tuples(st.integers(0, 60), st.sampled_from(["id", "running", "waiting", "paused"]), st.integers(0, 9)),
         max_size=8,
     ),
 )
@@ -295,9 +291,7 @@ def test_optimistic_small_pool_pauses_newest_and_matches_exact_run():
     router = Router(40, 8, 64, 64, optimistic=True, optimistic_ratio=0.1)
     optimistic = simulate(router, specs)
     assert router.total_pauses > 0
-    assert (
-        optimistic.outputs == exact.outputs == {f"r{i}": expected_output(i, s) for i, s in enumerate(specs)}
-    )
+    assert optimistic.outputs == exact.outputs == {f"r{i}": expected_output(i, s) for i, s in enumerate(specs)}
     # Exact budgets run one 4 + 30 request at a time in 40 slots; the estimate admits more.
     assert optimistic.max_running > exact.max_running
 
@@ -344,9 +338,7 @@ def test_row_limit_and_schedule_idle():
         router.add(make_request(i, Spec(0, 2, 3, None)))
     batch = router.schedule()
     assert batch.kind == "prefill" and len(batch.seqs) == 2
-    assert router.stats() == dict(
-        slots_total=100, slots_used=4, running=2, waiting=1, paused=0, total_pauses=0
-    )
+    assert router.stats() == dict(slots_total=100, slots_used=4, running=2, waiting=1, paused=0, total_pauses=0)
 
 
 def test_add_rejects_requests_that_can_never_run():

@@ -47,7 +47,8 @@ def _fake_pb() -> ModuleType:
     pb.InferenceResponse = Response
     pb.TritonError = lambda message: SimpleNamespace(message=message)
     pb.get_input_tensor_by_name = lambda request, name: (
-        Tensor(name, request.inputs[name]) if name in request.inputs else None)
+        Tensor(name, request.inputs[name]) if name in request.inputs else None
+    )
     pb.Logger = SimpleNamespace(log_info=lambda m: None, log_error=lambda m: None)
     pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     return pb
@@ -85,9 +86,13 @@ def test_preprocess_adapter_maps_errors_to_error_responses(load_model):
 
 def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_path):
     model = load_model("postprocess")
-    inputs = {"output_ids": np.array([[72, 105]], np.int32), "context_ids": np.zeros((1, 0), np.int32),
-              "finish_reason": np.array([[b"length"]], np.object_), "request_id": np.array([[b"llm-1"]], np.object_),
-              "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_)}
+    inputs = {
+        "output_ids": np.array([[72, 105]], np.int32),
+        "context_ids": np.zeros((1, 0), np.int32),
+        "finish_reason": np.array([[b"length"]], np.object_),
+        "request_id": np.array([[b"llm-1"]], np.object_),
+        "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_),
+    }
     done, cancelled = model.execute([Request(inputs), Request(inputs, cancelled=True)])
     assert done.outputs["finish_reason"].tolist() == [[b"length"]] and done.outputs["text_output"].shape == (1, 1)
     assert cancelled.error is None and cancelled.outputs["text_output"].tolist() == [[b""]]

@@ -26,23 +26,31 @@ def _png(color=(10, 200, 30), size=(20, 12), fmt="PNG") -> bytes:
 def test_three_encodings_decode_to_the_same_md5():
     raw = _png()
     b64 = base64.b64encode(raw)
-    forms = [raw, b64, b"data:image/png;base64," + b64, base64.urlsafe_b64encode(raw).rstrip(b"="),
-             b64[:10] + b"\n" + b64[10:]]
+    forms = [
+        raw,
+        b64,
+        b"data:image/png;base64," + b64,
+        base64.urlsafe_b64encode(raw).rstrip(b"="),
+        b64[:10] + b"\n" + b64[10:],
+    ]
     decoded = [decode_image(f) for f in forms]
     assert len({d.md5 for d in decoded}) == 1
     assert decoded[0].image.size == (20, 12)
     assert decode_image(_png(fmt="JPEG")).image.format == "JPEG"
 
 
-@pytest.mark.parametrize("element,problem", [
-    (b"@@@not base64@@@", "invalid base64"),
-    (base64.b64encode(b"hello, not pixels"), "not a decodable image"),
-    (b"\x00\x01\x02binary junk\xff", "not a decodable image"),
-    (b"data:image/png,abc", "data URI"),
-    (b"data:image/png;base64,%%%", "invalid base64"),
-    (_png()[:40], "not a decodable image"),  # truncated file
-    (b"", "empty"),
-])
+@pytest.mark.parametrize(
+    "element,problem",
+    [
+        (b"@@@not base64@@@", "invalid base64"),
+        (base64.b64encode(b"hello, not pixels"), "not a decodable image"),
+        (b"\x00\x01\x02binary junk\xff", "not a decodable image"),
+        (b"data:image/png,abc", "data URI"),
+        (b"data:image/png;base64,%%%", "invalid base64"),
+        (_png()[:40], "not a decodable image"),  # truncated file
+        (b"", "empty"),
+    ],
+)
 def test_bad_images(element, problem):
     with pytest.raises(InputError) as info:
         decode_image(element, index=2)
@@ -56,8 +64,9 @@ def llava_tokenizer(tiny_llava):
 
 def _encoder(tiny_llava, tokenizer, max_len=None) -> PromptEncoder:
     cfg = load_model_config(tiny_llava)
-    return PromptEncoder(tokenizer, PromptLimits(max_len or cfg.max_position_embeddings, cfg.image_token_index,
-                                                 cfg.num_image_tokens))
+    return PromptEncoder(
+        tokenizer, PromptLimits(max_len or cfg.max_position_embeddings, cfg.image_token_index, cfg.num_image_tokens)
+    )
 
 
 def test_image_expansion_matches_transformers_processor(tiny_llava, llava_tokenizer):
@@ -83,12 +92,15 @@ def test_expansion_without_a_tag_token(tiny_llava, llava_tokenizer):
     assert ids.count(cfg.image_token_index) == 3
 
 
-@pytest.mark.parametrize("text,num,field,problem", [
-    ("", 0, "text_input", "empty"),
-    ("<image> <image>", 1, "image", "2 <image> tag(s) but 1 image(s)"),
-    ("<image>", 2, "text_input", "1 <image> tag(s) but 2 image(s)"),
-    ("none", 1, "text_input", "0 <image> tag(s) but 1 image(s)"),
-])
+@pytest.mark.parametrize(
+    "text,num,field,problem",
+    [
+        ("", 0, "text_input", "empty"),
+        ("<image> <image>", 1, "image", "2 <image> tag(s) but 1 image(s)"),
+        ("<image>", 2, "text_input", "1 <image> tag(s) but 2 image(s)"),
+        ("none", 1, "text_input", "0 <image> tag(s) but 1 image(s)"),
+    ],
+)
 def test_prompt_errors(tiny_llava, llava_tokenizer, text, num, field, problem):
     with pytest.raises(InputError) as info:
         _encoder(tiny_llava, llava_tokenizer).encode(text, num)
@@ -118,8 +130,11 @@ def test_text_only_model_refuses_images(tiny_llama):
 def test_preprocessor_outputs(tiny_llava, llava_tokenizer):
     pre = Preprocessor(tiny_llava, llava_tokenizer, default_max_tokens=8)
     png = _png()
-    inputs = {"text_input": np.array([[b"<image> hi"]], np.object_),
-              "image": np.array([[base64.b64encode(png)]], np.object_), "stream": np.array([[True]])}
+    inputs = {
+        "text_input": np.array([[b"<image> hi"]], np.object_),
+        "image": np.array([[base64.b64encode(png)]], np.object_),
+        "stream": np.array([[True]]),
+    }
     out = pre.run(inputs, {"temperature": 0})
     assert out["input_ids"].shape == (1, 1 + 16 + len(llava_tokenizer(" hi", add_special_tokens=False)["input_ids"]))
     assert out["pixel_values"].shape == (1, 1, 3, 32, 32) and out["pixel_values"].dtype == np.float32

@@ -40,8 +40,24 @@ def test_tritonserver_on_path_wins(monkeypatch, tmp_path):
 
 
 def test_triton_command_and_model_env(tiny_llama):
-    args = launcher.parse_args(["--model-dir", str(tiny_llama), "--http-port", "1", "--grpc-port", "2",
-                                "--metrics-port", "3", "--tp", "2", "--device", "cuda", "--", "--log-info=true"])
+    args = launcher.parse_args(
+        [
+            "--model-dir",
+            str(tiny_llama),
+            "--http-port",
+            "1",
+            "--grpc-port",
+            "2",
+            "--metrics-port",
+            "3",
+            "--tp",
+            "2",
+            "--device",
+            "cuda",
+            "--",
+            "--log-info=true",
+        ]
+    )
     cmd = launcher.triton_command(Path("/bin/tritonserver"), Path("/b"), args, "pfx_")
     assert "--http-port=1" in cmd and "--backend-directory=/b" in cmd and cmd[-1] == "--log-info=true"
     assert "--backend-config=python,shm-region-prefix-name=pfx_" in cmd
@@ -72,14 +88,22 @@ def test_busy_ports_are_refused():
 
 
 def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
-    config = json.dumps({"parameters": {"model_dir": {"string_value": str(tiny_llama)}, "tp": {"string_value": "1"},
-                                        "max_total_tokens": {"string_value": ""},
-                                        "device": {"string_value": "${device}"}}})
+    config = json.dumps(
+        {
+            "parameters": {
+                "model_dir": {"string_value": str(tiny_llama)},
+                "tp": {"string_value": "1"},
+                "max_total_tokens": {"string_value": ""},
+                "device": {"string_value": "${device}"},
+            }
+        }
+    )
     params = model_parameters(config)
     settings = load_settings(params, env={})
     assert settings.model_dir == tiny_llama and settings.max_total_tokens is None and settings.device == "cpu"
-    settings = load_settings(params, env={"LLM_MODEL_DIR": str(tiny_qwen2), "LLM_TP": "2",
-                                          "LLM_MAX_TOTAL_TOKENS": "4096"})
+    settings = load_settings(
+        params, env={"LLM_MODEL_DIR": str(tiny_qwen2), "LLM_TP": "2", "LLM_MAX_TOTAL_TOKENS": "4096"}
+    )
     assert settings.model_dir == tiny_qwen2 and settings.tp == 2 and settings.max_total_tokens == 4096
     assert settings.engine_config().max_total_tokens == 4096
     with pytest.raises(ValueError, match="LLM_TP"):

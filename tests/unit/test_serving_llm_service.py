@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 
 from llm_core.detokenizer import full_text
 from llm_core.outputs import StreamChunk
-from llm_core.serving.llm_service import LlmService, parse_llm_request
+from llm_core.serving.llm_io import parse_llm_request
+from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import EngineMetrics, RecordingSink
 from llm_core.serving.postprocess import chunk_text, parse_postprocess_input
 from llm_core.serving.request import InputError
@@ -41,8 +42,17 @@ class FakeEngine:
         self.emit(request_id, [], "abort")
 
     def stats(self) -> dict:
-        return {"slots_used": self.slots_used, "slots_total": 100, "running": 1, "waiting": 0, "paused": 0,
-                "total_pauses": 0, "prompt_tokens_total": 5, "generation_tokens_total": 7, "restarts": 0}
+        return {
+            "slots_used": self.slots_used,
+            "slots_total": 100,
+            "running": 1,
+            "waiting": 0,
+            "paused": 0,
+            "total_pauses": 0,
+            "prompt_tokens_total": 5,
+            "generation_tokens_total": 7,
+            "restarts": 0,
+        }
 
 
 class FakeTransport:
@@ -84,20 +94,28 @@ def wait_until(predicate, timeout=5.0):
 @pytest.fixture
 def setup():
     engine, transport, sink = FakeEngine(), FakeTransport(), RecordingSink()
-    service = LlmService(engine, transport, EngineMetrics(sink), default_max_tokens=8,
-                         cancel_poll_s=0.02, stats_interval_s=0.02)
+    service = LlmService(
+        engine, transport, EngineMetrics(sink), default_max_tokens=8, cancel_poll_s=0.02, stats_interval_s=0.02
+    )
     service.start()
     yield engine, transport, service, sink
     service.stop()
 
 
 def test_parse_llm_request():
-    req = parse_llm_request({**_inputs([1, 2, 3], temperature=0), "max_tokens": np.array([[5]], np.int32),
-                             "image_embeds": np.zeros((1, 0, 8), np.float32)}, 16)
+    req = parse_llm_request(
+        {
+            **_inputs([1, 2, 3], temperature=0),
+            "max_tokens": np.array([[5]], np.int32),
+            "image_embeds": np.zeros((1, 0, 8), np.float32),
+        },
+        16,
+    )
     assert req.prompt_ids == [1, 2, 3] and req.params.max_tokens == 5 and req.params.greedy
     assert req.image_embeds is None and req.stream
-    req = parse_llm_request({"input_ids": np.array([[7]], np.int32),
-                             "image_embeds": np.ones((1, 2, 4), np.float32)}, 16)
+    req = parse_llm_request(
+        {"input_ids": np.array([[7]], np.int32), "image_embeds": np.ones((1, 2, 4), np.float32)}, 16
+    )
     assert req.image_embeds.shape == (2, 4) and not req.stream and req.params.max_tokens == 16
     with pytest.raises(InputError, match="^input_ids"):
         parse_llm_request({"input_ids": np.zeros((1, 0), np.int32)}, 16)
@@ -154,8 +172,9 @@ def test_errors_end_the_request(setup):
     engine.emit(rid, [3])
     engine.emit(rid, [], "error", error="engine failure: worker died")
     wait_until(lambda: transport.of("dies") and transport.of("dies")[-1][1])
-    assert transport.of("bad-json") == [("sampling_parameters: malformed JSON (Expecting property name enclosed "
-                                         "in double quotes at position 1)", True)]
+    assert transport.of("bad-json") == [
+        ("sampling_parameters: malformed JSON (Expecting property name enclosed in double quotes at position 1)", True)
+    ]
     assert transport.of("too-long") == [("prompt has too many tokens", True)]
     assert transport.of("dies")[-1] == ("engine failure: worker died", True)
 
@@ -222,9 +241,12 @@ def test_streamed_text_is_exact_and_never_empty(tiny_model_factory, arch, kind):
         wait_until(lambda trial=trial: transport.of(trial) and transport.of(trial)[-1][1])
         texts = []
         for response, _ in transport.of(trial):
-            inputs = {"output_ids": np.array([response.output_ids]), "context_ids": np.array([response.context_ids]),
-                      "finish_reason": np.array([[response.finish_reason.encode()]], np.object_),
-                      "response_index": np.array([[response.response_index]])}
+            inputs = {
+                "output_ids": np.array([response.output_ids]),
+                "context_ids": np.array([response.context_ids]),
+                "finish_reason": np.array([[response.finish_reason.encode()]], np.object_),
+                "response_index": np.array([[response.response_index]]),
+            }
             texts.append(chunk_text(tokenizer, parse_postprocess_input(inputs)))
         assert "".join(texts) == full_text(tokenizer, prompt, outputs)
         assert all(texts[:-1]), texts

@@ -40,24 +40,33 @@ def test_defaults():
 
 
 def test_tensor_inputs_override_json_override_parameters():
-    req = parse({"temperature": 0.1, "top_k": 3, "unrelated": "ignored"}, text_input="x",
-                sampling_parameters=json.dumps({"temperature": "0.2", "top_p": "0.5"}),
-                temperature=np.float32(0.3), stream=True)
+    req = parse(
+        {"temperature": 0.1, "top_k": 3, "unrelated": "ignored"},
+        text_input="x",
+        sampling_parameters=json.dumps({"temperature": "0.2", "top_p": "0.5"}),
+        temperature=np.float32(0.3),
+        stream=True,
+    )
     assert req.params.temperature == pytest.approx(0.3)
     assert req.params.top_p == 0.5 and req.params.top_k == 3 and req.stream
 
 
 def test_aliases_and_lists():
-    req = parse(text_input="x", random_seed=np.uint64(7), min_length=2, stop_words=["END", "", "STOP"],
-                end_id=5, sampling_parameters=json.dumps({"stop_token_ids": [9], "logprobs": 1}))
+    req = parse(
+        text_input="x",
+        random_seed=np.uint64(7),
+        min_length=2,
+        stop_words=["END", "", "STOP"],
+        end_id=5,
+        sampling_parameters=json.dumps({"stop_token_ids": [9], "logprobs": 1}),
+    )
     assert req.params.seed == 7 and req.params.min_tokens == 2
     assert req.params.stop == ("END", "STOP") and set(req.params.stop_token_ids) == {5, 9}
     assert req.params.logprobs
 
 
 def test_output_options_and_echo():
-    req = parse(text_input="prompt", exclude_input_in_output=False, return_finish_reason=True,
-                return_log_probs=True)
+    req = parse(text_input="prompt", exclude_input_in_output=False, return_finish_reason=True, return_log_probs=True)
     assert req.options.prompt == "prompt" and req.options.return_finish_reason
     assert req.params.logprobs  # return_log_probs asks the engine for them
     assert OutputOptions.from_json(req.options.to_json()) == req.options
@@ -69,8 +78,9 @@ def test_images_are_kept_in_order_and_empty_ones_dropped():
 
 
 def test_string_values_accepted_in_json():
-    kwargs = parse_sampling_json(json.dumps({"max_tokens": "12", "temperature": "0", "ignore_eos": "true",
-                                             "seed": "3", "stop": "x"}))
+    kwargs = parse_sampling_json(
+        json.dumps({"max_tokens": "12", "temperature": "0", "ignore_eos": "true", "seed": "3", "stop": "x"})
+    )
     assert kwargs == {"max_tokens": 12, "temperature": 0.0, "ignore_eos": True, "seed": 3, "stop": ("x",)}
 
 
@@ -80,29 +90,32 @@ def test_canonical_json_round_trip():
     assert kwargs["temperature"] == 0.5 and kwargs["stop"] == ("a",) and kwargs["seed"] == 1
 
 
-@pytest.mark.parametrize("values,field", [
-    ({"text_input": ""}, "text_input"),
-    ({"text_input": "  \n"}, "text_input"),
-    ({"text_input": "x", "max_tokens": 0}, "max_tokens"),
-    ({"text_input": "x", "max_tokens": -3}, "max_tokens"),
-    ({"text_input": "x", "temperature": np.float32(-1)}, "temperature"),
-    ({"text_input": "x", "top_p": np.float32(0)}, "top_p"),
-    ({"text_input": "x", "top_p": np.float32(1.01)}, "top_p"),
-    ({"text_input": "x", "top_k": -1}, "top_k"),
-    ({"text_input": "x", "min_tokens": 20, "max_tokens": 4}, "min_tokens"),
-    ({"text_input": "x", "sampling_parameters": "{"}, "sampling_parameters"),
-    ({"text_input": "x", "sampling_parameters": "[]"}, "sampling_parameters"),
-    ({"text_input": "x", "sampling_parameters": '{"tempreature": 1}'}, "sampling_parameters.tempreature"),
-    ({"text_input": "x", "sampling_parameters": '{"max_tokens": "lots"}'}, "sampling_parameters.max_tokens"),
-    ({"text_input": "x", "sampling_parameters": '{"max_tokens": 2.5}'}, "sampling_parameters.max_tokens"),
-    ({"text_input": "x", "sampling_parameters": '{"top_k": true}'}, "sampling_parameters.top_k"),
-    ({"text_input": "x", "sampling_parameters": '{"temperature": "NaN"}'}, "sampling_parameters.temperature"),
-    ({"text_input": "x", "sampling_parameters": '{"stop": [1]}'}, "sampling_parameters.stop"),
-    ({"text_input": "x", "sampling_parameters": '{"n": 2}'}, "sampling_parameters.n"),
-    ({"text_input": "x", "beam_width": 2}, "beam_width"),
-    ({"text_input": "x", "bad_words": ["no"]}, "bad_words"),
-    ({"text_input": "x", "stream": "perhaps"}, "stream"),
-])
+@pytest.mark.parametrize(
+    "values,field",
+    [
+        ({"text_input": ""}, "text_input"),
+        ({"text_input": "  \n"}, "text_input"),
+        ({"text_input": "x", "max_tokens": 0}, "max_tokens"),
+        ({"text_input": "x", "max_tokens": -3}, "max_tokens"),
+        ({"text_input": "x", "temperature": np.float32(-1)}, "temperature"),
+        ({"text_input": "x", "top_p": np.float32(0)}, "top_p"),
+        ({"text_input": "x", "top_p": np.float32(1.01)}, "top_p"),
+        ({"text_input": "x", "top_k": -1}, "top_k"),
+        ({"text_input": "x", "min_tokens": 20, "max_tokens": 4}, "min_tokens"),
+        ({"text_input": "x", "sampling_parameters": "{"}, "sampling_parameters"),
+        ({"text_input": "x", "sampling_parameters": "[]"}, "sampling_parameters"),
+        ({"text_input": "x", "sampling_parameters": '{"tempreature": 1}'}, "sampling_parameters.tempreature"),
+        ({"text_input": "x", "sampling_parameters": '{"max_tokens": "lots"}'}, "sampling_parameters.max_tokens"),
+        ({"text_input": "x", "sampling_parameters": '{"max_tokens": 2.5}'}, "sampling_parameters.max_tokens"),
+        ({"text_input": "x", "sampling_parameters": '{"top_k": true}'}, "sampling_parameters.top_k"),
+        ({"text_input": "x", "sampling_parameters": '{"temperature": "NaN"}'}, "sampling_parameters.temperature"),
+        ({"text_input": "x", "sampling_parameters": '{"stop": [1]}'}, "sampling_parameters.stop"),
+        ({"text_input": "x", "sampling_parameters": '{"n": 2}'}, "sampling_parameters.n"),
+        ({"text_input": "x", "beam_width": 2}, "beam_width"),
+        ({"text_input": "x", "bad_words": ["no"]}, "bad_words"),
+        ({"text_input": "x", "stream": "perhaps"}, "stream"),
+    ],
+)
 def test_errors_name_the_field(values, field):
     with pytest.raises(InputError) as info:
         parse(**values)

@@ -14,7 +14,8 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.engine import Engine
 from llm_core.serving.cancel_relay import CancelRelayServer
-from llm_core.serving.llm_service import LlmResponse, LlmService
+from llm_core.serving.llm_io import LlmResponse
+from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import PbMetricsSink, input_names, request_inputs, setup_logging

@@ -1,0 +1,74 @@
+"""The llm model's inputs and outputs as plain dataclasses, and the transport it sends through."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from llm_core.sampling_params import SamplingParams
+from llm_core.serving.request import InputError, as_bool, as_int, build_sampling_params, parse_sampling_json
+
+
+@dataclass(frozen=True, slots=True)
+class LlmRequest:
+    prompt_ids: list[int]
+    image_embeds: np.ndarray | None  # [num_image_tokens_total, hidden] fp32
+    params: SamplingParams
+    stream: bool
+    options: str  # opaque, forwarded to postprocess with every response
+
+
+def _scalar(array: np.ndarray) -> Any:
+    flat = np.asarray(array).reshape(-1)
+    value = flat[0] if flat.size else None
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> LlmRequest:
+    """Inputs of the llm model (with the batch dim): input_ids, and optionally image_embeds,
+    sampling_parameters (JSON), max_tokens, stream, postprocess_options."""
+    ids = inputs.get("input_ids")
+    if ids is None or ids.size == 0:
+        raise InputError("input_ids", "is empty")
+    if ids.ndim == 2 and ids.shape[0] != 1:
+        raise InputError("input_ids", f"batch size {ids.shape[0]} is not supported")
+    embeds = inputs.get("image_embeds")
+    if embeds is not None:
+        embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
+        embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
+        embeds = embeds if embeds.shape[0] else None
+    sampling_json = _scalar(inputs["sampling_parameters"]) if "sampling_parameters" in inputs else None
+    kwargs = parse_sampling_json(sampling_json or "")
+    if "max_tokens" in inputs:
+        kwargs["max_tokens"] = as_int("max_tokens", _scalar(inputs["max_tokens"]))
+    stream = as_bool("stream", _scalar(inputs["stream"])) if "stream" in inputs else False
+    options = _scalar(inputs["postprocess_options"]) if "postprocess_options" in inputs else ""
+    params = build_sampling_params(kwargs, default_max_tokens)
+    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, options or "")
+
+
+@dataclass(frozen=True, slots=True)
+class LlmResponse:
+    request_id: str  # the engine's id: postprocess relays cancellation with it
+    output_ids: list[int]
+    context_ids: list[int]  # ids just before output_ids, for stateless detokenization
+    finish_reason: str  # "" until the last response
+    text_trim: int
+    num_input_tokens: int
+    response_index: int
+    options: str
+    logprobs: list[float] | None
+    cum_log_prob: float
+
+
+class Transport(Protocol):
+    """How responses reach the client (pb_utils response senders in the Triton adapter)."""
+
+    def send(self, handle: Any, response: LlmResponse | None, final: bool) -> None: ...
+
+    def send_error(self, handle: Any, message: str) -> None: ...  # also final
+
+    def is_cancelled(self, handle: Any) -> bool: ...
