@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, i.e. at the first import of any kernel
+# module, which may happen while collecting tests outside tests/kernels: set it before anything.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from llm_core.testing.tiny_model import make_tiny_model
 
