@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment (.venv) and install everything the
 # server, the clients and the tests need. Safe to run again; fast when nothing changed.
-# On a host whose python already has torch (a GPU image), pass --system-site-packages through
-# LLM_VENV_SYSTEM_SITE=1 so the host's CUDA build of torch is reused, never replaced.
+# On a host whose python3 already has torch (a GPU image, NVIDIA's container) the venv is made
+# with --system-site-packages so that torch build is reused, never replaced
+# (LLM_VENV_SYSTEM_SITE=1 forces this, =0 turns it off; default: auto).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LLM_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
-  if [[ "${LLM_VENV_SYSTEM_SITE:-0}" == "1" ]]; then
+  SYSTEM_SITE="${LLM_VENV_SYSTEM_SITE:-auto}"
+  if [[ "$SYSTEM_SITE" == "auto" ]]; then
+    if "$PY" -c "import torch" >/dev/null 2>&1; then SYSTEM_SITE=1; else SYSTEM_SITE=0; fi
+  fi
+  if [[ "$SYSTEM_SITE" == "1" ]]; then
     "$PY" -m venv --system-site-packages "$VENV"
   else
     "$PY" -m venv "$VENV"
