@@ -258,3 +258,12 @@ class StopStringChecker:
             self._text_start = keep_from
         self._history = self._history[-(MAX_CONTEXT + len(self._pending)) :]
         return Released(tokens)
+
+
+def load_tokenizer(model_dir: str) -> Any | None:
+    """The model directory's Hugging Face tokenizer, or None if it ships none."""
+    if not any(os.path.exists(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from llm_core.config import EngineConfig
-from llm_core.detokenizer import full_text
+from llm_core.detokenizer import full_text, load_tokenizer
 from llm_core.models import load_model_config
 from llm_core.outputs import RequestOutput, StreamChunk
 from llm_core.sampling_params import SamplingParams
@@ -110,7 +110,7 @@ class Engine:
         self.config = config
         self.model_config = load_model_config(config.model_dir)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        self.tokenizer = self._load_tokenizer()
+        self.tokenizer = load_tokenizer(config.model_dir)
         self._queues: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -304,14 +304,6 @@ class Engine:
 
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._workers.procs]
-
-    def _load_tokenizer(self):
-        model_dir = self.config.model_dir
-        if not os.path.exists(os.path.join(model_dir, "tokenizer.json")):
-            return None
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(model_dir)
 
     def shutdown(self) -> None:
         if self._closed:

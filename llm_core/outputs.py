@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
@@ -13,8 +13,6 @@ class StreamChunk:
 
     `text_trim` is non-zero only on a final chunk whose stop string began inside a token:
     drop that many characters from the end of the text of all streamed tokens.
-    `context_ids` are up to a few ids preceding `token_ids` (prompt tail for the first chunk),
-    for stateless detokenization downstream.
     """
 
     request_id: str
@@ -22,7 +20,6 @@ class StreamChunk:
     finish_reason: str | None = None
     text_trim: int = 0
     logprobs: list[float] | None = None
-    context_ids: list[int] = field(default_factory=list)
     num_prompt_tokens: int = 0
     error: str | None = None
     time: float = 0.0  # time.monotonic() when the engine process received it

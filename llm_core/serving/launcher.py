@@ -16,7 +16,6 @@ What it adds around `tritonserver --model-repository=model_repository`:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shutil
 import signal
@@ -29,13 +28,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from llm_core.lifetime import set_parent_death_signal
 from llm_core.serving.cancel_relay import ENV_RUNTIME_DIR
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
 from llm_core.serving.tritonserver_env import find_tritonserver, server_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHM_PREFIX_BASE = "triton_python_backend_shm_region_llmcore"
-_PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,8 +90,7 @@ def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namesp
 
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the launcher dies (even by SIGKILL)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def remove_shm(prefix: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import traceback
@@ -12,20 +11,16 @@ import torch
 import torch.distributed as dist
 
 from llm_core.config import EngineConfig
+from llm_core.detokenizer import load_tokenizer
+from llm_core.lifetime import set_parent_death_signal
 from llm_core.scheduler import Router
 from llm_core.worker.model_runner import ModelRunner, StepInput
 from llm_core.worker.scheduler_loop import AddCommand, SchedulerLoop
 
-_PR_SET_PDEATHSIG = 1
-
 
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL us when the process that started us dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -106,7 +101,7 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         optimistic_ratio=cfg.optimistic_ratio,
     )
     broadcast = _broadcaster(cpu_group)
-    loop = SchedulerLoop(runner, router, _load_tokenizer(cfg.model_dir), conn.send, broadcast)
+    loop = SchedulerLoop(runner, router, load_tokenizer(cfg.model_dir), conn.send, broadcast)
     conn.send(("ready", 0, num_slots))
     try:
         while True:
@@ -129,16 +124,6 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
     except BaseException:
         conn.send(("fatal", 0, traceback.format_exc()))
         raise
-
-
-def _load_tokenizer(model_dir: str):
-    if not os.path.exists(os.path.join(model_dir, "tokenizer.json")) and not os.path.exists(
-        os.path.join(model_dir, "tokenizer.model")
-    ):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 __all__ = ["AddCommand", "worker_main", "die_with_parent"]

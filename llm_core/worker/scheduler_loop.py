@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llm_core.detokenizer import MAX_CONTEXT, StopStringChecker, context_window
+from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
 from llm_core.sampling import Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
 from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
-
-CONTEXT_IDS = 8  # ids sent with each chunk when the model has no tokenizer
 
 
 @dataclass(slots=True)
@@ -36,7 +34,6 @@ class _Tracked:
     request: Request
     generator: torch.Generator | None
     stop_checker: StopStringChecker | None
-    released: list[int] = field(default_factory=list)  # output ids already sent
     pending_logprobs: list[float] = field(default_factory=list)  # of sampled, unsent tokens
 
 
@@ -145,8 +142,6 @@ class SchedulerLoop:
                     reason, trim = "stop", rest.text_trim
         else:
             new_ids = [token]
-        context = self._context(req, tracked)
-        tracked.released += new_ids
         if reason is not None:
             self.router.finish(req, reason)
             del self.tracked[req.request_id]
@@ -164,19 +159,9 @@ class SchedulerLoop:
             reason,
             text_trim=trim,
             logprobs=logprobs,
-            context_ids=context,
             num_prompt_tokens=len(req.prompt_ids),
             time=time.monotonic(),
         )
-
-    def _context(self, req: Request, tracked: _Tracked) -> list[int]:
-        """Ids preceding this chunk, enough for exact stateless detokenization downstream."""
-        tail = tracked.released[-MAX_CONTEXT:]
-        if len(tail) < MAX_CONTEXT:
-            tail = req.prompt_ids[-(MAX_CONTEXT - len(tail)) :] + tail
-        if self.tokenizer is None:
-            return tail[-CONTEXT_IDS:]
-        return context_window(self.tokenizer, tail)
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
         params = req.params
