@@ -15,73 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from llm_core.kernels._attention_block import attend_block
 from llm_core.kernels._checks import check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _decode_block(
-    acc,
-    m_i,
-    l_i,
-    q,  # [BLOCK_G, BLOCK_D]
-    start_n,
-    end,
-    slot_row_ptr,
-    k_head_ptr,
-    v_head_ptr,
-    stride_slot,
-    dims,
-    dim_mask,
-    qk_scale,
-    MASKED: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    IEEE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    if MASKED:
-        key_mask = offs_n < end
-        slots = tl.load(slot_row_ptr + offs_n, mask=key_mask, other=0).to(tl.int64)
-    else:
-        slots = tl.load(slot_row_ptr + offs_n).to(tl.int64)
-    kv_offs = slots[:, None] * stride_slot + dims[None, :]  # [BLOCK_N, BLOCK_D]
-    if MASKED:
-        kv_mask = key_mask[:, None] & dim_mask[None, :]
-        k = tl.load(k_head_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_head_ptr + kv_offs, mask=kv_mask, other=0.0)
-    elif EVEN_D:
-        k = tl.load(k_head_ptr + kv_offs)
-        v = tl.load(v_head_ptr + kv_offs)
-    else:
-        k = tl.load(k_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
-        v = tl.load(v_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-    if IEEE:
-        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        qk = tl.dot(q, tl.trans(k))
-    qk = qk * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
-    if MASKED:
-        qk = tl.where(key_mask[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None]
-    if UPCAST:
-        p_v = p.to(v.dtype).to(tl.float32)
-        v = v.to(tl.float32)
-    else:
-        p_v = p.to(v.dtype)
-    if IEEE:
-        acc = tl.dot(p_v, v, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(p_v, v, acc)
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -141,14 +78,14 @@ def _decode_split_kernel(
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     for start_n in range(start, full_end, BLOCK_N):
-        acc, m_i, l_i = _decode_block(
-            acc, m_i, l_i, q, start_n, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
-            dims, dim_mask, qk_scale, False, EVEN_D, UPCAST, IEEE, BLOCK_N,
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, 0, start_n, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
+            dims, dim_mask, qk_scale, False, False, EVEN_D, UPCAST, IEEE, BLOCK_N,
         )  # fmt: skip
     if full_end < end:
-        acc, m_i, l_i = _decode_block(
-            acc, m_i, l_i, q, full_end, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
-            dims, dim_mask, qk_scale, True, EVEN_D, UPCAST, IEEE, BLOCK_N,
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, 0, full_end, end, slot_row_ptr, k_head_ptr, v_head_ptr, stride_kv_slot,
+            dims, dim_mask, qk_scale, True, False, EVEN_D, UPCAST, IEEE, BLOCK_N,
         )  # fmt: skip
 
     mid = (seq * NUM_Q_HEADS + heads).to(tl.int64) * num_splits + split  # [BLOCK_G]

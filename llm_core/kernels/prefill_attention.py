@@ -13,75 +13,10 @@ import torch
 import triton
 import triton.language as tl
 
+from llm_core.kernels._attention_block import attend_block
 from llm_core.kernels._checks import check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _attend_block(
-    acc,
-    m_i,
-    l_i,
-    q,  # [BLOCK_M, BLOCK_D]
-    q_pos,  # [BLOCK_M] absolute positions
-    start_n,
-    seq_len,
-    slot_row_ptr,  # req_to_slot row of this sequence
-    k_head_ptr,  # k_cache + kv_head * stride_h
-    v_head_ptr,
-    stride_slot,
-    dims,  # [BLOCK_D]
-    dim_mask,
-    qk_scale,
-    MASKED: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-    IEEE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    if MASKED:
-        key_mask = offs_n < seq_len
-        slots = tl.load(slot_row_ptr + offs_n, mask=key_mask, other=0).to(tl.int64)
-    else:
-        slots = tl.load(slot_row_ptr + offs_n).to(tl.int64)
-    kv_offs = slots[:, None] * stride_slot + dims[None, :]  # [BLOCK_N, BLOCK_D]
-    if MASKED:
-        kv_mask = key_mask[:, None] & dim_mask[None, :]
-        k = tl.load(k_head_ptr + kv_offs, mask=kv_mask, other=0.0)
-        v = tl.load(v_head_ptr + kv_offs, mask=kv_mask, other=0.0)
-    elif EVEN_D:
-        k = tl.load(k_head_ptr + kv_offs)
-        v = tl.load(v_head_ptr + kv_offs)
-    else:
-        k = tl.load(k_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
-        v = tl.load(v_head_ptr + kv_offs, mask=dim_mask[None, :], other=0.0)
-    if UPCAST:
-        k = k.to(tl.float32)
-    if IEEE:
-        qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-    else:
-        qk = tl.dot(q, tl.trans(k))
-    qk = qk * qk_scale  # [BLOCK_M, BLOCK_N], log2 units
-    if MASKED:
-        visible = (offs_n[None, :] <= q_pos[:, None]) & (offs_n[None, :] < seq_len)
-        qk = tl.where(visible, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-    p = tl.math.exp2(qk - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None]
-    if UPCAST:
-        p_v = p.to(v.dtype).to(tl.float32)
-        v = v.to(tl.float32)
-    else:
-        p_v = p.to(v.dtype)
-    if IEEE:
-        acc = tl.dot(p_v, v, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(p_v, v, acc)
-    return acc, m_new, l_i
 
 
 @triton.jit
@@ -147,15 +82,15 @@ def _prefill_attention_kernel(
     # Keys before the block's first query position are visible to every query: no mask.
     full_end = ((prefix + start_m) // BLOCK_N) * BLOCK_N
     for start_n in range(0, full_end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(
+        acc, m_i, l_i = attend_block(
             acc, m_i, l_i, q, q_pos, start_n, seq_len, slot_row_ptr, k_head_ptr, v_head_ptr,
-            stride_kv_slot, dims, dim_mask, qk_scale, False, EVEN_D, UPCAST, IEEE, BLOCK_N,
+            stride_kv_slot, dims, dim_mask, qk_scale, False, True, EVEN_D, UPCAST, IEEE, BLOCK_N,
         )  # fmt: skip
     end = tl.minimum(seq_len, prefix + start_m + BLOCK_M)
     for start_n in range(full_end, end, BLOCK_N):
-        acc, m_i, l_i = _attend_block(
+        acc, m_i, l_i = attend_block(
             acc, m_i, l_i, q, q_pos, start_n, seq_len, slot_row_ptr, k_head_ptr, v_head_ptr,
-            stride_kv_slot, dims, dim_mask, qk_scale, True, EVEN_D, UPCAST, IEEE, BLOCK_N,
+            stride_kv_slot, dims, dim_mask, qk_scale, True, True, EVEN_D, UPCAST, IEEE, BLOCK_N,
         )  # fmt: skip
 
     out = acc / l_i[:, None]
