@@ -36,3 +36,18 @@ def check_index(*tensors: torch.Tensor) -> None:
 def dot_upcast() -> bool:
     """The interpreter's tl.dot runs numpy matmul on raw bits, wrong for bf16: feed it fp32."""
     return interpreting()
+
+
+def check_attention_inputs(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_slot: torch.Tensor
+) -> int:
+    """q: [N, Hq, D]; caches: [S + 1, Hk, D] with Hq % Hk == 0; req_to_slot: [R + 1, L] int32.
+    Returns Hk."""
+    assert q.dim() == 3 and q.stride(2) == 1, (q.shape, q.stride())
+    assert k_cache.dim() == 3 and k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride()
+    assert k_cache.shape[2] == q.shape[2] and k_cache.stride(2) == 1
+    num_kv_heads = k_cache.shape[1]
+    assert q.shape[1] % num_kv_heads == 0, (q.shape[1], num_kv_heads)
+    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
+    assert req_to_slot.dim() == 2 and req_to_slot.dtype == torch.int32 and req_to_slot.stride(1) == 1
+    return num_kv_heads

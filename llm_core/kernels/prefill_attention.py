@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
-from llm_core.kernels._checks import check_device, check_float, check_index, dot_upcast
+from llm_core.kernels._checks import check_attention_inputs, check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
 
@@ -127,14 +127,8 @@ def prefill_attention_with_config(
     config: PrefillConfig,
 ) -> torch.Tensor:
     # q: [T, Hq, D]; caches: [S + 1, Hk, D]; req_to_slot: [R + 1, L] int32; [B] / [B + 1] int
-    assert q.dim() == 3 and q.stride(2) == 1, (q.shape, q.stride())
     num_tokens, num_q_heads, head_dim = q.shape
-    assert k_cache.dim() == 3 and k_cache.shape == v_cache.shape and k_cache.stride() == v_cache.stride()
-    assert k_cache.shape[2] == head_dim and k_cache.stride(2) == 1
-    num_kv_heads = k_cache.shape[1]
-    assert num_q_heads % num_kv_heads == 0, (num_q_heads, num_kv_heads)
-    assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
-    assert req_to_slot.dim() == 2 and req_to_slot.dtype == torch.int32 and req_to_slot.stride(1) == 1
+    num_kv_heads = check_attention_inputs(q, k_cache, v_cache, req_to_slot)
     num_seqs = req_rows.shape[0]
     assert prefix_lens.shape == seq_lens.shape == (num_seqs,) and query_start_loc.shape == (num_seqs + 1,)
     assert num_seqs <= 65535
