@@ -4,10 +4,11 @@ For each tp, batch size and mode: time ModelRunner.forward of one decode step (c
 tokens per sequence, CUDA events, median of --iters), eagerly launched ("eager") and replayed
 from a CUDA graph ("graph", llm_core/worker/cuda_graph.py; the first call captures, outside
 the timing). Separately, the all-reduces one step issues (2 per layer on [batch, hidden] bf16),
-launched eagerly and replayed from a graph. Also: graph logits vs eager logits of the same step.
+launched eagerly and replayed from a graph, through NCCL and through the symmetric-memory one-shot
+(llm_core/models/all_reduce.py). Also: every mode's logits vs eager logits of the same step.
 Prints a markdown table; --out writes JSON.
 
-  python benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512 --mode eager graph
+  python benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512 --mode eager graph eager_nccl graph_nccl
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
     for b in range(max_batch):
         runner.kv.req_to_slot[b, :ctx] = torch.arange(b * (ctx + 1), b * (ctx + 1) + ctx, dtype=torch.int32)
     hidden = LLAMA3_8B["hidden_size"]
+    graph_runners = {}
     for batch in batches:
         step = StepInput(
             is_prefill=False, seqs=[SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
@@ -100,32 +102,46 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         row = {"tp": tp, "batch": batch, "ctx": ctx}
         logits = {}
         for mode in modes:
-            runner.use_cuda_graph = mode == "graph"
+            nccl = mode.endswith("_nccl")  # all-reduces through NCCL only (no symmetric-memory one-shot)
+            if nccl and (tp == 1 or runner.fast_all_reduce is None):
+                continue
+            if runner.fast_all_reduce is not None:
+                runner.fast_all_reduce.enabled = not nccl
+            runner.use_cuda_graph = mode.startswith("graph")
+            if runner.use_cuda_graph:  # one graph runner per all-reduce path
+                if nccl not in graph_runners:
+                    graph_runners[nccl] = runner.new_graph_runner()
+                runner.graph_runner = graph_runners[nccl]
             start = time.perf_counter()
             logits[mode] = runner.forward(step).clone()  # graph mode: captures here
             torch.cuda.synchronize()
             row[f"first_call_s_{mode}"] = round(time.perf_counter() - start, 3)
             row[f"step_ms_{mode}"] = round(_time_cuda(lambda step=step: runner.forward(step), iters), 3)
-        if "graph" in modes:
-            row["graphs_captured"] = runner.graph_runner.num_graphs if runner.graph_runner else 0
+        if graph_runners:
+            row["graphs_captured"] = sum(g.num_graphs for g in graph_runners.values())
             row["graph_failed"] = runner.graph_failed
-        if len(logits) == 2:
-            e, g = logits["eager"], logits["graph"]
-            row["graph_vs_eager_max_rel_diff"] = round(((g - e).abs().max() / e.abs().max()).item(), 6)
-            row["graph_vs_eager_same_argmax"] = bool((g.argmax(-1) == e.argmax(-1)).all().item())
-        row["allreduce_ms_per_step"] = row["allreduce_graph_ms_per_step"] = 0.0
+        if "eager" in logits:  # every other mode against eager (symmetric-memory all-reduce where tp > 1)
+            e = logits["eager"]
+            for mode, g in logits.items():
+                if mode != "eager":
+                    row[f"{mode}_vs_eager_max_rel_diff"] = round(((g - e).abs().max() / e.abs().max()).item(), 6)
+                    row[f"{mode}_vs_eager_same_argmax"] = bool((g.argmax(-1) == e.argmax(-1)).all().item())
         if tp > 1:
-            x = torch.randn(batch, hidden, dtype=torch.bfloat16, device="cuda")
-
-            def reduces(x=x):
-                for _ in range(2 * LLAMA3_8B["num_hidden_layers"]):
-                    dist.all_reduce(x)
-
-            row["allreduce_ms_per_step"] = round(_time_cuda(reduces, iters), 3)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                reduces()
-            row["allreduce_graph_ms_per_step"] = round(_time_cuda(graph.replay, iters), 3)
+            # The same exactly representable values on every rank: the exact sum is tp * x.
+            x = ((torch.arange(batch * hidden, device="cuda") % 17 - 8) * 0.125).to(torch.bfloat16).view(batch, hidden)
+            fast = runner.fast_all_reduce
+            num = 2 * LLAMA3_8B["num_hidden_layers"]
+            paths = {"nccl": lambda x=x, num=num: [dist.all_reduce(x) for _ in range(num)]}
+            if fast is not None:
+                fast.enabled = True
+                row["symm_mem_all_reduce_max_abs_err"] = (fast(x) - x * tp).abs().max().item()
+                paths["symm_mem"] = lambda x=x, num=num, fast=fast: [fast(x) for _ in range(num)]
+            for name, fn in paths.items():
+                row[f"allreduce_{name}_eager_ms_per_step"] = round(_time_cuda(fn, iters), 3)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    fn()
+                row[f"allreduce_{name}_graph_ms_per_step"] = round(_time_cuda(graph.replay, iters), 3)
         if rank == 0:  # as soon as measured: a later failure must not lose it
             results.append(row)
             print(f"row: {json.dumps(row)}", flush=True)
@@ -139,7 +155,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--mode", nargs="+", choices=["eager", "graph"], default=["eager", "graph"])
+    ap.add_argument(
+        "--mode", nargs="+", choices=["eager", "graph", "eager_nccl", "graph_nccl"], default=["eager", "graph"],
+        help="*_nccl: all-reduces through NCCL only (tp > 1); the others use the symmetric-memory one-shot",
+    )  # fmt: skip
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for var, value in (
@@ -166,19 +185,21 @@ def main() -> int:
                 print(f"FAILED tp={tp}", flush=True)
     rows = list(results)
     print(f"device: {torch.cuda.get_device_name()} x{torch.cuda.device_count()}")
-    print("| tp | batch | ctx | mode | decode step ms | tp2/tp1 | all-reduce ms/step (eager / graph) |")
+    print("| tp | batch | ctx | mode | decode step ms | tp2/tp1 (same launch mode at tp=1) | all-reduce ms/step |")
     print("|---|---|---|---|---|---|---|")
-    tp1 = {(r["batch"], m): r[f"step_ms_{m}"] for r in rows if r["tp"] == 1 for m in args.mode}
+    tp1 = {(r["batch"], m): r[f"step_ms_{m}"] for r in rows if r["tp"] == 1 for m in args.mode if f"step_ms_{m}" in r}
     for r in rows:
         for m in args.mode:
-            base = tp1.get((r["batch"], m))
+            if f"step_ms_{m}" not in r:
+                continue
+            base = tp1.get((r["batch"], m.removesuffix("_nccl")))
             ratio = f"{r[f'step_ms_{m}'] / base:.2f}" if r["tp"] > 1 and base else ""
-            print(
-                f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | "
-                f"{r['allreduce_ms_per_step']} / {r['allreduce_graph_ms_per_step']} |"
-            )
+            path = "nccl" if m.endswith("_nccl") or "allreduce_symm_mem_eager_ms_per_step" not in r else "symm_mem"
+            launch = "graph" if m.startswith("graph") else "eager"
+            reduce_ms = r.get(f"allreduce_{path}_{launch}_ms_per_step", "")
+            print(f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | {reduce_ms} |")
     for r in rows:
-        extra = {k: v for k, v in r.items() if k.startswith(("first_call", "graph"))}
+        extra = {k: v for k, v in r.items() if not k.startswith("step_ms") and k not in ("tp", "batch", "ctx")}
         print(f"tp={r['tp']} batch={r['batch']}: {json.dumps(extra)}")
     for failure in failures:
         print(f"FAILED {failure}")

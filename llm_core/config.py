@@ -31,7 +31,10 @@ class EngineConfig:
     # stays off unless cuda_graph_tp is set, because that path has not passed a GPU run yet.
     cuda_graph: bool = True
     cuda_graph_tp: bool = False
-    cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
+    cuda_graph_max_batch: int = 256
+    # tp > 1 on CUDA: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink P2P)
+    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL.
+    symm_mem_all_reduce: bool = True  # decode batches above min(this, max_running_requests) run eagerly
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

@@ -26,9 +26,16 @@ class TensorParallel:
     rank: int = 0
     size: int = 1
     group: Any = None
+    # Optional small-tensor path (models/all_reduce.py): fast(x) -> reduced tensor, or None for NCCL.
+    fast_all_reduce: Any = None
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks; the result may be a new tensor (use the return value)."""
         if self.size > 1:
+            if self.fast_all_reduce is not None and x.is_cuda:
+                out = self.fast_all_reduce(x)
+                if out is not None:
+                    return out
             dist.all_reduce(x, group=self.group)
         return x
 

@@ -25,9 +25,10 @@ def build_model(
     tp_rank: int = 0,
     tp_size: int = 1,
     tp_group: Any = None,
+    fast_all_reduce: Any = None,
 ) -> LlamaForCausalLM:
     """The language model of this rank (for "llava" its text part), parameters uninitialised."""
-    tp = TensorParallel(rank=tp_rank, size=tp_size, group=tp_group)
+    tp = TensorParallel(rank=tp_rank, size=tp_size, group=tp_group, fast_all_reduce=fast_all_reduce)
     return LlamaForCausalLM(cfg, tp, dtype, torch.device(device)).eval()
 
 

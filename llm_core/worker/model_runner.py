@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
+from llm_core.models.all_reduce import create_symm_mem_all_reduce
 from llm_core.ops import select_ops, torch_ops
 from llm_core.worker.batch import ForwardBatch, KVCache
 from llm_core.worker.cuda_graph import DecodeGraphRunner
@@ -60,7 +62,15 @@ class ModelRunner:
             )
         self.dtype = torch_dtype(cfg.torch_dtype_name)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(self.model_config, self.dtype, self.device, rank, cfg.tp, tp_group)
+        # Small all-reduces (decode) through symmetric memory at tp > 1 on CUDA; None: NCCL only.
+        self.fast_all_reduce = (
+            create_symm_mem_all_reduce(tp_group or dist.group.WORLD, self.device, self.dtype)
+            if cfg.tp > 1 and self.device.type == "cuda" and cfg.symm_mem_all_reduce
+            else None
+        )
+        self.model = build_model(
+            self.model_config, self.dtype, self.device, rank, cfg.tp, tp_group, self.fast_all_reduce
+        )
         load_weights(self.model, cfg.model_dir, cfg.load_format)
         self.model.eval()
         self.ops = select_ops(self.device, cfg.force_torch_ops)
@@ -109,11 +119,15 @@ class ModelRunner:
             self.device,
         )
         if self.use_cuda_graph:
-            self.graph_runner = DecodeGraphRunner(
-                self.model, self.kv, self.ops, self.model_config.vocab_size,
-                max_batch=min(self.cfg.cuda_graph_max_batch, self.cfg.max_running_requests),
-                max_model_len=self.max_model_len,
-            )  # fmt: skip
+            self.graph_runner = self.new_graph_runner()
+
+    def new_graph_runner(self) -> DecodeGraphRunner:
+        """Decode graphs over this runner's model and KV pool, captured lazily per batch bucket."""
+        return DecodeGraphRunner(
+            self.model, self.kv, self.ops, self.model_config.vocab_size,
+            max_batch=min(self.cfg.cuda_graph_max_batch, self.cfg.max_running_requests),
+            max_model_len=self.max_model_len,
+        )  # fmt: skip
 
     # --- forward -------------------------------------------------------------------------
     def prepare(self, step: StepInput) -> ForwardBatch:
