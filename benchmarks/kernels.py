@@ -194,11 +194,12 @@ def elementwise_rows() -> list[dict]:
     return rows
 
 
-def token_table(seq_lens: list[int], prefix_lens: list[int] | None = None):
-    """A pool holding every token at a random slot, and the request table pointing at them."""
+def token_table(seq_lens: list[int], prefix_lens: list[int] | None = None, contiguous: bool = False):
+    """A pool holding every token at a random slot (contiguous: in order), and the request table."""
     total = sum(seq_lens)
     k_cache, v_cache = randn(total + 1, HK, D), randn(total + 1, HK, D)
-    perm = torch.randperm(total, device=DEV).to(torch.int32)
+    perm = torch.arange(total, device=DEV) if contiguous else torch.randperm(total, device=DEV)
+    perm = perm.to(torch.int32)
     req_to_slot = torch.full((len(seq_lens) + 1, max(seq_lens)), total, dtype=torch.int32, device=DEV)
     used = 0
     for b, n in enumerate(seq_lens):
@@ -208,9 +209,11 @@ def token_table(seq_lens: list[int], prefix_lens: list[int] | None = None):
     return k_cache, v_cache, req_to_slot, rows
 
 
-def decode_case(batch: int, ctx: int, config: DecodeConfig, num_splits: int | None, with_torch: bool) -> dict:
+def decode_case(
+    batch: int, ctx: int, config: DecodeConfig, num_splits: int | None, with_torch: bool, contiguous: bool = False
+) -> dict:
     seq_lens = [ctx] * batch
-    k_cache, v_cache, req_to_slot, rows = token_table(seq_lens)
+    k_cache, v_cache, req_to_slot, rows = token_table(seq_lens, contiguous=contiguous)
     lens = torch.tensor(seq_lens, device=DEV, dtype=torch.int32)
     q = randn(batch, HQ, D)
     scale = D**-0.5
@@ -355,6 +358,50 @@ def markdown(ceil: dict, rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
+# --decode-sweep: launch shapes x split counts x fused/unfused merge at batch 1 x 32k (graph replays),
+# then fused against unfused with the default shape elsewhere.
+DECODE_LONG = (1, 32768)
+DECODE_LONG_SHAPES = [(64, 2, 4), (64, 2, 3), (64, 2, 2), (64, 1, 4), (64, 4, 4), (32, 2, 4), (32, 1, 4), (32, 2, 6)]
+DECODE_LONG_SHAPES += [(128, 4, 3), (128, 4, 2), (128, 8, 2)]
+DECODE_LONG_SPLITS = [32, 64, 66, 128, 132]
+DECODE_FUSED_CASES = [(1, 2048), (1, 8192), (16, 2048), (16, 8192), (64, 2048), (64, 8192), (1, 32768)]
+
+
+def decode_sweep() -> list[str]:
+    lines = ["", "### Decode sweep (graph replays; GB/s as in the table)", ""]
+
+    def emit(text: str) -> None:
+        lines.append(text)
+        print(text, flush=True)
+
+    batch, ctx = DECODE_LONG
+    best = (0.0, "")
+    for block_n, warps, stages in DECODE_LONG_SHAPES:
+        for splits in DECODE_LONG_SPLITS:
+            for fused in (True, False):
+                cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages, fused_reduce=fused)
+                name = f"B={batch} ctx={ctx} block_n={block_n} warps={warps} stages={stages} splits={splits}"
+                name += f" fused={fused}"
+                try:
+                    r = decode_case(batch, ctx, cfg, splits, with_torch=False)
+                    emit(f"- {name}: graph {r['ours_graph']:.0f} GB/s ({r['ours_graph_ms'] * 1e3:.1f} us)")
+                    if r["ours_graph"] > best[0]:
+                        best = (r["ours_graph"], name)
+                except Exception as e:  # noqa: BLE001 (a shape that does not compile or fit is reported)
+                    emit(f"- {name}: failed {type(e).__name__}: {str(e)[:120]}")
+    emit(f"- best at B={batch} ctx={ctx}: {best[1]}: {best[0]:.0f} GB/s")
+    for contiguous in (False, True):
+        r = decode_case(batch, ctx, DecodeConfig(), None, with_torch=False, contiguous=contiguous)
+        slots = "in order" if contiguous else "scattered"
+        emit(f"- defaults, B={batch} ctx={ctx}, slots {slots}: {r['shape']} graph {r['ours_graph']:.0f} GB/s")
+    for batch, ctx in DECODE_FUSED_CASES:
+        for fused in (True, False):
+            r = decode_case(batch, ctx, DecodeConfig(fused_reduce=fused), None, with_torch=False)
+            ours, graph = r["ours"], r["ours_graph"]
+            emit(f"- defaults, {r['shape']} fused={fused}: eager {ours:.0f} GB/s, graph {graph:.0f} GB/s")
+    return lines
+
+
 def _smoke_shapes() -> None:
     global DEV, HQ, HK, D, HIDDEN, INTER, ROWS, MAX_POS, COPY_ELEMS, MATMUL_N, SWEEP_PREFILL_LEN, SWEEP_DECODE
     assert os.environ.get("TRITON_INTERPRET") == "1", "--smoke needs TRITON_INTERPRET=1"
@@ -362,6 +409,8 @@ def _smoke_shapes() -> None:
     HQ, HK, D, HIDDEN, INTER = 4, 2, 32, 64, 96
     ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 32, 512, 1 << 16, 64
     SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
+    global DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS, DECODE_FUSED_CASES
+    DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS, DECODE_FUSED_CASES = (1, 300), [(16, 2, 1)], [3], [(2, 300)]
     SPLITS_SWEEP[:] = [(2, 300, 3)]
     PREFILL_SWEEP[:] = [PrefillConfig(32, 16, 4, 1)]
     DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
@@ -373,6 +422,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="raw numbers")
     ap.add_argument("--sweep", action="store_true", help="also try several launch shapes")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
+    ap.add_argument("--decode-sweep", action="store_true", help="only the decode sweep (batch 1 x 32k and fused merge)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -389,6 +439,13 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if args.decode_sweep:
+        print(meta, flush=True)
+        text = "\n".join([f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}."])
+        text += "\n".join(decode_sweep()) + "\n"
+        if args.out:
+            args.out.write_text(text)
+        return
     ceil = ceilings()
     print(meta, ceil, flush=True)
     rows = elementwise_rows()
