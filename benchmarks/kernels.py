@@ -358,13 +358,12 @@ def markdown(ceil: dict, rows: list[dict], meta: dict) -> str:
     return "\n".join(out)
 
 
-# --decode-sweep: launch shapes x split counts x fused/unfused merge at batch 1 x 32k (graph replays),
-# then fused against unfused with the default shape elsewhere.
+# --decode-sweep: launch shapes x split counts at batch 1 x 32k (graph replays), then how the state
+# of the L2 cache before a call changes the decode figures (see l2_study).
 DECODE_LONG = (1, 32768)
-DECODE_LONG_SHAPES = [(64, 2, 4), (64, 2, 3), (64, 2, 2), (64, 1, 4), (64, 4, 4), (32, 2, 4), (32, 1, 4), (32, 2, 6)]
-DECODE_LONG_SHAPES += [(128, 4, 3), (128, 4, 2), (128, 8, 2)]
-DECODE_LONG_SPLITS = [32, 64, 66, 128, 132]
-DECODE_FUSED_CASES = [(1, 2048), (1, 8192), (16, 2048), (16, 8192), (64, 2048), (64, 8192), (1, 32768)]
+DECODE_LONG_SHAPES = [(64, 2, 4), (64, 2, 3), (64, 1, 4), (32, 2, 4), (32, 2, 6), (128, 4, 3)]
+DECODE_LONG_SPLITS = [32, 48, 64]
+L2_CASES = [(1, 32768), (1, 8192), (16, 8192), (64, 2048)]
 
 
 def decode_sweep() -> list[str]:
@@ -378,28 +377,114 @@ def decode_sweep() -> list[str]:
     best = (0.0, "")
     for block_n, warps, stages in DECODE_LONG_SHAPES:
         for splits in DECODE_LONG_SPLITS:
-            for fused in (True, False):
-                cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages, fused_reduce=fused)
-                name = f"B={batch} ctx={ctx} block_n={block_n} warps={warps} stages={stages} splits={splits}"
-                name += f" fused={fused}"
-                try:
-                    r = decode_case(batch, ctx, cfg, splits, with_torch=False)
-                    emit(f"- {name}: graph {r['ours_graph']:.0f} GB/s ({r['ours_graph_ms'] * 1e3:.1f} us)")
-                    if r["ours_graph"] > best[0]:
-                        best = (r["ours_graph"], name)
-                except Exception as e:  # noqa: BLE001 (a shape that does not compile or fit is reported)
-                    emit(f"- {name}: failed {type(e).__name__}: {str(e)[:120]}")
+            cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages)
+            name = f"B={batch} ctx={ctx} block_n={block_n} warps={warps} stages={stages} splits={splits}"
+            try:
+                r = decode_case(batch, ctx, cfg, splits, with_torch=False)
+                emit(f"- {name}: graph {r['ours_graph']:.0f} GB/s ({r['ours_graph_ms'] * 1e3:.1f} us)")
+                if r["ours_graph"] > best[0]:
+                    best = (r["ours_graph"], name)
+            except Exception as e:  # noqa: BLE001 (a shape that does not compile or fit is reported)
+                emit(f"- {name}: failed {type(e).__name__}: {str(e)[:120]}")
     emit(f"- best at B={batch} ctx={ctx}: {best[1]}: {best[0]:.0f} GB/s")
-    for contiguous in (False, True):
-        r = decode_case(batch, ctx, DecodeConfig(), None, with_torch=False, contiguous=contiguous)
-        slots = "in order" if contiguous else "scattered"
-        emit(f"- defaults, B={batch} ctx={ctx}, slots {slots}: {r['shape']} graph {r['ours_graph']:.0f} GB/s")
-    for batch, ctx in DECODE_FUSED_CASES:
-        for fused in (True, False):
-            r = decode_case(batch, ctx, DecodeConfig(fused_reduce=fused), None, with_torch=False)
-            ours, graph = r["ours"], r["ours_graph"]
-            emit(f"- defaults, {r['shape']} fused={fused}: eager {ours:.0f} GB/s, graph {graph:.0f} GB/s")
+    return lines + (l2_study() if DEV.type == "cuda" else [])
+
+
+def bench_flushed(fn: Callable[[], object], flush: str, iters: int = 100) -> float:
+    """Median ms of fn after putting L2 in a known state before each call.
+
+    flush="dirty": zero a 256 MB buffer first (what triton's do_bench does): L2 is left full of
+    dirty lines, which the timed call must write back to DRAM as its reads evict them.
+    flush="clean": read a 256 MB buffer first: L2 holds only clean, unrelated lines (cold, as
+    after a weight matmul in a decode step). flush="none": whatever the previous call left.
+    """
+    buf = _flush_buffer()
+    action = {"dirty": buf.zero_, "clean": lambda: buf.sum(), "none": lambda: None}[flush]
+    fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for start, end in zip(starts, ends, strict=True):
+        action()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))[iters // 2]
+
+
+_FLUSH: list[torch.Tensor] = []
+
+
+def _flush_buffer() -> torch.Tensor:
+    if not _FLUSH:
+        _FLUSH.append(torch.empty(64 << 20, dtype=torch.int32, device=DEV))  # 256 MB, 5x the H200's L2
+    return _FLUSH[0]
+
+
+def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def l2_study() -> list[str]:
+    """Copy ceiling, a plain read of the same bytes, decode attention (ours, graph) and SDPA on
+    contiguous K/V, each timed after a dirty, a clean and no L2 flush."""
+    lines = ["", "### L2 state before the call (graph replays, median of 100)", ""]
+    lines.append("| case | bytes | dirty flush GB/s | clean flush GB/s | no flush GB/s |")
+    lines.append("|---|---:|---:|---:|---:|")
+
+    def measure(name: str, nbytes: float, fn: Callable[[], object]) -> dict:
+        replay = _graphed(fn)
+        r = {f: nbytes / (bench_flushed(replay, f) * 1e-3) / GB for f in ("dirty", "clean", "none")}
+        line = f"| {name} | {nbytes / 1e6:.0f} MB | {r['dirty']:.0f} | {r['clean']:.0f} | {r['none']:.0f} |"
+        lines.append(line)
+        print(line, flush=True)
+        return r
+
+    ceiling = _l2_copy(measure)
+    for batch, ctx in L2_CASES:
+        ours = _l2_decode(measure, batch, ctx)
+        pct = {f: f"{100 * ours[f] / ceiling[f]:.0f}%" for f in ours}
+        lines.append(f"| ours / copy ceiling, same flush | | {pct['dirty']} | {pct['clean']} | {pct['none']} |")
     return lines
+
+
+def _l2_copy(measure) -> dict:
+    src = torch.randn(COPY_ELEMS, device=DEV)
+    dst = torch.empty_like(src)
+    return measure("copy 1 GiB fp32 (read + write)", 2 * src.numel() * 4, lambda: dst.copy_(src))
+
+
+def _l2_decode(measure, batch: int, ctx: int) -> dict:
+    k_cache, v_cache, req_to_slot, rows = token_table([ctx] * batch)
+    lens = torch.full((batch,), ctx, device=DEV, dtype=torch.int32)
+    q = randn(batch, HQ, D)
+    cfg = DecodeConfig()
+    splits = num_splits_for(batch, HK, ctx, torch.cuda.get_device_properties(DEV).multi_processor_count, cfg)
+    nbytes = batch * ctx * HK * D * 2 * 2 + 2 * q.numel() * 2 + batch * ctx * 4
+
+    def ours():
+        return decode_attention_with_splits(q, k_cache, v_cache, req_to_slot, rows, lens, ctx, D**-0.5, splits, cfg)
+
+    result = measure(f"decode ours B={batch} ctx={ctx} splits={splits}", nbytes, ours)
+    kc = k_cache[req_to_slot[:batch].long()].permute(0, 2, 1, 3).contiguous()
+    vc = v_cache[req_to_slot[:batch].long()].permute(0, 2, 1, 3).contiguous()
+    measure(f"torch sum of the same K/V bytes, B={batch} ctx={ctx}", kc.numel() * 4, lambda: kc.sum() + vc.sum())
+    qs = q[:, :, None, :]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    try:
+        measure(f"decode SDPA contiguous B={batch} ctx={ctx}", nbytes, lambda: sdpa(qs, kc, vc, enable_gqa=True))
+    except RuntimeError as e:
+        print(f"SDPA failed: {e}", flush=True)
+    return result
 
 
 def _smoke_shapes() -> None:
@@ -409,8 +494,8 @@ def _smoke_shapes() -> None:
     HQ, HK, D, HIDDEN, INTER = 4, 2, 32, 64, 96
     ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 32, 512, 1 << 16, 64
     SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
-    global DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS, DECODE_FUSED_CASES
-    DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS, DECODE_FUSED_CASES = (1, 300), [(16, 2, 1)], [3], [(2, 300)]
+    global DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS
+    DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS = (1, 300), [(16, 2, 1)], [3]
     SPLITS_SWEEP[:] = [(2, 300, 3)]
     PREFILL_SWEEP[:] = [PrefillConfig(32, 16, 4, 1)]
     DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
@@ -422,7 +507,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="raw numbers")
     ap.add_argument("--sweep", action="store_true", help="also try several launch shapes")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
-    ap.add_argument("--decode-sweep", action="store_true", help="only the decode sweep (batch 1 x 32k and fused merge)")
+    ap.add_argument("--decode-sweep", action="store_true", help="only the decode sweep: batch 1 x 32k shapes, L2 state")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     torch.manual_seed(0)

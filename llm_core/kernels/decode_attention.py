@@ -3,10 +3,7 @@
 Stage 1: program (seq, kv_head, split) attends the GROUP query heads that share kv_head to the
 keys [split * split_len, (split + 1) * split_len) of its sequence, so each K/V row is read once
 per kv head. It writes the normalized partial output and its log-sum-exp (log2 units).
-Stage 2 merges the partials of the splits that hold any keys. Fused (the default): the program
-that finishes last among the splits of a (seq, kv_head) — an atomic counter says which — merges
-them for its GROUP heads and resets the counter, saving a launch and the tail between the two
-kernels. Unfused: a second kernel, program (seq, q_head).
+Stage 2: program (seq, q_head) merges the partials of the splits that hold any keys.
 """
 
 from __future__ import annotations
@@ -25,45 +22,6 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _merge_splits(
-    mid_out_ptr,  # [B, Hq, num_splits, D] fp32
-    mid_lse_ptr,  # [B, Hq, num_splits] fp32
-    out_ptr,  # [B, Hq, D] contiguous
-    seq,
-    head,
-    num_valid,  # splits that hold keys (a prefix of the num_splits)
-    num_splits,
-    HEAD_DIM: tl.constexpr,
-    NUM_Q_HEADS: tl.constexpr,
-    BLOCK_S: tl.constexpr,  # >= num_splits
-    CHUNK_S: tl.constexpr,  # splits read per step (keeps the partials tile small in registers)
-    BLOCK_D: tl.constexpr,
-):
-    # Partials written by other programs: read through L2 (.cg), never a stale L1 line.
-    base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_splits
-    splits = tl.arange(0, BLOCK_S)
-    lse = tl.load(mid_lse_ptr + base + splits, mask=splits < num_valid, other=float("-inf"), cache_modifier=".cg")
-    lse_max = tl.max(lse, axis=0)
-    total = tl.sum(tl.math.exp2(lse - lse_max), axis=0)
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < HEAD_DIM
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for start in range(0, num_valid, CHUNK_S):
-        chunk = start + tl.arange(0, CHUNK_S)
-        valid = chunk < num_valid
-        w = tl.math.exp2(
-            tl.load(mid_lse_ptr + base + chunk, mask=valid, other=float("-inf"), cache_modifier=".cg") - lse_max
-        )
-        parts = tl.load(
-            mid_out_ptr + (base + chunk)[:, None] * HEAD_DIM + dims[None, :],
-            mask=valid[:, None] & dim_mask[None, :], other=0.0, cache_modifier=".cg",
-        )  # fmt: skip
-        acc += tl.sum(parts * w[:, None], axis=0)
-    out_offs = (seq * NUM_Q_HEADS + head).to(tl.int64) * HEAD_DIM + dims
-    tl.store(out_ptr + out_offs, (acc / total).to(out_ptr.dtype.element_ty), mask=dim_mask)
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr,  # [B, Hq, D]
     k_cache_ptr,  # [S + 1, Hk, D]
@@ -73,8 +31,6 @@ def _decode_split_kernel(
     seq_lens_ptr,  # [B]
     mid_out_ptr,  # [B, Hq, num_splits, D] fp32 contiguous; with DIRECT: the output [B, Hq, D]
     mid_lse_ptr,  # [B, Hq, num_splits] fp32 contiguous; unused with DIRECT
-    out_ptr,  # [B, Hq, D] contiguous; read only with FUSED
-    counter_ptr,  # [>= B * Hk] int32, zero between calls; read only with FUSED
     stride_q_seq,
     stride_q_head,
     stride_kv_slot,
@@ -90,10 +46,6 @@ def _decode_split_kernel(
     UPCAST: tl.constexpr,
     IEEE: tl.constexpr,
     DIRECT: tl.constexpr,  # one split: write the final output, no reduce
-    FUSED: tl.constexpr,  # the last split of each (seq, kv_head) merges all of them
-    NUM_KV_HEADS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    CHUNK_S: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -143,18 +95,6 @@ def _decode_split_kernel(
     else:
         tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
         tl.store(mid_lse_ptr + mid, m_i + tl.math.log2(l_i), mask=groups < GROUP)
-        if FUSED:
-            num_valid = tl.cdiv(seq_len, split_len)
-            counter = counter_ptr + seq * NUM_KV_HEADS + kv_head
-            tl.debug_barrier()  # all of this program's partial stores are issued before the count moves
-            finished = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")  # release ours, acquire theirs
-            if finished == num_valid - 1:
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next call (graph replays)
-                for g in tl.static_range(GROUP):
-                    _merge_splits(
-                        mid_out_ptr, mid_lse_ptr, out_ptr, seq, kv_head * GROUP + g, num_valid, num_splits,
-                        HEAD_DIM, NUM_Q_HEADS, BLOCK_S, CHUNK_S, BLOCK_D,
-                    )  # fmt: skip
 
 
 @triton.jit
@@ -168,16 +108,24 @@ def _decode_reduce_kernel(
     HEAD_DIM: tl.constexpr,
     NUM_Q_HEADS: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    CHUNK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    num_valid = tl.cdiv(tl.load(seq_lens_ptr + seq), split_len)
-    _merge_splits(
-        mid_out_ptr, mid_lse_ptr, out_ptr, seq, head, num_valid, num_splits,
-        HEAD_DIM, NUM_Q_HEADS, BLOCK_S, CHUNK_S, BLOCK_D,
-    )  # fmt: skip
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_valid = tl.cdiv(seq_len, split_len)
+    splits = tl.arange(0, BLOCK_S)
+    dims = tl.arange(0, BLOCK_D)
+    split_mask = splits < num_valid
+    base = (seq * NUM_Q_HEADS + head).to(tl.int64) * num_splits
+    lse = tl.load(mid_lse_ptr + base + splits, mask=split_mask, other=float("-inf"))  # [BLOCK_S]
+    weights = tl.math.exp2(lse - tl.max(lse, axis=0))
+    weights = weights / tl.sum(weights, axis=0)
+    mask = split_mask[:, None] & (dims < HEAD_DIM)[None, :]
+    parts = tl.load(mid_out_ptr + (base + splits)[:, None] * HEAD_DIM + dims[None, :], mask=mask, other=0.0)
+    out = tl.sum(parts * weights[:, None], axis=0)  # [BLOCK_D]
+    out_offs = (seq * NUM_Q_HEADS + head).to(tl.int64) * HEAD_DIM + dims
+    tl.store(out_ptr + out_offs, out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,24 +138,6 @@ class DecodeConfig:
     max_splits: int = 64
     min_split_len: int = 256  # fewer keys per split than this costs more in partials than it gains
     programs_per_sm: int = 4  # split until batch * kv_heads * splits fills this many per SM
-    fused_reduce: bool = True  # merge the splits in the split kernel (last program per kv head)
-    chunk_splits: int = 16  # partials merged per step
-
-
-_COUNTER_SIZE = 1 << 16  # (seq, kv_head) counters of the fused reduce; larger grids run unfused
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device) -> torch.Tensor | None:
-    """Zeroed counters for the fused reduce, one buffer per device that lives as long as the process
-    (CUDA graphs keep its address). None while capturing before any eager call made it: then the
-    caller runs the unfused path instead of allocating inside the capture."""
-    counters = _counters.get(device)
-    if counters is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        counters = _counters[device] = torch.zeros(_COUNTER_SIZE, dtype=torch.int32, device=device)
-    return counters
 
 
 @functools.cache
@@ -253,19 +183,13 @@ def decode_attention_with_splits(
     split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
     num_splits = triton.cdiv(max_seq_len, split_len)
     direct = num_splits == 1
-    counters = None
     if direct:
         mid_out, mid_lse = out, out
     else:
         mid_out = torch.empty((batch, num_q_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         mid_lse = torch.empty((batch, num_q_heads, num_splits), dtype=torch.float32, device=q.device)
-        if config.fused_reduce and batch * num_kv_heads <= _COUNTER_SIZE:
-            counters = _split_counters(q.device)
-    fused = counters is not None
     group = num_q_heads // num_kv_heads
     block_d = max(triton.next_power_of_2(head_dim), 16)
-    block_s = max(triton.next_power_of_2(num_splits), 2)
-    chunk_s = min(block_s, config.chunk_splits)
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q,
         k_cache,
@@ -275,8 +199,6 @@ def decode_attention_with_splits(
         seq_lens,
         mid_out,
         mid_lse,
-        out,
-        counters if fused else out,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -292,17 +214,13 @@ def decode_attention_with_splits(
         UPCAST=dot_upcast(),
         IEEE=q.dtype == torch.float32,
         DIRECT=direct,
-        FUSED=fused,
-        NUM_KV_HEADS=num_kv_heads,
-        BLOCK_S=block_s,
-        CHUNK_S=chunk_s,
         BLOCK_G=max(triton.next_power_of_2(group), 16),
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    if direct or fused:
+    if direct:
         return out
     _decode_reduce_kernel[(batch, num_q_heads)](
         mid_out,
@@ -313,10 +231,9 @@ def decode_attention_with_splits(
         num_splits,
         HEAD_DIM=head_dim,
         NUM_Q_HEADS=num_q_heads,
-        BLOCK_S=block_s,
-        CHUNK_S=chunk_s,
+        BLOCK_S=max(triton.next_power_of_2(num_splits), 2),
         BLOCK_D=block_d,
-        num_warps=4 if chunk_s * block_d >= 2048 else 1,
+        num_warps=4 if num_splits * block_d >= 2048 else 1,
     )
     return out
 
