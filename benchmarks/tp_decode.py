@@ -14,6 +14,7 @@ Prints a markdown table; --out writes JSON.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import statistics
@@ -66,6 +67,9 @@ def _time_cuda(fn, iters: int) -> float:
 def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results):
     from llm_core.config import EngineConfig
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+
+    if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
+        faulthandler.dump_traceback_later(stacks_every, repeat=True)
 
     if tp > 1:
         dist.init_process_group(
@@ -145,8 +149,13 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         if rank == 0:  # as soon as measured: a later failure must not lose it
             results.append(row)
             print(f"row: {json.dumps(row)}", flush=True)
+    # Leave without destructors (as the engine's workers do): tearing down the process group and
+    # the symmetric-memory mappings at exit can leave one rank waiting for a peer already gone.
+    torch.cuda.synchronize()
     if tp > 1:
-        dist.destroy_process_group()
+        dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main() -> int:

@@ -28,12 +28,13 @@ class SymmMemAllReduce:
         self.group_name = group.group_name
         self.dtype = dtype
         self.enabled = True  # benchmarks switch it off to compare with NCCL
-        try:
-            symm_mem.set_backend("CUDA")  # CUDA IPC handles; NVSHMEM is not needed for one-shot
-        except Exception:  # noqa: BLE001 (older torch: CUDA is the only backend)
-            pass
+        # CUDA IPC handles. Not NVSHMEM: its frees are collective, so a buffer freed by one rank's
+        # garbage collector or exit path alone waits for the others forever.
+        if hasattr(symm_mem, "set_backend") and symm_mem.get_backend(device) != "CUDA":
+            symm_mem.set_backend("CUDA")
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
+        self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         if not self.enabled or x.dtype != self.dtype or x.numel() > self.buffer.numel() or not x.is_contiguous():

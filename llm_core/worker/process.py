@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
+import sys
 import traceback
 from datetime import timedelta
 
@@ -52,6 +54,8 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     """conn: a Pipe end to the engine (rank 0) or to nothing but readiness (ranks > 0)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when we stop
+    if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
+        faulthandler.dump_traceback_later(stacks_every, repeat=True)
     try:
         tp_group, cpu_group = _init_distributed(cfg, rank)
         runner = ModelRunner(cfg, rank, tp_group)
@@ -67,8 +71,19 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     else:
         conn.send(("ready", rank, num_slots))
         _follower_loop(runner, cpu_group)
-    if cpu_group is not None:
-        dist.destroy_process_group()
+    _exit_worker(runner)
+
+
+def _exit_worker(runner: ModelRunner) -> None:
+    """Leave without running destructors. At tp > 1 the process group and the symmetric-memory
+    buffer (CUDA IPC mappings of the peer's memory) would be torn down by static destructors in an
+    order the ranks do not agree on, and a rank can wait there for a peer that has already gone.
+    The engine has stopped sending work, so nothing is left to finish but our own GPU queue."""
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _broadcaster(cpu_group):
