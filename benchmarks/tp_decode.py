@@ -91,6 +91,7 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         max_model_len=ctx + 8,
         cuda_graph="graph" in modes,
         cuda_graph_tp=True,
+        symm_mem_all_reduce=True,  # the *_nccl modes switch it off
     )
     runner = ModelRunner(cfg, rank, dist.group.WORLD if tp > 1 else None)
     runner.allocate_kv(cfg.max_total_tokens)

@@ -33,8 +33,10 @@ class EngineConfig:
     cuda_graph_tp: bool = False
     cuda_graph_max_batch: int = 256
     # tp > 1 on CUDA: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink P2P)
-    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL.
-    symm_mem_all_reduce: bool = True  # decode batches above min(this, max_running_requests) run eagerly
+    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL. Off by default:
+    # 4% faster decode steps at tp=2 in benchmarks/tp_decode.py, but a tp=2 engine with it lost a
+    # worker on an H200 pair (benchmarks/RESULTS.md, 2026-11-22); experimental until that is understood.
+    symm_mem_all_reduce: bool = False  # decode batches above min(this, max_running_requests) run eagerly
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

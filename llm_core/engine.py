@@ -63,6 +63,8 @@ class _Workers:
             self.conns.append(ours)
             self.procs.append(proc)
         self.conn = self.conns[0]
+        self._kill_lock = threading.Lock()
+        self._killed = False
         self.num_slots = self._wait_ready()
 
     def _wait_ready(self) -> int:
@@ -86,7 +88,15 @@ class _Workers:
     def alive(self) -> bool:
         return all(p.is_alive() for p in self.procs)
 
+    def exit_codes(self) -> list[int | None]:
+        return [p.exitcode for p in self.procs]
+
     def kill(self) -> None:
+        """Idempotent: the reader thread (recovery) and shutdown may both get here."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
         for proc in self.procs:
             if proc.is_alive():
                 proc.kill()
@@ -255,7 +265,7 @@ class Engine:
             try:
                 if not workers.conn.poll(0.2):
                     if not workers.alive():
-                        self._recover("a worker process died")
+                        self._recover(f"a worker process died (exit codes by rank: {workers.exit_codes()})")
                     continue
                 message = workers.conn.recv()
             except (OSError, EOFError):
@@ -285,8 +295,12 @@ class Engine:
             q.put(StreamChunk(request_id, [], "error", error=f"engine failure: {reason}", time=time.monotonic()))
         while not self._closed:
             try:
+                workers = _Workers(self.config)
                 with self._send_lock:
-                    self._workers = _Workers(self.config)
+                    if self._closed:  # shut down while these were starting: nobody will stop them
+                        workers.kill()
+                        return
+                    self._workers = workers
                 self.restarts += 1
                 self._stats = {}
                 self._restarting = False
@@ -309,7 +323,9 @@ class Engine:
         if self._closed:
             return
         self._closed = True
-        self._workers.stop()
+        with self._send_lock:  # a restart that is installing new workers finishes first
+            workers = self._workers
+        workers.stop()
         self._reader.join(timeout=5)
         with self._lock:
             pending = list(self._queues.items())

@@ -54,6 +54,7 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     """conn: a Pipe end to the engine (rank 0) or to nothing but readiness (ranks > 0)."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when we stop
+    faulthandler.enable()  # a crash in native code (CUDA, NCCL) still leaves the Python stack in the log
     if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
     try:
