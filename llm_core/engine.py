@@ -265,6 +265,8 @@ class Engine:
             try:
                 if not workers.conn.poll(0.2):
                     if not workers.alive():
+                        if self._closed:  # shutting down: the workers are meant to exit
+                            break
                         self._recover(f"a worker process died (exit codes by rank: {workers.exit_codes()})")
                     continue
                 message = workers.conn.recv()
