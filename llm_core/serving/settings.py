@@ -12,6 +12,8 @@
 | mem_fraction         | LLM_MEM_FRACTION       | device memory share (CUDA)                      |
 | default_max_tokens   | LLM_DEFAULT_MAX_TOKENS | max_tokens when a request gives none            |
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
+| cuda_graph           | LLM_CUDA_GRAPH         | 1/0: decode steps from CUDA graphs (CUDA)       |
+| symm_mem_all_reduce  | LLM_SYMM_MEM_ALL_REDUCE| 1/0: small all-reduces over symmetric memory    |
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ _ENV = {
     "mem_fraction": "LLM_MEM_FRACTION",
     "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
     "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
+    "cuda_graph": "LLM_CUDA_GRAPH",
+    "symm_mem_all_reduce": "LLM_SYMM_MEM_ALL_REDUCE",
 }
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ class ServingSettings:
     mem_fraction: float = 0.85
     default_max_tokens: int = 16
     visual_cache_size: int = 256
+    cuda_graph: bool = True
+    symm_mem_all_reduce: bool = True
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -62,6 +69,8 @@ class ServingSettings:
             max_model_len=self.max_model_len,
             max_running_requests=self.max_running_requests,
             mem_fraction=self.mem_fraction,
+            cuda_graph=self.cuda_graph,
+            symm_mem_all_reduce=self.symm_mem_all_reduce,
         )
 
     @property
@@ -88,6 +97,11 @@ def load_settings(parameters: Mapping[str, str], env: Mapping[str, str] | None =
         if key == "model_dir":
             continue
         kind = types[key]
+        if kind == "bool":
+            if value.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"setting {key} ({_ENV[key]}) must be 1 or 0, got {value!r}")
+            kwargs[key] = value.lower() in _TRUE
+            continue
         try:
             kwargs[key] = int(value) if "int" in kind else float(value) if "float" in kind else value
         except ValueError:

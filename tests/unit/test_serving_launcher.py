@@ -108,6 +108,11 @@ def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
     assert settings.engine_config().max_total_tokens == 4096
     with pytest.raises(ValueError, match="LLM_TP"):
         load_settings(params, env={"LLM_TP": "two"})
+    assert settings.engine_config().cuda_graph and settings.engine_config().symm_mem_all_reduce
+    off = load_settings(params, env={"LLM_CUDA_GRAPH": "0", "LLM_SYMM_MEM_ALL_REDUCE": "false"}).engine_config()
+    assert not off.cuda_graph and not off.symm_mem_all_reduce
+    with pytest.raises(ValueError, match="LLM_CUDA_GRAPH"):
+        load_settings(params, env={"LLM_CUDA_GRAPH": "maybe"})
     with pytest.raises(FileNotFoundError):
         load_settings({}, env={"LLM_MODEL_DIR": "/nonexistent/model"})
 
