@@ -81,10 +81,12 @@ class LlamaAttention(nn.Module):
         self, hidden: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, cos_sin: torch.Tensor
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
+        # Views into the packed projection (row stride (Hq + 2 Hk) * D): every op takes token and head
+        # strides, so no copies (3 per layer and step at batch > 1 in benchmarks/raw/*_profile_decode.md).
         q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
-        q = q.contiguous().view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = k.contiguous().view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
-        v = v.contiguous().view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
+        q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         ops.apply_rotary(q, k, batch.positions, cos_sin)
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
         ops.store_kv(k, v, k_cache, v_cache, batch.out_slots)
