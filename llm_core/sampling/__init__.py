@@ -1,5 +1,5 @@
 """Sampling: one batched call per step turns [B, V] logits into the next token of each row."""
 
-from llm_core.sampling.sampler import Sampler, SampleResult, SamplingInput, make_generator
+from llm_core.sampling.sampler import PenaltyCounts, Sampler, SampleResult, SamplingInput, make_generator
 
-__all__ = ["SampleResult", "Sampler", "SamplingInput", "make_generator"]
+__all__ = ["PenaltyCounts", "SampleResult", "Sampler", "SamplingInput", "make_generator"]

@@ -16,6 +16,9 @@ Reproducibility: each seeded row draws its own `q` of shape [V] from its own gen
 per sampled step, so its tokens depend only on its own logits and seed, not on the other rows
 of the batch. Rows without a generator share the sampler's generator (one per device).
 
+Penalty counts: a caller that passes a `PenaltyCounts` per request (the scheduler loop does) pays
+O(new tokens) per step; without one they are rebuilt from the token lists.
+
 Logprobs are those of the raw model distribution, log_softmax(logits), at the chosen token
 (as in vLLM); they are computed only when some row asks for them.
 """
@@ -30,12 +33,38 @@ from llm_core.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)
+class PenaltyCounts:
+    """One request's token counts on the logits' device, kept across steps (penalties only).
+
+    Built from the prompt once, then each step folds in only the output tokens added since the
+    last step, instead of rebuilding [V] counts from the whole token lists every step.
+    """
+
+    prompt_seen: torch.Tensor | None = None  # [V] bool
+    output_counts: torch.Tensor | None = None  # [V] fp32
+    num_counted: int = 0  # output tokens already in output_counts
+
+    def update(self, prompt_ids: list[int], output_ids: list[int], vocab_size: int, device: torch.device) -> None:
+        if self.output_counts is None:
+            self.prompt_seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            if prompt_ids:
+                self.prompt_seen[torch.tensor(prompt_ids, device=device)] = True
+            self.output_counts = torch.zeros(vocab_size, device=device)
+        new = output_ids[self.num_counted :]
+        if new:
+            index = torch.tensor(new, device=device)
+            self.output_counts.index_add_(0, index, torch.ones(len(new), device=device))
+            self.num_counted = len(output_ids)
+
+
+@dataclass(slots=True)
 class SamplingInput:
     params: SamplingParams
     prompt_ids: list[int]
     output_ids: list[int]
     eos_ids: tuple[int, ...]
     generator: torch.Generator | None = None  # seeded per request on the logits' device
+    counts: PenaltyCounts | None = None  # kept by the caller across steps; None: counted from the lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +165,9 @@ def _apply_penalties(logits: torch.Tensor, inputs: list[SamplingInput]) -> torch
     params = [inputs[i].params for i in penalized]
     rows = torch.tensor(penalized, device=device)
     sub = logits[rows]  # [P, V]
-    output_counts = _token_counts([inputs[i].output_ids for i in penalized], sub.shape[1], device)
-    prompt_counts = _token_counts([inputs[i].prompt_ids for i in penalized], sub.shape[1], device)
+    output_counts, seen = _penalty_counts([inputs[i] for i in penalized], sub.shape[1], device)
 
     repetition = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]  # [P, 1]
-    seen = (output_counts > 0) | (prompt_counts > 0)
     penalized_logits = torch.where(sub > 0, sub / repetition, sub * repetition)
     sub = torch.where(seen, penalized_logits, sub)
 
@@ -151,6 +178,21 @@ def _apply_penalties(logits: torch.Tensor, inputs: list[SamplingInput]) -> torch
     logits = logits.clone()
     logits[rows] = sub
     return logits
+
+
+def _penalty_counts(
+    inputs: list[SamplingInput], vocab_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # -> output token counts [P, V] fp32, and seen anywhere (prompt or output) [P, V] bool.
+    if all(inp.counts is not None for inp in inputs):
+        for inp in inputs:
+            inp.counts.update(inp.prompt_ids, inp.output_ids, vocab_size, device)
+        output_counts = torch.stack([inp.counts.output_counts for inp in inputs])
+        prompt_seen = torch.stack([inp.counts.prompt_seen for inp in inputs])
+    else:
+        output_counts = _token_counts([inp.output_ids for inp in inputs], vocab_size, device)
+        prompt_seen = _token_counts([inp.prompt_ids for inp in inputs], vocab_size, device) > 0
+    return output_counts, (output_counts > 0) | prompt_seen
 
 
 def _token_counts(id_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 
 from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
-from llm_core.sampling import Sampler, SamplingInput
+from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
 from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
@@ -35,6 +35,7 @@ class _Tracked:
     generator: torch.Generator | None
     stop_checker: StopStringChecker | None
     pending_logprobs: list[float] = field(default_factory=list)  # of sampled, unsent tokens
+    penalty_counts: PenaltyCounts | None = None  # device token counts, for requests with penalties
 
 
 class SchedulerLoop:
@@ -70,7 +71,8 @@ class SchedulerLoop:
         checker = None
         if params.stop and self.tokenizer is not None:
             checker = StopStringChecker(self.tokenizer, params.stop, req.prompt_ids)
-        self.tracked[cmd.request_id] = _Tracked(req, generator, checker)
+        counts = PenaltyCounts() if params.needs_penalties else None
+        self.tracked[cmd.request_id] = _Tracked(req, generator, checker, penalty_counts=counts)
         self.counters["prompt_tokens_total"] += len(req.prompt_ids)
         self.dirty = True
 
@@ -122,7 +124,9 @@ class SchedulerLoop:
 
     def _sampling_input(self, req: Request) -> SamplingInput:
         tracked = self.tracked[req.request_id]
-        return SamplingInput(req.params, req.prompt_ids, req.output_ids, self.eos_ids, tracked.generator)
+        return SamplingInput(
+            req.params, req.prompt_ids, req.output_ids, self.eos_ids, tracked.generator, tracked.penalty_counts
+        )
 
     def _on_token(self, req: Request, token: int, logprob: float | None) -> StreamChunk | None:
         tracked = self.tracked[req.request_id]

@@ -64,6 +64,24 @@ def test_greedy_matches_transformers_in_a_staggered_batch(text_model):
     assert engine.stats()["slots_used"] == 0
 
 
+def test_repetition_penalty_matches_transformers_in_a_staggered_batch(text_model):
+    # Penalty counts are kept per request on the device across steps (sampling.PenaltyCounts); with
+    # greedy decoding the tokens must equal transformers' RepetitionPenaltyLogitsProcessor run.
+    from transformers import AutoModelForCausalLM
+
+    model_dir, engine = text_model
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = _prompts(engine.model_config.vocab_size, 6, seed=4, special=_special_ids(engine))
+    params = SamplingParams(max_tokens=24, temperature=0.0, repetition_penalty=1.8)
+    got = run_staggered(engine, prompts, params)
+    plain = run_staggered(engine, prompts, SamplingParams(max_tokens=24, temperature=0.0))
+    eos = engine.model_config.eos_token_ids
+    for prompt, ours in zip(prompts, got, strict=True):
+        assert ours == trim_after_eos(hf_greedy(hf, prompt, 24, repetition_penalty=1.8), eos)
+    assert got != plain  # the penalty changed something, so the comparison above means something
+    assert engine.stats()["slots_used"] == 0
+
+
 def test_batch_invariance_with_concurrent_requests(text_model):
     _, engine = text_model
     prompts = _prompts(engine.model_config.vocab_size, 36, seed=2, special=_special_ids(engine))

@@ -181,6 +181,32 @@ def test_presence_frequency_penalties_match_reference():
     assert torch.allclose(_apply_penalties(logits, inputs), expected)
 
 
+def test_kept_penalty_counts_match_counting_from_lists():
+    # The scheduler keeps one PenaltyCounts per request and appends a token per step; the result
+    # must equal rebuilding the counts from the token lists at every step (also with empty prompts).
+    from llm_core.sampling import PenaltyCounts
+    from llm_core.sampling.sampler import _apply_penalties
+
+    params = [
+        SamplingParams(repetition_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.7),
+        SamplingParams(frequency_penalty=-0.5),
+    ]
+    prompts, outputs = [[3, 4, 4, 9], []], [[], []]
+    counts = [PenaltyCounts(), PenaltyCounts()]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(12):
+        logits = random_logits(2, seed=100 + step)
+        rows = list(zip(params, prompts, outputs, counts, strict=True))
+        kept = [SamplingInput(p, prompt, out, (0,), counts=c) for p, prompt, out, c in rows]
+        rebuilt = [SamplingInput(p, prompt, out, (0,)) for p, prompt, out, _ in rows]
+        assert torch.equal(_apply_penalties(logits, kept), _apply_penalties(logits, rebuilt)), step
+        for out in outputs:  # one new token per step, now and then two (update folds in whatever is new)
+            out += torch.randint(1, VOCAB, (1 + (step % 5 == 4),), generator=generator).tolist()
+    last = SamplingInput(params[0], prompts[0], outputs[0], (0,), counts=counts[0])
+    _apply_penalties(random_logits(2, seed=99)[:1], [last])
+    assert counts[0].num_counted == len(outputs[0]) and counts[0].output_counts.sum().item() == len(outputs[0])
+
+
 def test_min_tokens_blocks_eos_and_stop_ids():
     logits = torch.zeros(3, VOCAB)
     logits[:, 0] = 100.0  # eos
