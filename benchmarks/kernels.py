@@ -62,16 +62,7 @@ def bench_graph(fn: Callable[[], object], rep_ms: int = 100) -> float:
     """Median milliseconds of one CUDA-graph replay of fn: the GPU time without Python launch cost."""
     if DEV.type == "cpu":
         return bench(fn)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return bench(graph.replay, rep_ms)
+    return bench(_graphed(fn), rep_ms)
 
 
 def attempt(rows: list[dict], make_row: Callable[[], dict]) -> None:
@@ -422,6 +413,7 @@ def _flush_buffer() -> torch.Tensor:
 
 
 def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after a warm-up on a side stream); returns its replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
