@@ -140,6 +140,7 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
             if fast is not None:
                 fast.enabled = True
                 row["symm_mem_all_reduce_max_abs_err"] = (fast(x) - x * tp).abs().max().item()
+                row["symm_mem_backend"] = fast.backend
                 paths["symm_mem"] = lambda x=x, num=num, fast=fast: [fast(x) for _ in range(num)]
             for name, fn in paths.items():
                 row[f"allreduce_{name}_eager_ms_per_step"] = round(_time_cuda(fn, iters), 3)

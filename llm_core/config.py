@@ -33,8 +33,8 @@ class EngineConfig:
     cuda_graph: bool = True
     cuda_graph_tp: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
-    # tp > 1 on CUDA: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink P2P)
-    # instead of NCCL (models/all_reduce.py); larger ones (prefill) always use NCCL. Results are
+    # tp > 1 on CUDA, bf16/fp32: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink
+    # P2P) instead of NCCL (models/all_reduce.py); larger ones (prefill) and fp16 always use NCCL. Results are
     # bit-identical to NCCL's at tp=2 (a sum of two); decode steps 4% faster there (benchmarks/RESULTS.md).
     symm_mem_all_reduce: bool = True
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)  # what the CUDA one-shot kernel dispatches (not fp16)
 
 
 class SymmMemAllReduce:
@@ -37,7 +38,10 @@ class SymmMemAllReduce:
         self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        if not self.enabled or x.dtype != self.dtype or x.numel() > self.buffer.numel() or not x.is_contiguous():
+        # The op wants the local input aligned like the staging view (offset 0 of the buffer).
+        if not self.enabled or x.dtype != self.dtype or x.numel() > self.buffer.numel():
+            return None
+        if not x.is_contiguous() or x.storage_offset() != 0:
             return None
         out = torch.empty_like(x)
         staging = self.buffer[: x.numel()].view(x.shape)
@@ -61,7 +65,7 @@ def create_symm_mem_all_reduce(group, device: torch.device, dtype: torch.dtype) 
     The ranks agree before the rendezvous, which is collective (one rank failing alone must not leave
     the others waiting in it), and again after it. Rank r drives cuda:r, and every pair of GPUs must
     reach each other's memory (NVLink, or PCIe with peer access)."""
-    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if device.type != "cuda" or dtype not in SUPPORTED_DTYPES:
         return None
     reason = ""
     try:
@@ -74,18 +78,12 @@ def create_symm_mem_all_reduce(group, device: torch.device, dtype: torch.dtype) 
     except Exception as exc:  # noqa: BLE001 (any reason means: use NCCL)
         reason = f"{type(exc).__name__}: {exc}"
     if not _agree(not reason, group, device):
-        print(
-            f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr
-        )
-        return None
+        return _off(reason)
     comm = None
     try:
         comm = SymmMemAllReduce(group, device, dtype)
     except Exception as exc:  # noqa: BLE001
         reason = f"{type(exc).__name__}: {exc}"
     if not _agree(comm is not None, group, device):
-        print(
-            f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr
-        )
-        return None
+        return _off(reason)
     return comm
