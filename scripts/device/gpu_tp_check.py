@@ -43,7 +43,15 @@ def run(model_dir: str, label: str, **overrides) -> list[list[int]] | str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--symm-mem", action="store_true", help="also try the symmetric-memory all-reduce")
+    ap.add_argument("--quick", action="store_true", help="only tiny Llama: tp=1 against tp=2 with engine defaults")
     args = ap.parse_args()
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_dir = str(make_tiny_model(Path(tmp) / "llama", "llama"))
+            tp1, tp2 = run(model_dir, "llama tp1", tp=1), run(model_dir, "llama tp2 (defaults)", tp=2)
+        ok = isinstance(tp1, list) and tp1 == tp2
+        print("QUICK TP CHECK", "PASSED" if ok else f"FAILED: {str(tp2)[:300]}", flush=True)
+        return 0 if ok else 1
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         models = []
