@@ -381,6 +381,40 @@ def decode_sweep() -> list[str]:
     return lines + (l2_study() if DEV.type == "cuda" else [])
 
 
+# --small-grid: latency of decode attention where batch x kv heads x splits is far below the SM count
+# (batch 1 decode steps; at tp=2 each rank has half the heads). Graph replays, dirty flush, in us.
+SMALL_GRID_CASES = [(1, 512), (1, 2048), (1, 4096), (4, 2048)]
+SMALL_GRID_HEADS = [(32, 8), (16, 4)]  # Llama-3-8B at tp=1, and per rank at tp=2
+SMALL_GRID_SPLITS = [1, 2, 4, 8, 16, 32]
+SMALL_GRID_SHAPES = [(64, 2, 4), (32, 2, 4), (16, 1, 4)]  # (block_n, warps, stages)
+
+
+def small_grid_sweep() -> list[str]:
+    global HQ, HK
+    lines = ["", "### Decode attention, small grids (graph replay, us; * = the default split count)", ""]
+    saved = HQ, HK
+    try:
+        for HQ, HK in SMALL_GRID_HEADS:  # noqa: B007 (decode_case reads the globals)
+            for batch, ctx in SMALL_GRID_CASES:
+                num_sms = torch.cuda.get_device_properties(DEV).multi_processor_count if DEV.type == "cuda" else 4
+                default = num_splits_for(batch, HK, ctx, num_sms, DecodeConfig())
+                for block_n, warps, stages in SMALL_GRID_SHAPES:
+                    cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages)
+                    cells = []
+                    for splits in SMALL_GRID_SPLITS:
+                        if ctx // splits < block_n:
+                            continue
+                        r = decode_case(batch, ctx, cfg, splits, with_torch=False)
+                        star = "*" if splits == default and (block_n, warps, stages) == (64, 2, 4) else ""
+                        cells.append(f"{splits}{star}: {r['ours_graph_ms'] * 1e3:.1f}")
+                    line = f"- Hq={HQ} Hk={HK} B={batch} ctx={ctx} block_n={block_n} warps={warps}: " + ", ".join(cells)
+                    lines.append(line)
+                    print(line, flush=True)
+    finally:
+        HQ, HK = saved
+    return lines
+
+
 def bench_flushed(fn: Callable[[], object], flush: str, iters: int = 100) -> float:
     """Median ms of fn after putting L2 in a known state before each call.
 
@@ -490,6 +524,8 @@ def _smoke_shapes() -> None:
     SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
     global DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS
     DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS = (1, 300), [(16, 2, 1)], [3]
+    SMALL_GRID_CASES[:], SMALL_GRID_HEADS[:], SMALL_GRID_SPLITS[:] = [(1, 64)], [(4, 2), (2, 1)], [1, 2]
+    SMALL_GRID_SHAPES[:] = [(16, 1, 1)]
     SPLITS_SWEEP[:] = [(2, 300, 3)]
     PREFILL_SWEEP[:] = [PrefillConfig(32, 16, 4, 1)]
     DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
@@ -502,6 +538,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="also try several launch shapes")
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--decode-sweep", action="store_true", help="only the decode sweep: batch 1 x 32k shapes, L2 state")
+    ap.add_argument("--small-grid", action="store_true", help="only decode attention latency at small grids")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -518,6 +555,11 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if args.small_grid:
+        text = "\n".join(small_grid_sweep()) + "\n"
+        if args.out:
+            args.out.write_text(text)
+        return
     if args.decode_sweep:
         print(meta, flush=True)
         text = "\n".join([f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}."])
