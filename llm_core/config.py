@@ -17,7 +17,7 @@ class EngineConfig:
     max_total_tokens: int | None = None  # KV pool size in tokens; None: size from mem_fraction
     mem_fraction: float = 0.85  # of device memory for weights + KV (CUDA only)
     max_running_requests: int = 256
-    max_prefill_tokens: int = 8192  # token budget of one prefill batch
+    max_prefill_tokens: int = 8192  # tokens of one prefill step; longer prompts are prefilled in chunks
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     seed: int = 0
     # Router policy

@@ -21,9 +21,10 @@ class Request:
     Invariants kept by the router:
       - WAITING / FINISHED: row is None, slots == [], num_computed == 0 (FINISHED keeps
         num_computed at its last value for inspection only).
-      - RUNNING: slots[i] is the KV slot of token position i of all_ids, and
-        len(slots) == num_computed; between steps num_computed == num_tokens - 1 (the last
-        sampled token's KV is stored by the next decode step).
+      - RUNNING: slots[i] is the KV slot of token position i of all_ids. Decoding: len(slots) ==
+        num_computed == num_tokens - 1 between steps (the last sampled token's KV is stored by the
+        next decode step). Prefilling (is_prefilling, a long prompt part-way through its chunks):
+        len(slots) == prefill_len == num_tokens > num_computed.
     """
 
     request_id: str
@@ -36,6 +37,9 @@ class Request:
     row: int | None = None  # row of the device request table while RUNNING
     slots: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose KV is stored in `slots`
+    # Tokens this admission prefills before the first sample (the prompt; prompt + output after a
+    # pause). Long prefills run in chunks of at most max_prefill_tokens, one chunk per prefill step.
+    prefill_len: int = 0
     num_pauses: int = 0  # times this request was preempted and re-queued
     finish_reason: str | None = None
 
@@ -54,6 +58,11 @@ class Request:
     @property
     def remaining_budget(self) -> int:
         return self.params.max_tokens - len(self.output_ids)
+
+    @property
+    def is_prefilling(self) -> bool:
+        """Admitted, but chunks of its prefill are still to run (holds all its prefill slots)."""
+        return self.status is RequestStatus.RUNNING and self.num_computed < self.prefill_len
 
     @property
     def is_paused(self) -> bool:

@@ -3,11 +3,18 @@
 Pure CPU: ints and lists. The rank-0 worker loop drives it:
 
     batch = router.schedule()           # allocates slots/rows, commits num_computed
-    ... run the model on batch, sample one token per seq ...
+    ... run the model on batch, sample one token per seq that `samples` ...
     for seq in batch.seqs:
-        router.append_token(seq.request, token)
-        if done: router.finish(seq.request, reason)
+        if seq.samples:
+            router.append_token(seq.request, token)
+            if done: router.finish(seq.request, reason)
     # add() / abort() only here, between steps
+
+Chunked prefill: a prefill step carries at most max_prefill_tokens new tokens. A prompt longer
+than what is left of that budget is admitted (all its slots allocated at once) and prefilled in
+chunks over several prefill steps, oldest first, before any new admission; only its last chunk
+samples. Decode steps of the other requests run in between, so a long prompt never stalls them
+for more than one chunk. (Image requests are prefilled whole.)
 """
 
 from __future__ import annotations
@@ -23,30 +30,46 @@ from llm_core.scheduler.allocators import RowAllocator, SlotAllocator
 from llm_core.scheduler.request import Request, RequestStatus
 
 
-def _peak(pairs: list[tuple[int, int]]) -> int:
-    """pairs: (-b_i, a_i) sorted ascending, i.e. by remaining budget b descending."""
-    peak = total = 0
-    for k, (neg_b, a) in enumerate(pairs, 1):
-        total += a
-        value = total - k * neg_b
+def _peak(entries: list[tuple[int, int, int]]) -> int:
+    """entries: (-L_i, a_i, g_i) sorted ascending, i.e. by lifetime L descending.
+
+    Request i holds a_i slots now, grows by at most one slot per decode step and by at most
+    g_i <= L_i slots in all, and has freed everything after L_i decode steps. Usage only grows
+    between finishes, so the peak is reached just before some request k finishes:
+    max_k (sum_{i<=k} a_i + sum_{i<=k} min(L_k, g_i)). Requests with g_i == L_i (all of them
+    unless some still wait for prefill chunks) contribute L_k each to the second sum.
+    """
+    peak = held = full = 0
+    capped: list[int] = []  # g_i of requests that grow less than they live (prefilling ones)
+    for neg_life, a, growth in entries:
+        life = -neg_life
+        held += a
+        if growth >= life:
+            full += 1
+        else:
+            capped.append(growth)
+        value = held + full * life + sum(min(life, g) for g in capped)
         if value > peak:
             peak = value
     return peak
 
 
-def peak_slots(held: Iterable[int], remaining: Iterable[int]) -> int:
+def peak_slots(held: Iterable[int], remaining: Iterable[int], growth: Iterable[int] | None = None) -> int:
     """Most slots in use at once if request i holds a_i = held[i] slots now, grows by one slot
-    per decode step, and frees everything after its last b_i = remaining[i] steps.
+    per decode step (at most growth[i] in all; default remaining[i]), and frees everything after
+    its last b_i = remaining[i] steps.
 
-    With b sorted descending, the peak is reached just before some request k finishes:
-    max_k (sum_{i<=k} a_i + k * b_k).
+    With b sorted descending and growth == remaining, the peak is reached just before some request
+    k finishes: max_k (sum_{i<=k} a_i + k * b_k).
     """
-    return _peak(sorted(zip((-b for b in remaining), held, strict=True)))
+    remaining = list(remaining)
+    growth = remaining if growth is None else list(growth)
+    return _peak(sorted(zip((-b for b in remaining), held, growth, strict=True)))
 
 
-def fits(held: Iterable[int], remaining: Iterable[int], num_slots: int) -> bool:
+def fits(held: Iterable[int], remaining: Iterable[int], num_slots: int, growth: Iterable[int] | None = None) -> bool:
     """True iff the requests can all run to their budgets without exceeding `num_slots`."""
-    return peak_slots(held, remaining) <= num_slots
+    return peak_slots(held, remaining, growth) <= num_slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +79,7 @@ class ScheduledSeq:
     prefix_len: int  # tokens of this sequence whose KV is already stored
     new_token_ids: list[int]  # tokens at positions prefix_len .. prefix_len + len - 1
     new_slots: list[int]  # KV slot of each new token, same length as new_token_ids
+    samples: bool = True  # False for a prefill chunk that is not the request's last
 
 
 @dataclass(slots=True)
@@ -82,11 +106,13 @@ class Router:
 
     Invariants between steps:
       - slots_used == sum(len(r.slots) for r in running), rows_used == len(running), and every
-        running request has len(slots) == num_computed == num_tokens - 1;
+        running request has len(slots) == num_computed == num_tokens - 1 (decoding) or
+        len(slots) == prefill_len == num_tokens > num_computed (prefilling, chunks to go);
       - strict FCFS: `waiting` is sorted by arrival and every running request arrived before
         every waiting one (paused requests go back to the front of `waiting`);
       - exact budgets (optimistic=False): the running set satisfies fits(), so a decode step
-        never lacks slots and nothing is ever paused;
+        never lacks slots and nothing is ever paused. A prefilling request counts with its
+        budget plus the decode steps it may still wait for its chunks (_prefill_delays);
       - once every request has finished or been aborted, all slots and rows are free.
     """
 
@@ -182,63 +208,118 @@ class Router:
 
     # --- scheduling ----------------------------------------------------------------------
     def schedule(self) -> Batch | None:
-        """Prefill new work when there is nothing to decode or every `decode_steps_per_prefill`
-        decode steps; otherwise decode every running request. None when idle."""
-        if self.waiting and (not self.running or self._decodes_since_prefill >= self.decode_steps_per_prefill):
+        """Prefill (continue chunked prompts, then admit new work) when nothing can decode or
+        every `decode_steps_per_prefill` decode steps; otherwise decode every request that has
+        finished its prefill. None when idle."""
+        decodable = any(not r.is_prefilling for r in self.running.values())
+        prefilling = any(r.is_prefilling for r in self.running.values())
+        if (self.waiting or prefilling) and (
+            not decodable or self._decodes_since_prefill >= self.decode_steps_per_prefill
+        ):
             batch = self._schedule_prefill()
             if batch is not None:
                 self._decodes_since_prefill = 0
                 return batch
-        if self.running:
-            self._decodes_since_prefill += 1
-            return self._schedule_decode()
+        if decodable:
+            batch = self._schedule_decode()
+            if batch.seqs:
+                self._decodes_since_prefill += 1
+                return batch
+            batch = self._schedule_prefill()  # every decodable request was paused
+            if batch is not None:
+                self._decodes_since_prefill = 0
+            return batch
         return None
 
     def _schedule_prefill(self) -> Batch | None:
-        admitted = self._admit()
-        if not admitted:
-            return None
+        budget = self.max_prefill_tokens
+        seqs = []
+        for req in self.running.values():  # chunks of admitted prompts first, oldest first
+            if budget <= 0:
+                break
+            if req.is_prefilling:
+                n = min(req.prefill_len - req.num_computed, budget)
+                seqs.append(self._chunk(req, n))
+                budget -= n
+        admitted = self._admit(budget, first_in_batch=not seqs) if budget > 0 else []
         slots = self.slot_allocator.alloc(sum(req.num_tokens for req in admitted))
-        seqs, offset = [], 0
+        offset = 0
         for req in admitted:
             n = req.num_tokens
-            new_slots = slots[offset : offset + n]
-            offset += n
             req.row = self.row_allocator.alloc()
-            req.slots = list(new_slots)
-            req.num_computed = n
+            req.slots = list(slots[offset : offset + n])
+            offset += n
+            req.num_computed = 0
+            req.prefill_len = n  # a resumed request recomputes prompt + generated tokens
             req.status = RequestStatus.RUNNING
             self.running[req.request_id] = req
-            # A resumed request recomputes prompt + generated tokens.
-            seqs.append(ScheduledSeq(req, req.row, 0, req.all_ids, new_slots))
-        return Batch("prefill", seqs)
+            chunk = n if req.image_embeds is not None else min(n, budget)
+            seqs.append(self._chunk(req, chunk))
+            budget -= chunk
+        return Batch("prefill", seqs) if seqs else None
 
-    def _admit(self) -> list[Request]:
-        """Pop from the head of `waiting` while the next request fits the rows, the prefill
-        token budget (the first one always does) and the future-aware slot check."""
-        pairs = sorted((-self._budget(r), len(r.slots)) for r in self.running.values())
+    @staticmethod
+    def _chunk(req: Request, n: int) -> ScheduledSeq:
+        """The next n tokens of req's prefill (commits num_computed)."""
+        start = req.num_computed
+        req.num_computed = start + n
+        return ScheduledSeq(
+            req, req.row, start, req.all_ids[start : start + n], req.slots[start : start + n],
+            samples=req.num_computed == req.prefill_len,
+        )  # fmt: skip
+
+    def _prefill_delays(self) -> tuple[dict[str, int], int]:
+        """Upper bound on the decode steps each prefilling request may still wait before it samples,
+        and the prefill tokens still to run. Prefill steps serve chunks oldest first, max_prefill_tokens
+        at a time, and at most decode_steps_per_prefill decode steps run between two of them: a request
+        with R tokens to go in itself and the requests before it samples within
+        decode_steps_per_prefill * ceil(R / max_prefill_tokens) decode steps. Until then it holds
+        all its slots without growing: in fits() it lives that many steps longer, growing as before."""
+        delays: dict[str, int] = {}
+        ahead = 0
+        for req in self.running.values():
+            if req.is_prefilling:
+                ahead += req.prefill_len - req.num_computed
+                delays[req.request_id] = self._delay(ahead)
+        return delays, ahead
+
+    def _delay(self, tokens_ahead: int) -> int:
+        return self.decode_steps_per_prefill * math.ceil(tokens_ahead / self.max_prefill_tokens)
+
+    def _admit(self, token_budget: int, first_in_batch: bool) -> list[Request]:
+        """Pop from the head of `waiting` while there are rows, prefill tokens left this step and
+        the next request passes the future-aware slot check. A prompt longer than the tokens left
+        is admitted and chunked, except an image request: that one waits unless it would be the
+        batch's only sequence (then it runs whole)."""
+        delays, ahead = self._prefill_delays()
+        entries = sorted(
+            (-(self._budget(r) + delays.get(r.request_id, 0)), len(r.slots), self._budget(r))
+            for r in self.running.values()
+        )
         admitted: list[Request] = []
-        token_budget = self.max_prefill_tokens
         num_rows = self.row_allocator.num_free
-        while self.waiting and len(admitted) < num_rows:
+        while self.waiting and len(admitted) < num_rows and token_budget > 0:
             req = self.waiting[0]
             n = req.num_tokens
-            if admitted and n > token_budget:
+            whole = req.image_embeds is not None
+            if whole and n > token_budget and not (first_in_batch and not admitted):
                 break
-            candidate = (-self._budget(req), n)
-            index = bisect.bisect_left(pairs, candidate)
-            pairs.insert(index, candidate)
-            if _peak(pairs) > self.num_slots:
+            rest = 0 if whole else n - min(n, token_budget)
+            grows = self._budget(req)
+            candidate = (-(grows + (self._delay(ahead + rest) if rest else 0)), n, grows)
+            bisect.insort(entries, candidate)
+            if _peak(entries) > self.num_slots:
                 break  # FCFS: never skip ahead of a request that does not fit
             self.waiting.popleft()
             admitted.append(req)
-            token_budget -= n
+            ahead += rest
+            token_budget -= n - rest
         return admitted
 
     def _schedule_decode(self) -> Batch:
-        if len(self.running) > self.slot_allocator.num_free:
+        if sum(not r.is_prefilling for r in self.running.values()) > self.slot_allocator.num_free:
             self._pause_newest()
-        reqs = list(self.running.values())
+        reqs = [r for r in self.running.values() if not r.is_prefilling]
         new_slots = self.slot_allocator.alloc(len(reqs))
         seqs = []
         for req, slot in zip(reqs, new_slots, strict=True):
@@ -252,17 +333,20 @@ class Router:
     def _pause_newest(self) -> None:
         """Preempt the newest running requests until one decode step fits; they go back to
         the front of `waiting` in arrival order and later recompute their tokens."""
+        need = sum(not r.is_prefilling for r in self.running.values())
         for req in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
-            if len(self.running) <= self.slot_allocator.num_free:
+            if need <= self.slot_allocator.num_free:
                 break
+            need -= not req.is_prefilling
             del self.running[req.request_id]
             self._release(req)
             req.status = RequestStatus.WAITING
             req.num_computed = 0
+            req.prefill_len = 0
             req.num_pauses += 1
             self.total_pauses += 1
             self.waiting.appendleft(req)  # newest first, so the oldest ends up in front
-        assert self.running, "a lone request always fits (checked in add)"
+        assert need <= self.slot_allocator.num_free, "a lone request always fits (checked in add)"
 
     def _budget(self, req: Request) -> int:
         """Remaining output tokens assumed by admission (b_i), at least 1."""

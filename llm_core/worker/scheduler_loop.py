@@ -110,15 +110,19 @@ class SchedulerLoop:
             )
         self.broadcast(step)
         logits = self.runner.forward(step)
-        inputs = [self._sampling_input(seq.request) for seq in batch.seqs]
-        result = self.sampler(logits, inputs)
+        # A prefill chunk that is not its request's last samples nothing.
+        sampling = [seq for seq in batch.seqs if seq.samples]
         chunks = []
-        for i, seq in enumerate(batch.seqs):
-            logprob = result.logprobs[i] if result.logprobs is not None else None
-            chunk = self._on_token(seq.request, result.token_ids[i], logprob)
-            if chunk is not None:
-                chunks.append(chunk)
-        self.counters["generation_tokens_total"] += len(batch.seqs)
+        if sampling:
+            if len(sampling) < len(batch.seqs):
+                logits = logits[[i for i, seq in enumerate(batch.seqs) if seq.samples]]
+            result = self.sampler(logits, [self._sampling_input(seq.request) for seq in sampling])
+            for i, seq in enumerate(sampling):
+                logprob = result.logprobs[i] if result.logprobs is not None else None
+                chunk = self._on_token(seq.request, result.token_ids[i], logprob)
+                if chunk is not None:
+                    chunks.append(chunk)
+        self.counters["generation_tokens_total"] += len(sampling)
         self.dirty = False
         self.send(("outputs", chunks, self.stats()))
 

@@ -82,6 +82,28 @@ def test_repetition_penalty_matches_transformers_in_a_staggered_batch(text_model
     assert engine.stats()["slots_used"] == 0
 
 
+@pytest.mark.parametrize("steps_per_prefill", [1, 3])
+def test_chunked_prefill_matches_transformers(tiny_model_factory, steps_per_prefill):
+    # A 7-token prefill budget: prompts of up to 40 tokens run in chunks over several prefill steps
+    # (their later chunks attend to the earlier ones through the KV pool), interleaved with the
+    # decode steps of the others; greedy tokens must not change.
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_model_factory("llama")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = EngineConfig(
+        model_dir=str(model_dir), device="cpu", dtype="float32", max_prefill_tokens=7,
+        decode_steps_per_prefill=steps_per_prefill,
+    )  # fmt: skip
+    with Engine(config) as engine:
+        prompts = _prompts(engine.model_config.vocab_size, 8, seed=7, special=_special_ids(engine))
+        got = run_staggered(engine, prompts, SamplingParams(max_tokens=16, temperature=0.0))
+        eos = engine.model_config.eos_token_ids
+        for prompt, ours in zip(prompts, got, strict=True):
+            assert ours == trim_after_eos(hf_greedy(hf, prompt, 16), eos)
+        assert engine.stats()["slots_used"] == 0
+
+
 def test_batch_invariance_with_concurrent_requests(text_model):
     _, engine = text_model
     prompts = _prompts(engine.model_config.vocab_size, 36, seed=2, special=_special_ids(engine))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llm_core import Engine, EngineConfig, SamplingParams
@@ -9,13 +10,17 @@ from llm_core.models import VisionEncoder, preprocess_images
 from llm_core.testing.engine_checks import random_image, run_staggered, trim_after_eos
 
 
-def test_llava_greedy_matches_transformers(tiny_llava):
+@pytest.mark.parametrize("max_prefill_tokens", [8192, 10], ids=["budget_8192", "budget_10"])
+def test_llava_greedy_matches_transformers(tiny_llava, max_prefill_tokens):
+    # With a 10-token prefill budget every image prompt is longer than a step's budget: image
+    # requests are never chunked, each runs whole as the only sequence of its prefill step.
     from transformers import LlavaForConditionalGeneration
 
     model_dir = str(tiny_llava)
     hf = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     vision = VisionEncoder.from_pretrained(model_dir, torch.device("cpu"), torch.float32)
-    with Engine(EngineConfig(model_dir=model_dir, dtype="float32")) as engine:
+    config = EngineConfig(model_dir=model_dir, dtype="float32", max_prefill_tokens=max_prefill_tokens)
+    with Engine(config) as engine:
         cfg = engine.model_config
         img = cfg.image_token_index
         n = cfg.num_image_tokens

@@ -49,6 +49,41 @@ def test_fits_matches_brute_force_peak(reqs, slack):
     assert fits(held, remaining, peak + slack) == (slack >= 0)
 
 
+@SETTINGS
+@given(
+    reqs=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 30), st.integers(0, 12)), max_size=8),
+    starts=st.data(),
+)
+def test_peak_with_delayed_requests_bounds_every_schedule(reqs, starts):
+    # A request still waiting for prefill chunks holds its slots, starts growing after up to d
+    # steps and finishes by b + d: peak_slots(held, b + d, growth=b) must bound the usage of every
+    # such schedule (a random delay 0..d per request, and the longest), and equal the closed form
+    # max_k sum_{L_i >= L_k} (a_i + min(L_k, b_i)).
+    held = [a for a, _, _ in reqs]
+    grows = [b for _, b, _ in reqs]
+    lives = [b + d for _, b, d in reqs]
+    bound = peak_slots(held, lives, growth=grows)
+    delays = [starts.draw(st.integers(0, d)) for _, _, d in reqs]
+    for actual in (delays, [d for _, _, d in reqs]):
+        usage_peak, step = sum(held), 0
+        while any(step < b + dd for (_, b, _), dd in zip(reqs, actual, strict=True)):
+            step += 1
+            usage = sum(
+                a + max(0, min(step, b + dd) - dd)
+                for (a, b, _), dd in zip(reqs, actual, strict=True)
+                if step <= b + dd  # counted at its last step, freed after it
+            )
+            usage_peak = max(usage_peak, usage)
+        assert usage_peak <= bound
+    assert bound == max(
+        [sum(held)]
+        + [
+            sum(a + min(life_k, b) for (a, b, _), life in zip(reqs, lives, strict=True) if life >= life_k)
+            for life_k in lives
+        ]
+    )
+
+
 def test_fits_example():
     # sorted by b: (a=2, b=10), (a=5, b=3): max(2 + 10, 7 + 2 * 3) = 13
     assert peak_slots([5, 2], [3, 10]) == 13
@@ -97,7 +132,10 @@ def check_invariants(router: Router) -> None:
     assert router.row_allocator.num_used == len(running) == len({r.row for r in running})
     for r in running:
         assert r.status is RequestStatus.RUNNING and r.row is not None
-        assert len(r.slots) == r.num_computed == r.num_tokens - 1
+        if r.is_prefilling:  # chunks to go: holds every slot of its prefill already
+            assert len(r.slots) == r.prefill_len == r.num_tokens > r.num_computed
+        else:
+            assert len(r.slots) == r.num_computed == r.num_tokens - 1
     arrivals = [r.arrival for r in router.waiting]
     assert arrivals == sorted(arrivals)
     if running and arrivals:
@@ -110,40 +148,66 @@ def check_invariants(router: Router) -> None:
 
 
 def head_admissible(router: Router) -> bool:
-    """Whether the head of `waiting` would pass the future-aware check right now."""
+    """Whether the head of `waiting` would be admitted by a prefill step now: re-derived here from
+    the rules in router.py (chunks of admitted prompts first; a prefilling request counts in fits()
+    with its budget plus decode_steps_per_prefill decode steps per max_prefill_tokens tokens still to
+    prefill in itself and the requests before it)."""
     if not router.waiting or router.row_allocator.num_free == 0:
         return False
+    tokens, ahead, delays = router.max_prefill_tokens, 0, {}
+    for r in router.running.values():
+        if r.is_prefilling:
+            rest = r.prefill_len - r.num_computed - min(r.prefill_len - r.num_computed, max(tokens, 0))
+            tokens -= r.prefill_len - r.num_computed - rest
+            ahead += rest
+            delays[r.request_id] = router.decode_steps_per_prefill * math.ceil(ahead / router.max_prefill_tokens)
+    if tokens <= 0:
+        return False
     head = router.waiting[0]
+    rest = head.num_tokens - min(head.num_tokens, tokens)
+    head_delay = router.decode_steps_per_prefill * math.ceil((ahead + rest) / router.max_prefill_tokens) if rest else 0
     running = list(router.running.values())
     held = [len(r.slots) for r in running] + [head.num_tokens]
-    return fits(held, [budget(router, r) for r in running] + [budget(router, head)], router.num_slots)
+    grows = [budget(router, r) for r in running] + [budget(router, head)]
+    lives = [budget(router, r) + delays.get(r.request_id, 0) for r in running] + [grows[-1] + head_delay]
+    return fits(held, lives, router.num_slots, growth=grows)
 
 
 def check_batch(
     router: Router,
     batch,
     waiting_before: list[Request],
-    num_running_before: int,
+    prefilling_before: list[Request],
+    num_decodable_before: int,
     decodes_since_prefill: int,
     head_fit_before: bool,
+    paused_now: bool,
 ) -> None:
-    policy_allows_prefill = num_running_before == 0 or decodes_since_prefill >= router.decode_steps_per_prefill
+    policy_allows_prefill = num_decodable_before == 0 or decodes_since_prefill >= router.decode_steps_per_prefill
     for seq in batch.seqs:
         req = seq.request
-        assert len(seq.new_slots) == len(seq.new_token_ids)
-        assert req.slots[seq.prefix_len :] == seq.new_slots and seq.row == req.row
-        assert req.num_computed == seq.prefix_len + len(seq.new_token_ids) == req.num_tokens
+        n = len(seq.new_token_ids)
+        assert len(seq.new_slots) == n > 0
+        assert req.slots[seq.prefix_len : seq.prefix_len + n] == seq.new_slots and seq.row == req.row
+        assert req.num_computed == seq.prefix_len + n
+        assert seq.new_token_ids == req.all_ids[seq.prefix_len : seq.prefix_len + n]
+        assert seq.samples == (req.num_computed == req.num_tokens), "only the last chunk samples"
     if batch.kind == "prefill":
-        assert policy_allows_prefill
-        assert len(batch.seqs) == 1 or batch.num_tokens <= router.max_prefill_tokens
-        assert [s.request for s in batch.seqs] == waiting_before[: len(batch.seqs)]  # FCFS
-        for seq in batch.seqs:
-            assert seq.prefix_len == 0 and seq.new_token_ids == seq.request.all_ids
+        assert policy_allows_prefill or paused_now  # (every decodable request paused: prefill instead)
+        assert batch.num_tokens <= router.max_prefill_tokens
+        # Chunks of prompts admitted earlier come first, oldest first, then new requests in FCFS order.
+        k = sum(seq.request in prefilling_before for seq in batch.seqs)
+        assert [s.request for s in batch.seqs[:k]] == prefilling_before[:k]
+        assert all(s.samples for s in batch.seqs[: k - 1])  # an older prompt finishes before a newer chunk
+        new = [s.request for s in batch.seqs[k:]]
+        assert new == waiting_before[: len(new)]
+        for seq in batch.seqs[k:]:
+            assert seq.prefix_len == 0
             # A paused request resumes before any request that arrived after it.
             assert not any(r.is_paused and r.arrival < seq.request.arrival for r in router.waiting)
     else:
-        assert not (policy_allows_prefill and head_fit_before)
-        assert len(batch.seqs) == len(router.running)
+        assert not (policy_allows_prefill and (head_fit_before or prefilling_before))
+        assert len(batch.seqs) == sum(not r.is_prefilling for r in router.running.values())
         for seq in batch.seqs:
             assert seq.new_token_ids == [seq.request.output_ids[-1]]
     assert len(router.running) <= router.row_allocator.size
@@ -186,19 +250,26 @@ def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int
                 result.reasons[req.request_id] = "abort"
                 result.outputs[req.request_id] = list(req.output_ids)
         check_invariants(router)
-        waiting_before, num_running_before = list(router.waiting), len(router.running)
-        head_fit_before = head_admissible(router)
+        waiting_before = list(router.waiting)
+        prefilling_before = [r for r in router.running.values() if r.is_prefilling]
+        num_decodable_before = len(router.running) - len(prefilling_before)
+        head_fit_before, pauses_before = head_admissible(router), router.total_pauses
         batch = router.schedule()
         step += 1
         if batch is None:
             assert not router.has_work()
             continue
-        check_batch(router, batch, waiting_before, num_running_before, decodes_since_prefill, head_fit_before)
+        check_batch(
+            router, batch, waiting_before, prefilling_before, num_decodable_before, decodes_since_prefill,
+            head_fit_before, router.total_pauses > pauses_before,
+        )  # fmt: skip
         decodes_since_prefill = 0 if batch.is_prefill else decodes_since_prefill + 1
         result.kinds.append(batch.kind)
         result.max_running = max(result.max_running, len(router.running))
         for seq in batch.seqs:
             req = seq.request
+            if not seq.samples:
+                continue
             router.append_token(req, fake_token(req))
             spec = specs[int(req.request_id[1:])]
             n = len(req.output_ids)
@@ -319,16 +390,41 @@ def test_prefill_batches_respect_token_budget_and_policy():
     router = Router(1000, 16, 10, 1000, decode_steps_per_prefill=2)
     for i, n in enumerate([25, 4, 4, 4, 3]):
         router.add(make_request(i, Spec(0, n, 50, None)))
-    kinds, sizes = [], []
+    kinds, sizes, samples = [], [], []
     for _ in range(8):
         batch = router.schedule()
         kinds.append(batch.kind)
         sizes.append([len(s.new_token_ids) for s in batch.seqs])
+        samples.append([s.samples for s in batch.seqs])
         for seq in batch.seqs:
-            router.append_token(seq.request, 1)
-    # A lone long prompt runs alone; then 4 + 4 fit in 10 tokens; then 4 + 3.
-    assert kinds == ["prefill", "decode", "decode", "prefill", "decode", "decode", "prefill", "decode"]
-    assert sizes[0] == [25] and sizes[3] == [4, 4] and sizes[6] == [4, 3]
+            if seq.samples:
+                router.append_token(seq.request, 1)
+    # The 25-token prompt runs in chunks of 10 + 10 + 5 and nothing can decode meanwhile; the last
+    # chunk shares its step with the next prompts (4, and the first token of the third). Then two
+    # decode steps, and the rest of the third prompt goes first in the next prefill, then 4 + 3.
+    assert kinds == ["prefill", "prefill", "prefill", "decode", "decode", "prefill", "decode", "decode"]
+    assert sizes[:3] == [[10], [10], [5, 4, 1]] and sizes[5] == [3, 4, 3]
+    assert samples[:3] == [[False], [False], [True, True, False]] and samples[5] == [True, True, True]
+    assert sizes[3] == [1, 1] and sizes[6] == [1] * 5
+
+
+def test_a_long_prompt_does_not_stall_decoding():
+    # A running request keeps decoding while a later 95-token prompt is prefilled 10 tokens at a
+    # time: one chunk per two decode steps.
+    router = Router(1000, 4, 10, 1000, decode_steps_per_prefill=2)
+    router.add(make_request(0, Spec(0, 3, 100, None)))
+    batch = router.schedule()
+    router.append_token(batch.seqs[0].request, 1)
+    router.add(make_request(1, Spec(0, 95, 10, None)))
+    kinds = []
+    while len(router.running) < 2 or router.running["r1"].is_prefilling:
+        batch = router.schedule()
+        kinds.append(batch.kind)
+        for seq in batch.seqs:
+            if seq.samples:
+                router.append_token(seq.request, 1)
+    assert kinds == ["decode", "decode", "prefill"] * 9 + ["decode", "decode", "prefill"]
+    assert router.running["r0"].output_ids == [1] * 21 and router.running["r1"].output_ids == [1]
 
 
 def test_row_limit_and_schedule_idle():
