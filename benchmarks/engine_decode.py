@@ -1,0 +1,105 @@
+"""Decode speed through the whole engine: router, model runner (CUDA graphs), sampler, outputs.
+
+benchmarks/tp_decode.py times `ModelRunner.forward` alone; this times what a client gets: B
+requests of --prompt-len random tokens start together with max_tokens=--new-tokens (ignore_eos),
+and the decode step time is the wall time from the moment every request has its first token to
+the last token, over the steps in between. The difference to tp_decode's step time (same machine,
+same shapes) is the per-step host work: scheduling, input tensors, sampling, output messages.
+
+  python benchmarks/engine_decode.py --tp 1 2 --batch 1 64             (GPU: Llama-3-8B-shaped dummy)
+  python benchmarks/engine_decode.py --device cpu --tiny --batch 1 4   (CPU: the tiny test model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.tp_decode import LLAMA3_8B  # noqa: E402
+
+
+def run_case(engine, batch: int, prompt_len: int, new_tokens: int, vocab: int, seed: int) -> dict:
+    from llm_core import SamplingParams
+
+    rng = random.Random(seed)
+    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    q: queue.Queue = queue.Queue()
+    start = time.perf_counter()
+    ids = [engine.add_request([rng.randrange(10, vocab) for _ in range(prompt_len)], params, output_queue=q)
+           for _ in range(batch)]  # fmt: skip
+    first: dict[str, float] = {}
+    counts = dict.fromkeys(ids, 0)
+    finished = 0
+    while finished < batch:
+        chunk = q.get(timeout=600)
+        now = time.perf_counter()
+        if chunk.error:
+            raise RuntimeError(chunk.error)
+        if chunk.token_ids and chunk.request_id not in first:
+            first[chunk.request_id] = now
+        counts[chunk.request_id] += len(chunk.token_ids)
+        finished += chunk.finished
+    end = time.perf_counter()
+    assert all(n == new_tokens for n in counts.values()), counts
+    all_started = max(first.values())
+    steps = new_tokens - 1
+    return {
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "ttft_last_s": round(all_started - start, 4),
+        "decode_step_ms": round((end - all_started) / steps * 1e3, 3),
+        "decode_tokens_per_s": round(batch * steps / (end - all_started), 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 8B-shaped dummy")
+    ap.add_argument("--tp", type=int, nargs="+", default=[1])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    from llm_core import Engine, EngineConfig
+    from llm_core.testing.tiny_model import make_tiny_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            model_dir, load_format, dtype = str(make_tiny_model(Path(tmp) / "tiny", "llama")), "safetensors", "float32"
+            vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
+        else:
+            model_dir, load_format, dtype, vocab = tmp, "dummy", "bfloat16", LLAMA3_8B["vocab_size"]
+            Path(tmp, "config.json").write_text(json.dumps(LLAMA3_8B))
+        max_batch = max(args.batch)
+        for tp in args.tp:
+            config = EngineConfig(
+                model_dir=model_dir, device=args.device, tp=tp, dtype=dtype, load_format=load_format,
+                max_running_requests=max_batch, max_model_len=args.prompt_len + args.new_tokens + 8,
+                max_total_tokens=max_batch * (args.prompt_len + args.new_tokens + 8),
+            )  # fmt: skip
+            with Engine(config) as engine:
+                run_case(engine, 1, 16, 8, vocab, seed=0)  # warm-up (captures the batch-1 graph)
+                for batch in args.batch:
+                    run_case(engine, batch, 16, 4, vocab, seed=1)  # captures this batch's graph
+                    row = {"tp": tp, **run_case(engine, batch, args.prompt_len, args.new_tokens, vocab, seed=2)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
