@@ -9,6 +9,7 @@
 | max_total_tokens     | LLM_MAX_TOTAL_TOKENS   | KV pool size in tokens                          |
 | max_model_len        | LLM_MAX_MODEL_LEN      | context limit (default: the model's)            |
 | max_running_requests | LLM_MAX_RUNNING        | running batch limit                             |
+| max_prefill_tokens   | LLM_MAX_PREFILL_TOKENS | tokens per prefill step (longer prompts: chunks)|
 | mem_fraction         | LLM_MEM_FRACTION       | device memory share (CUDA)                      |
 | default_max_tokens   | LLM_DEFAULT_MAX_TOKENS | max_tokens when a request gives none            |
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
@@ -35,6 +36,7 @@ _ENV = {
     "max_total_tokens": "LLM_MAX_TOTAL_TOKENS",
     "max_model_len": "LLM_MAX_MODEL_LEN",
     "max_running_requests": "LLM_MAX_RUNNING",
+    "max_prefill_tokens": "LLM_MAX_PREFILL_TOKENS",
     "mem_fraction": "LLM_MEM_FRACTION",
     "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
     "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
@@ -53,6 +55,7 @@ class ServingSettings:
     max_total_tokens: int | None = None
     max_model_len: int | None = None
     max_running_requests: int = 256
+    max_prefill_tokens: int = 8192
     mem_fraction: float = 0.85
     default_max_tokens: int = 16
     visual_cache_size: int = 256
@@ -68,6 +71,7 @@ class ServingSettings:
             max_total_tokens=self.max_total_tokens,
             max_model_len=self.max_model_len,
             max_running_requests=self.max_running_requests,
+            max_prefill_tokens=self.max_prefill_tokens,
             mem_fraction=self.mem_fraction,
             cuda_graph=self.cuda_graph,
             symm_mem_all_reduce=self.symm_mem_all_reduce,

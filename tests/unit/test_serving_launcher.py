@@ -109,6 +109,7 @@ def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
     with pytest.raises(ValueError, match="LLM_TP"):
         load_settings(params, env={"LLM_TP": "two"})
     assert settings.engine_config().cuda_graph and settings.engine_config().symm_mem_all_reduce
+    assert load_settings(params, env={"LLM_MAX_PREFILL_TOKENS": "512"}).engine_config().max_prefill_tokens == 512
     off = load_settings(params, env={"LLM_CUDA_GRAPH": "0", "LLM_SYMM_MEM_ALL_REDUCE": "false"}).engine_config()
     assert not off.cuda_graph and not off.symm_mem_all_reduce
     with pytest.raises(ValueError, match="LLM_CUDA_GRAPH"):
