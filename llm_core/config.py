@@ -24,6 +24,9 @@ class EngineConfig:
     decode_steps_per_prefill: int = 4  # run a prefill at most every N decode steps while decoding
     optimistic_admission: bool = False  # estimate remaining output instead of max_tokens
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
+    # Keep finished requests' tokens in the KV pool (a radix tree, evicted LRU when slots run short)
+    # and let later requests that start with the same tokens skip prefilling them. Text only.
+    prefix_cache: bool = True
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
     # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops).

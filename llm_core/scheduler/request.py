@@ -40,6 +40,10 @@ class Request:
     # Tokens this admission prefills before the first sample (the prompt; prompt + output after a
     # pause). Long prefills run in chunks of at most max_prefill_tokens, one chunk per prefill step.
     prefill_len: int = 0
+    # Prefix cache: slots[:num_cached] belong to the cache (shared, locked through cache_node while
+    # this request runs); the rest are this request's own.
+    num_cached: int = 0
+    cache_node: object | None = None
     num_pauses: int = 0  # times this request was preempted and re-queued
     finish_reason: str | None = None
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from llm_core.scheduler.allocators import RowAllocator, SlotAllocator
+from llm_core.scheduler.prefix_cache import CacheNode, PrefixCache
 from llm_core.scheduler.request import Request, RequestStatus
 
 
@@ -80,6 +81,7 @@ class ScheduledSeq:
     new_token_ids: list[int]  # tokens at positions prefix_len .. prefix_len + len - 1
     new_slots: list[int]  # KV slot of each new token, same length as new_token_ids
     samples: bool = True  # False for a prefill chunk that is not the request's last
+    cached_slots: Sequence[int] = ()  # first chunk after a prefix-cache hit: slots of positions 0..prefix_len-1
 
 
 @dataclass(slots=True)
@@ -125,6 +127,7 @@ class Router:
         decode_steps_per_prefill: int = 4,
         optimistic: bool = False,
         optimistic_ratio: float = 0.5,
+        prefix_cache: bool = False,
     ):
         for name, value in (("max_prefill_tokens", max_prefill_tokens), ("max_model_len", max_model_len)):
             if value < 1:
@@ -147,6 +150,8 @@ class Router:
         self._next_arrival = 0
         self._decodes_since_prefill = decode_steps_per_prefill
         self.total_pauses = 0
+        self.cache = PrefixCache() if prefix_cache else None
+        self.cache_hit_tokens = 0  # prompt tokens taken from the prefix cache instead of prefilled
 
     # --- requests in and out -------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -170,6 +175,10 @@ class Router:
             raise ValueError(f"finish: request {req.request_id!r} is not running")
         del self.running[req.request_id]
         del self._live[req.request_id]
+        if self.cache is not None and req.image_embeds is None:
+            # The stored tokens (all but the last sampled one) stay, for later requests to share.
+            self.slot_allocator.free(self.cache.insert(req.all_ids[: len(req.slots)], req.slots))
+            req.num_cached = len(req.slots)  # all adopted by the cache or freed just now
         self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
@@ -199,7 +208,10 @@ class Router:
             paused += 1
         return {
             "slots_total": self.num_slots,
-            "slots_used": self.slot_allocator.num_used,
+            # held by requests, or cached and locked by one; unlocked cached slots count as free
+            "slots_used": self.slot_allocator.num_used - (self.cache.num_evictable if self.cache else 0),
+            "slots_cached": self.cache.num_slots if self.cache else 0,
+            "prefix_cache_hit_tokens_total": self.cache_hit_tokens,
             "running": len(self.running),
             "waiting": len(self.waiting),
             "paused": paused,
@@ -242,31 +254,41 @@ class Router:
                 seqs.append(self._chunk(req, n))
                 budget -= n
         admitted = self._admit(budget, first_in_batch=not seqs) if budget > 0 else []
-        slots = self.slot_allocator.alloc(sum(req.num_tokens for req in admitted))
-        offset = 0
-        for req in admitted:
+        for req, node, cached in admitted:
             n = req.num_tokens
             req.row = self.row_allocator.alloc()
-            req.slots = list(slots[offset : offset + n])
-            offset += n
-            req.num_computed = 0
+            req.slots = cached + self._alloc(n - len(cached))
+            req.num_computed = req.num_cached = len(cached)
+            req.cache_node = node  # locked by _admit
             req.prefill_len = n  # a resumed request recomputes prompt + generated tokens
             req.status = RequestStatus.RUNNING
             self.running[req.request_id] = req
-            chunk = n if req.image_embeds is not None else min(n, budget)
-            seqs.append(self._chunk(req, chunk))
+            self.cache_hit_tokens += len(cached)
+            todo = n - len(cached)
+            chunk = todo if req.image_embeds is not None else min(todo, budget)
+            seqs.append(self._chunk(req, chunk, cached))
             budget -= chunk
         return Batch("prefill", seqs) if seqs else None
 
     @staticmethod
-    def _chunk(req: Request, n: int) -> ScheduledSeq:
+    def _chunk(req: Request, n: int, cached_slots: Sequence[int] = ()) -> ScheduledSeq:
         """The next n tokens of req's prefill (commits num_computed)."""
         start = req.num_computed
         req.num_computed = start + n
         return ScheduledSeq(
             req, req.row, start, req.all_ids[start : start + n], req.slots[start : start + n],
-            samples=req.num_computed == req.prefill_len,
+            samples=req.num_computed == req.prefill_len, cached_slots=cached_slots,
         )  # fmt: skip
+
+    def _alloc(self, n: int) -> list[int]:
+        """n free slots, evicting unlocked prefix-cache entries when the free list is short."""
+        short = n - self.slot_allocator.num_free
+        if short > 0 and self.cache is not None:
+            self.slot_allocator.free(self.cache.evict(short))
+        return self.slot_allocator.alloc(n)
+
+    def _num_available(self) -> int:
+        return self.slot_allocator.num_free + (self.cache.num_evictable if self.cache else 0)
 
     def _prefill_delays(self) -> tuple[dict[str, int], int]:
         """Upper bound on the decode steps each prefilling request may still wait before it samples,
@@ -286,21 +308,31 @@ class Router:
     def _delay(self, tokens_ahead: int) -> int:
         return self.decode_steps_per_prefill * math.ceil(tokens_ahead / self.max_prefill_tokens)
 
-    def _admit(self, token_budget: int, first_in_batch: bool) -> list[Request]:
+    def _admit(self, token_budget: int, first_in_batch: bool) -> list[tuple[Request, CacheNode | None, list[int]]]:
         """Pop from the head of `waiting` while there are rows, prefill tokens left this step and
         the next request passes the future-aware slot check. A prompt longer than the tokens left
         is admitted and chunked, except an image request: that one waits unless it would be the
-        batch's only sequence (then it runs whole)."""
+        batch's only sequence (then it runs whole).
+
+        With the prefix cache, a text request takes the longest cached prefix of its tokens (all
+        but the last, which must be computed to sample) and locks it; the check then counts the
+        request's own slots, plus every locked cache slot, which nothing can evict meanwhile.
+        Returns (request, locked cache node or None, cached slots) in admission order."""
         delays, ahead = self._prefill_delays()
         entries = sorted(
-            (-(self._budget(r) + delays.get(r.request_id, 0)), len(r.slots), self._budget(r))
+            (-(self._budget(r) + delays.get(r.request_id, 0)), len(r.slots) - r.num_cached, self._budget(r))
             for r in self.running.values()
         )
-        admitted: list[Request] = []
+        cache = self.cache
+        admitted: list[tuple[Request, CacheNode | None, list[int]]] = []
         num_rows = self.row_allocator.num_free
         while self.waiting and len(admitted) < num_rows and token_budget > 0:
             req = self.waiting[0]
-            n = req.num_tokens
+            node, cached = None, []
+            if cache is not None and req.image_embeds is None:
+                node, cached = cache.match(req.all_ids[: req.num_tokens - 1])
+                node = node if cached else None
+            n = req.num_tokens - len(cached)  # tokens to prefill
             whole = req.image_embeds is not None
             if whole and n > token_budget and not (first_in_batch and not admitted):
                 break
@@ -308,19 +340,22 @@ class Router:
             grows = self._budget(req)
             candidate = (-(grows + (self._delay(ahead + rest) if rest else 0)), n, grows)
             bisect.insort(entries, candidate)
-            if _peak(entries) > self.num_slots:
+            locked = 0 if cache is None else cache.num_locked + (cache.unlocked_on_path(node) if node else 0)
+            if _peak(entries) + locked > self.num_slots:
                 break  # FCFS: never skip ahead of a request that does not fit
+            if node is not None:
+                cache.lock(node)
             self.waiting.popleft()
-            admitted.append(req)
+            admitted.append((req, node, cached))
             ahead += rest
             token_budget -= n - rest
         return admitted
 
     def _schedule_decode(self) -> Batch:
-        if sum(not r.is_prefilling for r in self.running.values()) > self.slot_allocator.num_free:
+        if sum(not r.is_prefilling for r in self.running.values()) > self._num_available():
             self._pause_newest()
         reqs = [r for r in self.running.values() if not r.is_prefilling]
-        new_slots = self.slot_allocator.alloc(len(reqs))
+        new_slots = self._alloc(len(reqs))
         seqs = []
         for req, slot in zip(reqs, new_slots, strict=True):
             assert req.num_computed == req.num_tokens - 1, "append_token() missing after a step"
@@ -335,7 +370,7 @@ class Router:
         the front of `waiting` in arrival order and later recompute their tokens."""
         need = sum(not r.is_prefilling for r in self.running.values())
         for req in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
-            if need <= self.slot_allocator.num_free:
+            if need <= self._num_available():
                 break
             need -= not req.is_prefilling
             del self.running[req.request_id]
@@ -346,7 +381,7 @@ class Router:
             req.num_pauses += 1
             self.total_pauses += 1
             self.waiting.appendleft(req)  # newest first, so the oldest ends up in front
-        assert need <= self.slot_allocator.num_free, "a lone request always fits (checked in add)"
+        assert need <= self._num_available(), "a lone request always fits (checked in add)"
 
     def _budget(self, req: Request) -> int:
         """Remaining output tokens assumed by admission (b_i), at least 1."""
@@ -356,10 +391,15 @@ class Router:
         return max(1, req.remaining_budget)
 
     def _release(self, req: Request) -> None:
-        self.slot_allocator.free(req.slots)
+        """Free the request's own slots and row; unlock the prefix-cache path it used."""
+        self.slot_allocator.free(req.slots[req.num_cached :])
+        if req.cache_node is not None:
+            self.cache.unlock(req.cache_node)
         self.row_allocator.free(req.row)
         req.slots = []
         req.row = None
+        req.num_cached = 0
+        req.cache_node = None
 
     def _reject_reason(self, req: Request) -> str | None:
         if req.request_id in self._live:

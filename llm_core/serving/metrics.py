@@ -25,11 +25,13 @@ class MetricSpec:
 LLM_METRICS = (
     MetricSpec("llm_kv_slots_used", GAUGE, "KV cache token slots in use"),
     MetricSpec("llm_kv_slots_total", GAUGE, "KV cache token slots in the pool"),
+    MetricSpec("llm_kv_slots_cached", GAUGE, "KV slots of finished requests kept by the prefix cache"),
     MetricSpec("llm_requests_running", GAUGE, "Requests in the running batch"),
     MetricSpec("llm_requests_waiting", GAUGE, "Requests waiting for admission (paused ones included)"),
     MetricSpec("llm_requests_paused", GAUGE, "Paused requests waiting to resume"),
     MetricSpec("llm_request_pauses_total", COUNTER, "Times a running request was paused for KV space"),
     MetricSpec("llm_prompt_tokens_total", COUNTER, "Prompt tokens admitted"),
+    MetricSpec("llm_prefix_cache_hit_tokens_total", COUNTER, "Prompt tokens taken from the prefix cache"),
     MetricSpec("llm_generation_tokens_total", COUNTER, "Tokens generated"),
     MetricSpec("llm_engine_restarts_total", COUNTER, "Engine worker restarts after a failure"),
     MetricSpec(
@@ -49,6 +51,7 @@ VISUAL_METRICS = (
 _GAUGES = {
     "slots_used": "llm_kv_slots_used",
     "slots_total": "llm_kv_slots_total",
+    "slots_cached": "llm_kv_slots_cached",
     "running": "llm_requests_running",
     "waiting": "llm_requests_waiting",
     "paused": "llm_requests_paused",
@@ -56,6 +59,7 @@ _GAUGES = {
 _COUNTERS = {
     "total_pauses": "llm_request_pauses_total",
     "prompt_tokens_total": "llm_prompt_tokens_total",
+    "prefix_cache_hit_tokens_total": "llm_prefix_cache_hit_tokens_total",
     "generation_tokens_total": "llm_generation_tokens_total",
     "restarts": "llm_engine_restarts_total",
 }

@@ -13,6 +13,7 @@
 | mem_fraction         | LLM_MEM_FRACTION       | device memory share (CUDA)                      |
 | default_max_tokens   | LLM_DEFAULT_MAX_TOKENS | max_tokens when a request gives none            |
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
+| prefix_cache         | LLM_PREFIX_CACHE       | 1/0: reuse KV of earlier requests' prefixes     |
 | cuda_graph           | LLM_CUDA_GRAPH         | 1/0: decode steps from CUDA graphs (CUDA)       |
 | symm_mem_all_reduce  | LLM_SYMM_MEM_ALL_REDUCE| 1/0: small all-reduces over symmetric memory    |
 """
@@ -40,6 +41,7 @@ _ENV = {
     "mem_fraction": "LLM_MEM_FRACTION",
     "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
     "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
+    "prefix_cache": "LLM_PREFIX_CACHE",
     "cuda_graph": "LLM_CUDA_GRAPH",
     "symm_mem_all_reduce": "LLM_SYMM_MEM_ALL_REDUCE",
 }
@@ -59,6 +61,7 @@ class ServingSettings:
     mem_fraction: float = 0.85
     default_max_tokens: int = 16
     visual_cache_size: int = 256
+    prefix_cache: bool = True
     cuda_graph: bool = True
     symm_mem_all_reduce: bool = True
 
@@ -73,6 +76,7 @@ class ServingSettings:
             max_running_requests=self.max_running_requests,
             max_prefill_tokens=self.max_prefill_tokens,
             mem_fraction=self.mem_fraction,
+            prefix_cache=self.prefix_cache,
             cuda_graph=self.cuda_graph,
             symm_mem_all_reduce=self.symm_mem_all_reduce,
         )

@@ -32,6 +32,7 @@ class SeqInput:
     new_slots: list[int]
     num_prompt_tokens: int = 0
     image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
+    cached_slots: list[int] | None = None  # prefix-cache hit: slots of positions 0..prefix_len-1
 
 
 @dataclass(slots=True)
@@ -135,6 +136,9 @@ class ModelRunner:
         positions: list[int] = []
         out_slots: list[int] = []
         rows: list[int] = []
+        cached_rows: list[int] = []  # prefix-cache hits: their rows, positions and slots
+        cached_positions: list[int] = []
+        cached_slots: list[int] = []
         prefix_lens: list[int] = []
         seq_lens: list[int] = []
         starts = [0]
@@ -147,6 +151,10 @@ class ModelRunner:
             positions += range(seq.prefix_len, seq.prefix_len + n)
             out_slots += seq.new_slots
             rows.append(seq.row)
+            if seq.cached_slots:
+                cached_rows += [seq.row] * len(seq.cached_slots)
+                cached_positions += range(len(seq.cached_slots))
+                cached_slots += seq.cached_slots
             prefix_lens.append(seq.prefix_len)
             seq_lens.append(seq.prefix_len + n)
             starts.append(base + n)
@@ -164,6 +172,9 @@ class ModelRunner:
         # Record where each new token's KV lives: req_to_slot[row, position] = slot.
         rows_per_token = torch.repeat_interleave(rows_t.long(), starts_t.diff().long())
         self.kv.req_to_slot[rows_per_token, positions_t] = out_slots_t
+        if cached_slots:  # and where the shared prefix of a prefix-cache hit lives
+            index = (torch.tensor(cached_rows, device=dev), torch.tensor(cached_positions, device=dev))
+            self.kv.req_to_slot[index] = to_i32(cached_slots)
         batch = ForwardBatch(
             is_prefill=step.is_prefill,
             input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),

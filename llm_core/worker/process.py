@@ -115,6 +115,7 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         decode_steps_per_prefill=cfg.decode_steps_per_prefill,
         optimistic=cfg.optimistic_admission,
         optimistic_ratio=cfg.optimistic_ratio,
+        prefix_cache=cfg.prefix_cache,
     )
     broadcast = _broadcaster(cpu_group)
     loop = SchedulerLoop(runner, router, load_tokenizer(cfg.model_dir), conn.send, broadcast)

@@ -106,6 +106,7 @@ class SchedulerLoop:
                     list(seq.new_slots),
                     len(req.prompt_ids),
                     req.image_embeds if step.is_prefill else None,
+                    list(seq.cached_slots) or None,
                 )
             )
         self.broadcast(step)

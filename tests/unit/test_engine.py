@@ -104,6 +104,33 @@ def test_chunked_prefill_matches_transformers(tiny_model_factory, steps_per_pref
         assert engine.stats()["slots_used"] == 0
 
 
+def test_prefix_cache_shares_a_system_prompt_and_matches_transformers(text_model):
+    # The engine keeps finished requests' tokens (prefix_cache=True by default): later prompts that
+    # start with the same 30 tokens prefill only their own tail, reading the shared KV through
+    # req_to_slot. Greedy tokens must equal transformers' on the full prompt.
+    from transformers import AutoModelForCausalLM
+
+    model_dir, engine = text_model
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    special = _special_ids(engine)
+    system = [t for p in _prompts(engine.model_config.vocab_size, 3, seed=21, special=special) for t in p][:30]
+    tails = _prompts(engine.model_config.vocab_size, 6, seed=22, special=special)
+    prompts = [system + tail[:8] for tail in tails]
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    hits_before = engine.stats()["prefix_cache_hit_tokens_total"]
+    first = engine.generate(prompts[:1], params)[0].token_ids  # leaves system + tail in the cache
+    rest = run_staggered(engine, prompts[1:], params)
+    again = run_staggered(engine, prompts, params)  # every prompt now cached but its last token
+    hits = engine.stats()["prefix_cache_hit_tokens_total"] - hits_before
+    assert hits >= 30 * 5 + sum(len(p) - 1 for p in prompts)
+    eos = engine.model_config.eos_token_ids
+    for prompt, ours, ours_again in zip(prompts, [first, *rest], again, strict=True):
+        expected = trim_after_eos(hf_greedy(hf, prompt, 12), eos)
+        assert ours == expected and ours_again == expected
+    stats = engine.stats()
+    assert stats["slots_used"] == 0 and stats["slots_cached"] > 0
+
+
 def test_batch_invariance_with_concurrent_requests(text_model):
     _, engine = text_model
     prompts = _prompts(engine.model_config.vocab_size, 36, seed=2, special=_special_ids(engine))

@@ -98,6 +98,8 @@ class Spec:
     prompt_len: int
     max_tokens: int
     eos_after: int | None  # the fake "eos" fires when this many tokens were generated
+    shared_len: int = 0  # the prompt starts with this many tokens common to its family
+    family: int = 0
 
 
 @dataclass
@@ -114,7 +116,9 @@ def fake_token(req: Request) -> int:
 
 
 def make_request(i: int, spec: Spec) -> Request:
-    prompt = [(i * 13 + j * 7) % 1000 for j in range(spec.prompt_len)]
+    shared = min(spec.shared_len, spec.prompt_len)
+    prompt = [1000 + spec.family * 100 + j for j in range(shared)]
+    prompt += [(i * 13 + j * 7) % 1000 for j in range(shared, spec.prompt_len)]
     return Request(request_id=f"r{i}", prompt_ids=prompt, params=SamplingParams(max_tokens=spec.max_tokens))
 
 
@@ -125,10 +129,36 @@ def budget(router: Router, req: Request) -> int:
     return req.remaining_budget
 
 
+def cache_slots(router: Router) -> list[int]:
+    """Every slot the prefix cache holds; also checks its counters and reference counts."""
+    cache = router.cache
+    if cache is None:
+        return []
+    users: dict[int, int] = {}  # node id -> running requests whose prefix passes through it
+    for r in router.running.values():
+        node = r.cache_node
+        assert (node is None) == (r.num_cached == 0)
+        while node is not None and node is not cache.root:
+            users[id(node)] = users.get(id(node), 0) + 1
+            node = node.parent
+    slots, locked, stack = [], 0, list(cache.root.children.values())
+    while stack:
+        node = stack.pop()
+        assert node.ref == users.get(id(node), 0) and len(node.key) == len(node.slots) > 0
+        slots += node.slots
+        locked += len(node.slots) if node.ref else 0
+        stack.extend(node.children.values())
+    assert cache.num_slots == len(slots) and cache.num_locked == locked
+    return slots
+
+
 def check_invariants(router: Router) -> None:
     running = list(router.running.values())
-    slots = [s for r in running for s in r.slots]
-    assert router.slot_allocator.num_used == len(slots) == len(set(slots))
+    slots = [s for r in running for s in r.slots[r.num_cached :]]  # each request's own
+    cached = cache_slots(router)
+    assert router.slot_allocator.num_used == len(slots) + len(cached) == len(set(slots) | set(cached))
+    for r in running:
+        assert set(r.slots[: r.num_cached]) <= set(cached)
     assert router.row_allocator.num_used == len(running) == len({r.row for r in running})
     for r in running:
         assert r.status is RequestStatus.RUNNING and r.row is not None
@@ -144,7 +174,8 @@ def check_invariants(router: Router) -> None:
         assert r.status is RequestStatus.WAITING and r.row is None and r.slots == []
     stats = router.stats()
     assert stats["paused"] == sum(r.num_pauses > 0 for r in router.waiting)
-    assert stats["slots_used"] == len(slots) and stats["running"] == len(running)
+    evictable = router.cache.num_evictable if router.cache else 0
+    assert stats["slots_used"] == len(slots) + len(cached) - evictable and stats["running"] == len(running)
 
 
 def head_admissible(router: Router) -> bool:
@@ -164,13 +195,18 @@ def head_admissible(router: Router) -> bool:
     if tokens <= 0:
         return False
     head = router.waiting[0]
-    rest = head.num_tokens - min(head.num_tokens, tokens)
+    node, cached = None, []
+    if router.cache is not None:
+        node, cached = router.cache.match(head.all_ids[: head.num_tokens - 1])
+    todo = head.num_tokens - len(cached)
+    rest = todo - min(todo, tokens)
     head_delay = router.decode_steps_per_prefill * math.ceil((ahead + rest) / router.max_prefill_tokens) if rest else 0
     running = list(router.running.values())
-    held = [len(r.slots) for r in running] + [head.num_tokens]
+    held = [len(r.slots) - r.num_cached for r in running] + [todo]
     grows = [budget(router, r) for r in running] + [budget(router, head)]
     lives = [budget(router, r) + delays.get(r.request_id, 0) for r in running] + [grows[-1] + head_delay]
-    return fits(held, lives, router.num_slots, growth=grows)
+    locked = router.cache.num_locked + (router.cache.unlocked_on_path(node) if cached else 0) if router.cache else 0
+    return fits(held, lives, router.num_slots - locked, growth=grows)
 
 
 def check_batch(
@@ -202,7 +238,8 @@ def check_batch(
         new = [s.request for s in batch.seqs[k:]]
         assert new == waiting_before[: len(new)]
         for seq in batch.seqs[k:]:
-            assert seq.prefix_len == 0
+            assert seq.prefix_len == seq.request.num_cached  # 0 without a prefix-cache hit
+            assert list(seq.cached_slots) == seq.request.slots[: seq.prefix_len]
             # A paused request resumes before any request that arrived after it.
             assert not any(r.is_paused and r.arrival < seq.request.arrival for r in router.waiting)
     else:
@@ -279,7 +316,9 @@ def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int
                 result.reasons[req.request_id] = reason
                 result.outputs[req.request_id] = list(req.output_ids)
         check_invariants(router)
-    assert router.slot_allocator.num_free == router.num_slots
+    cached = cache_slots(router)
+    assert router.slot_allocator.num_free + len(cached) == router.num_slots
+    assert router.cache is None or router.cache.num_locked == 0
     assert router.row_allocator.num_free == router.row_allocator.size
     assert not router.waiting and not router.running
     assert len(result.reasons) == len(specs)  # every request finished or was aborted
@@ -303,13 +342,17 @@ def workloads(draw, max_pool: int = 80, max_arrival: int = 30, crowded: bool = F
         max_tokens = draw(st.integers(min(num_slots // 2, 24) if crowded else 1, min(24, num_slots - 1)))
         prompt_len = draw(st.integers(1, min(40, num_slots - max_tokens)))
         eos_after = None if crowded else draw(st.none() | st.integers(1, max_tokens))
-        specs.append(Spec(draw(st.integers(0, max_arrival)), prompt_len, max_tokens, eos_after))
+        shared = draw(st.integers(0, prompt_len))
+        specs.append(
+            Spec(draw(st.integers(0, max_arrival)), prompt_len, max_tokens, eos_after, shared, draw(st.integers(0, 2)))
+        )
     config = dict(
         num_slots=num_slots,
         max_running_requests=draw(st.integers(4 if crowded else 1, 8)),
         max_prefill_tokens=draw(st.integers(1, 64)),
         max_model_len=num_slots + draw(st.integers(0, 4)),
         decode_steps_per_prefill=draw(st.integers(0, 5)),
+        prefix_cache=draw(st.booleans()),
     )
     return config, specs
 
@@ -434,7 +477,16 @@ def test_row_limit_and_schedule_idle():
         router.add(make_request(i, Spec(0, 2, 3, None)))
     batch = router.schedule()
     assert batch.kind == "prefill" and len(batch.seqs) == 2
-    assert router.stats() == dict(slots_total=100, slots_used=4, running=2, waiting=1, paused=0, total_pauses=0)
+    assert router.stats() == dict(
+        slots_total=100,
+        slots_used=4,
+        slots_cached=0,
+        prefix_cache_hit_tokens_total=0,
+        running=2,
+        waiting=1,
+        paused=0,
+        total_pauses=0,
+    )
 
 
 def test_add_rejects_requests_that_can_never_run():

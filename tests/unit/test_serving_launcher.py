@@ -111,7 +111,8 @@ def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
     assert settings.engine_config().cuda_graph and settings.engine_config().symm_mem_all_reduce
     assert load_settings(params, env={"LLM_MAX_PREFILL_TOKENS": "512"}).engine_config().max_prefill_tokens == 512
     off = load_settings(params, env={"LLM_CUDA_GRAPH": "0", "LLM_SYMM_MEM_ALL_REDUCE": "false"}).engine_config()
-    assert not off.cuda_graph and not off.symm_mem_all_reduce
+    assert not off.cuda_graph and not off.symm_mem_all_reduce and settings.engine_config().prefix_cache
+    assert not load_settings(params, env={"LLM_PREFIX_CACHE": "0"}).engine_config().prefix_cache
     with pytest.raises(ValueError, match="LLM_CUDA_GRAPH"):
         load_settings(params, env={"LLM_CUDA_GRAPH": "maybe"})
     with pytest.raises(FileNotFoundError):
