@@ -73,6 +73,9 @@ def fits(held: Iterable[int], remaining: Iterable[int], num_slots: int, growth: 
     return peak_slots(held, remaining, growth) <= num_slots
 
 
+_EVICT_BATCH = 256  # slots freed from the prefix cache at least, once the free list runs short
+
+
 @dataclass(frozen=True, slots=True)
 class ScheduledSeq:
     request: Request
@@ -284,7 +287,8 @@ class Router:
         """n free slots, evicting unlocked prefix-cache entries when the free list is short."""
         short = n - self.slot_allocator.num_free
         if short > 0 and self.cache is not None:
-            self.slot_allocator.free(self.cache.evict(short))
+            # In batches: each eviction walks the tree, and a decode step needs one slot per request.
+            self.slot_allocator.free(self.cache.evict(max(short, _EVICT_BATCH)))
         return self.slot_allocator.alloc(n)
 
     def _num_available(self) -> int:
