@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import PROMPTS, grpc_stream, http_generate, http_stream, metrics
+from e2e_helpers import PROMPTS, grpc_stream, http_generate, http_stream, metrics, wait_for_metric
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -104,6 +104,23 @@ def test_image_requests_match_engine_and_hit_cache(triton_server, reference, tin
     # red was sent 4 times and blue twice: 2 misses at most, the rest are hits.
     assert after["visual_cache_misses_total"] - before.get("visual_cache_misses_total", 0) <= 2
     assert after["visual_cache_hits_total"] - before.get("visual_cache_hits_total", 0) >= 4
+
+
+def test_repeated_prompt_hits_the_prefix_cache(triton_server, reference):
+    # The server's engine keeps finished requests' tokens (prefix cache, on by default): the same
+    # long prompt again prefills only its last token, and the text must not change.
+    prompt = "A long shared system prompt. " * 12 + "Now answer briefly."
+    want = _expected(reference, [prompt], SamplingParams(temperature=0.0, max_tokens=16))[0].text
+    start = metrics(triton_server.metrics_url).get("llm_prefix_cache_hit_tokens_total", 0.0)
+    first = grpc_stream(triton_server.grpc_url, {"text_input": prompt, **GREEDY, "max_tokens": 16})
+    second = grpc_stream(triton_server.grpc_url, {"text_input": prompt, **GREEDY, "max_tokens": 16})
+    assert first.error is None and second.error is None
+    assert first.text == second.text == want
+    ids = reference.tokenizer(prompt)["input_ids"]
+    held, _, hits = wait_for_metric(
+        triton_server.metrics_url, "llm_prefix_cache_hit_tokens_total", lambda v: v - start >= len(ids) - 1, timeout=5
+    )
+    assert held, (start, hits, len(ids))
 
 
 def test_32_concurrent_streams(triton_server, reference):
