@@ -25,7 +25,7 @@ class EngineConfig:
     optimistic_admission: bool = False  # estimate remaining output instead of max_tokens
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
     # Keep finished requests' tokens in the KV pool (a radix tree, evicted LRU when slots run short)
-    # and let later requests that start with the same tokens skip prefilling them. Text only.
+    # and let later requests that start with the same tokens (and images) skip prefilling them.
     prefix_cache: bool = True
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)

@@ -6,7 +6,8 @@ of the conversation) takes those slots as its prefix and prefills only the rest.
 lock the path they use (ref counts on the nodes up to the root), so it is never evicted under them;
 unlocked leaves are evicted least recently used first when the free list runs short.
 
-Pure CPU: ints, tuples and lists. The router owns it (llm_core/scheduler/router.py).
+Keys are ints: token ids, or for image tokens a negative key per image content (the scheduler
+loop's image_cache_keys). Pure CPU: ints, tuples and lists. The router owns it (router.py).
 """
 
 from __future__ import annotations

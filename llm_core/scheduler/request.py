@@ -32,6 +32,9 @@ class Request:
     params: SamplingParams
     output_ids: list[int] = field(default_factory=list)
     image_embeds: object | None = None  # opaque payload, carried to the runner on prefill
+    # Prefix-cache keys of the prompt when they differ from its ids: every token of an image gets a
+    # negative key derived from that image's content, so only the same image at the same place matches.
+    prompt_keys: list[int] | None = None
     arrival: int = -1  # monotonic index assigned by Router.add
     status: RequestStatus = RequestStatus.WAITING
     row: int | None = None  # row of the device request table while RUNNING
@@ -50,6 +53,10 @@ class Request:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    @property
+    def cache_keys(self) -> list[int]:
+        return (self.prompt_keys if self.prompt_keys is not None else self.prompt_ids) + self.output_ids
 
     @property
     def num_tokens(self) -> int:

@@ -178,9 +178,9 @@ class Router:
             raise ValueError(f"finish: request {req.request_id!r} is not running")
         del self.running[req.request_id]
         del self._live[req.request_id]
-        if self.cache is not None and req.image_embeds is None:
+        if self.cache is not None:
             # The stored tokens (all but the last sampled one) stay, for later requests to share.
-            self.slot_allocator.free(self.cache.insert(req.all_ids[: len(req.slots)], req.slots))
+            self.slot_allocator.free(self.cache.insert(req.cache_keys[: len(req.slots)], req.slots))
             req.num_cached = len(req.slots)  # all adopted by the cache or freed just now
         self._release(req)
         req.status = RequestStatus.FINISHED
@@ -333,8 +333,8 @@ class Router:
         while self.waiting and len(admitted) < num_rows and token_budget > 0:
             req = self.waiting[0]
             node, cached = None, []
-            if cache is not None and req.image_embeds is None:
-                node, cached = cache.match(req.all_ids[: req.num_tokens - 1])
+            if cache is not None:
+                node, cached = cache.match(req.cache_keys[: req.num_tokens - 1])
                 node = node if cached else None
             n = req.num_tokens - len(cached)  # tokens to prefill
             whole = req.image_embeds is not None

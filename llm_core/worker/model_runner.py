@@ -33,6 +33,7 @@ class SeqInput:
     num_prompt_tokens: int = 0
     image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
     cached_slots: list[int] | None = None  # prefix-cache hit: slots of positions 0..prefix_len-1
+    image_row_start: int = 0  # image tokens of the prompt before prefix_len (rows of image_embeds)
 
 
 @dataclass(slots=True)
@@ -196,13 +197,13 @@ class ModelRunner:
     def _image_positions(self, seq: SeqInput) -> tuple[list[int], list[int]]:
         """(rows of seq.image_embeds, offsets within the new tokens) of the prompt's image tokens.
 
-        Prefills always start at position 0 (no prefix cache yet), so the k-th image token of
-        the new tokens is the k-th row of the request's image embeddings.
+        A prefill may start after a cached prefix: the k-th image token among the new tokens is
+        row image_row_start + k of the request's image embeddings.
         """
-        assert seq.prefix_len == 0, "image requests are prefilled from position 0"
         token = self.image_token_index
-        offsets = [i for i, t in enumerate(seq.new_token_ids[: seq.num_prompt_tokens]) if t == token]
-        return list(range(len(offsets))), offsets
+        prompt_part = seq.new_token_ids[: max(0, seq.num_prompt_tokens - seq.prefix_len)]
+        offsets = [i for i, t in enumerate(prompt_part) if t == token]
+        return [seq.image_row_start + k for k in range(len(offsets))], offsets
 
     @torch.inference_mode()
     def forward(self, step: StepInput) -> torch.Tensor:

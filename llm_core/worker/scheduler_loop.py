@@ -6,10 +6,12 @@ never held by it. One message per step goes back to the engine.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from llm_core.detokenizer import StopStringChecker
@@ -17,6 +19,22 @@ from llm_core.outputs import StreamChunk
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
 from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+
+
+def image_cache_keys(prompt_ids: list[int], embeds, image_token: int | None, per_image: int | None) -> list[int]:
+    """Prefix-cache keys of an image prompt: its ids, with each image's tokens replaced by one
+    negative key from a hash of that image's embedding rows (the same image at the same place,
+    after the same tokens, then shares its KV; any other image does not)."""
+    rows = np.ascontiguousarray(embeds)
+    positions = [i for i, t in enumerate(prompt_ids) if t == image_token]
+    per_image = per_image or len(positions) or 1
+    keys = list(prompt_ids)
+    for start in range(0, len(positions), per_image):
+        digest = hashlib.blake2b(rows[start : start + per_image].tobytes(), digest_size=8).digest()
+        key = -1 - (int.from_bytes(digest, "little") >> 2)
+        for i in positions[start : start + per_image]:
+            keys[i] = key
+    return keys
 
 
 @dataclass(slots=True)
@@ -59,6 +77,11 @@ class SchedulerLoop:
             params=cmd.params,
             image_embeds=cmd.image_embeds,
         )
+        if cmd.image_embeds is not None:
+            req.prompt_keys = image_cache_keys(
+                req.prompt_ids, cmd.image_embeds, self.runner.image_token_index,
+                self.runner.model_config.num_image_tokens,
+            )  # fmt: skip
         try:
             self.router.add(req)
         except ValueError as exc:
@@ -107,6 +130,7 @@ class SchedulerLoop:
                     len(req.prompt_ids),
                     req.image_embeds if step.is_prefill else None,
                     list(seq.cached_slots) or None,
+                    self._image_rows_before(req, seq.prefix_len) if step.is_prefill else 0,
                 )
             )
         self.broadcast(step)
@@ -126,6 +150,12 @@ class SchedulerLoop:
         self.counters["generation_tokens_total"] += len(sampling)
         self.dirty = False
         self.send(("outputs", chunks, self.stats()))
+
+    def _image_rows_before(self, req: Request, position: int) -> int:
+        if req.image_embeds is None or position == 0:
+            return 0
+        token = self.runner.image_token_index
+        return sum(1 for t in req.prompt_ids[:position] if t == token)
 
     def _sampling_input(self, req: Request) -> SamplingInput:
         tracked = self.tracked[req.request_id]

@@ -49,3 +49,39 @@ def test_llava_greedy_matches_transformers(tiny_llava, max_prefill_tokens):
             ref = trim_after_eos(out[0, len(ids) :].tolist(), cfg.eos_token_ids)
             assert ours == ref
         assert engine.stats()["slots_used"] == 0
+
+
+def test_llava_prefix_cache_shares_only_the_same_image(tiny_llava):
+    # A second turn re-sends the first turn's prompt (same image), its answer and a new question: it
+    # takes all of that from the prefix cache. The same turn with another image at the same place
+    # shares only the text before the image. Greedy tokens equal transformers' in every case.
+    from transformers import LlavaForConditionalGeneration
+
+    model_dir = str(tiny_llava)
+    hf = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    vision = VisionEncoder.from_pretrained(model_dir, torch.device("cpu"), torch.float32)
+    with Engine(EngineConfig(model_dir=model_dir, dtype="float32")) as engine:
+        cfg = engine.model_config
+        pixels = {name: preprocess_images([random_image(seed)], model_dir) for name, seed in (("a", 1), ("b", 2))}
+        embeds = {name: vision.encode(px).reshape(-1, cfg.hidden_size) for name, px in pixels.items()}
+        params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+
+        def generate(ids, image):
+            before = engine.stats().get("prefix_cache_hit_tokens_total", 0)
+            out = engine.generate([ids], params, [embeds[image]])[0].token_ids
+            with torch.no_grad():
+                ref = hf.generate(
+                    input_ids=torch.tensor([ids]), pixel_values=pixels[image], max_new_tokens=8, do_sample=False,
+                    num_beams=1, pad_token_id=0, min_new_tokens=8,
+                )[0, len(ids) :].tolist()  # fmt: skip
+            assert out == ref, (image, ids)
+            return out, engine.stats()["prefix_cache_hit_tokens_total"] - before
+
+        turn1 = [3, 40] + [cfg.image_token_index] * cfg.num_image_tokens + [50, 60]
+        answer, hits = generate(turn1, "a")
+        assert hits == 0
+        turn2 = turn1 + answer + [70, 71]
+        _, hits = generate(turn2, "a")
+        assert hits == len(turn1) + len(answer) - 1  # all but the answer's last token (never stored)
+        _, hits = generate(turn2, "b")
+        assert hits == 2  # [3, 40], then the image differs
