@@ -226,8 +226,8 @@ class Router:
         """Prefill (continue chunked prompts, then admit new work) when nothing can decode or
         every `decode_steps_per_prefill` decode steps; otherwise decode every request that has
         finished its prefill. None when idle."""
-        decodable = any(not r.is_prefilling for r in self.running.values())
-        prefilling = any(r.is_prefilling for r in self.running.values())
+        decodable = self._decodable()  # one pass over the running requests per step
+        prefilling = len(decodable) < len(self.running)
         if (self.waiting or prefilling) and (
             not decodable or self._decodes_since_prefill >= self.decode_steps_per_prefill
         ):
@@ -236,7 +236,7 @@ class Router:
                 self._decodes_since_prefill = 0
                 return batch
         if decodable:
-            batch = self._schedule_decode()
+            batch = self._schedule_decode(decodable)
             if batch.seqs:
                 self._decodes_since_prefill += 1
                 return batch
@@ -355,10 +355,15 @@ class Router:
             token_budget -= n - rest
         return admitted
 
-    def _schedule_decode(self) -> Batch:
-        if sum(not r.is_prefilling for r in self.running.values()) > self._num_available():
-            self._pause_newest()
-        reqs = [r for r in self.running.values() if not r.is_prefilling]
+    def _decodable(self) -> list[Request]:
+        return [r for r in self.running.values() if not r.is_prefilling]
+
+    def _schedule_decode(self, reqs: list[Request]) -> Batch:
+        """Decode `reqs` (the running requests past their prefill), pausing the newest first if
+        the free slots cannot take one more token each."""
+        if len(reqs) > self._num_available():
+            self._pause_newest(len(reqs))
+            reqs = self._decodable()
         new_slots = self._alloc(len(reqs))
         seqs = []
         for req, slot in zip(reqs, new_slots, strict=True):
@@ -369,10 +374,9 @@ class Router:
             req.num_computed += 1
         return Batch("decode", seqs)
 
-    def _pause_newest(self) -> None:
-        """Preempt the newest running requests until one decode step fits; they go back to
-        the front of `waiting` in arrival order and later recompute their tokens."""
-        need = sum(not r.is_prefilling for r in self.running.values())
+    def _pause_newest(self, need: int) -> None:
+        """Preempt the newest running requests until one decode step of the `need` decodable ones
+        fits; they go back to the front of `waiting` in arrival order and later recompute."""
         for req in sorted(self.running.values(), key=lambda r: r.arrival, reverse=True):
             if need <= self._num_available():
                 break
