@@ -6,14 +6,31 @@ of the conversation) takes those slots as its prefix and prefills only the rest.
 lock the path they use (ref counts on the nodes up to the root), so it is never evicted under them;
 unlocked leaves are evicted least recently used first when the free list runs short.
 
-Keys are ints: token ids, or for image tokens a negative key per image content (the scheduler
-loop's image_cache_keys). Pure CPU: ints, tuples and lists. The router owns it (router.py).
+Keys are ints: token ids, or for image tokens a negative key per image content (image_cache_keys).
+Pure CPU: ints, tuples and lists. The router owns it (router.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections.abc import Sequence
+
+
+def image_cache_keys(prompt_ids: list[int], embeds, image_token: int | None, per_image: int | None) -> list[int]:
+    """Prefix-cache keys of an image prompt: its ids, with each image's tokens replaced by one
+    negative key from a hash of that image's embedding rows (embeds: an array, one row per image
+    token; the same image at the same place, after the same tokens, then shares its KV; any other
+    image does not)."""
+    positions = [i for i, t in enumerate(prompt_ids) if t == image_token]
+    per_image = per_image or len(positions) or 1
+    keys = list(prompt_ids)
+    for start in range(0, len(positions), per_image):
+        digest = hashlib.blake2b(embeds[start : start + per_image].tobytes(), digest_size=8).digest()
+        key = -1 - (int.from_bytes(digest, "little") >> 2)
+        for i in positions[start : start + per_image]:
+            keys[i] = key
+    return keys
 
 
 class CacheNode:
@@ -147,4 +164,4 @@ class PrefixCache:
         return upper
 
 
-__all__ = ["CacheNode", "PrefixCache"]
+__all__ = ["CacheNode", "PrefixCache", "image_cache_keys"]

@@ -6,35 +6,18 @@ never held by it. One message per step goes back to the engine.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
+from llm_core.scheduler.prefix_cache import image_cache_keys
 from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
-
-
-def image_cache_keys(prompt_ids: list[int], embeds, image_token: int | None, per_image: int | None) -> list[int]:
-    """Prefix-cache keys of an image prompt: its ids, with each image's tokens replaced by one
-    negative key from a hash of that image's embedding rows (the same image at the same place,
-    after the same tokens, then shares its KV; any other image does not)."""
-    rows = np.ascontiguousarray(embeds)
-    positions = [i for i, t in enumerate(prompt_ids) if t == image_token]
-    per_image = per_image or len(positions) or 1
-    keys = list(prompt_ids)
-    for start in range(0, len(positions), per_image):
-        digest = hashlib.blake2b(rows[start : start + per_image].tobytes(), digest_size=8).digest()
-        key = -1 - (int.from_bytes(digest, "little") >> 2)
-        for i in positions[start : start + per_image]:
-            keys[i] = key
-    return keys
 
 
 @dataclass(slots=True)
