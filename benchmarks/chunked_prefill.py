@@ -59,6 +59,18 @@ def run(model_dir: str, device: str, max_prefill_tokens: int, prompt_len: int, d
     }
 
 
+def cpu_bench_model(out_dir: Path) -> str:
+    """A random-weight Llama (hidden 512, 8 layers, 8 q / 2 kv heads, 8k context) in real HF files:
+    large enough on the CPU that a long prefill takes far longer than a decode step. Shared with
+    benchmarks/prefix_cache.py."""
+    from llm_core.testing.tiny_model import make_tiny_model
+
+    return str(make_tiny_model(
+        out_dir, "llama", hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
+    ))  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -67,15 +79,9 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=200)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from llm_core.testing.tiny_model import make_tiny_model
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        # Random weights, large enough that a long prefill takes much longer than a decode step.
-        model_dir = str(make_tiny_model(
-            Path(tmp) / "model", "llama", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-            num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
-        ))  # fmt: skip
+        model_dir = cpu_bench_model(Path(tmp) / "model")
         for budget in (args.prompt_len, args.chunk):
             row = run(model_dir, args.device, budget, args.prompt_len, args.decode_tokens)
             rows.append(row)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -437,13 +438,9 @@ def bench_flushed(fn: Callable[[], object], flush: str, iters: int = 100) -> flo
     return sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))[iters // 2]
 
 
-_FLUSH: list[torch.Tensor] = []
-
-
+@functools.cache
 def _flush_buffer() -> torch.Tensor:
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(64 << 20, dtype=torch.int32, device=DEV))  # 256 MB, 5x the H200's L2
-    return _FLUSH[0]
+    return torch.empty(64 << 20, dtype=torch.int32, device=DEV)  # 256 MB, 5x the H200's L2
 
 
 def _graphed(fn: Callable[[], object]) -> Callable[[], object]:

@@ -3,6 +3,7 @@
 Requests run one after another, each = the same --system-len tokens + its own --tail-len tokens. With
 the prefix cache the first one prefills everything and leaves its tokens in the KV pool; the later
 ones prefill only their tail. Baseline in the same run: prefix_cache=False.
+The model: benchmarks.chunked_prefill.cpu_bench_model.
 
   python benchmarks/prefix_cache.py --device cpu --system-len 3000 --requests 4
 """
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.chunked_prefill import cpu_bench_model  # noqa: E402
 
 
 def run(model_dir: str, device: str, prefix_cache: bool, system: list[int], tails: list[list[int]]) -> dict:
@@ -56,16 +59,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from llm_core.testing.tiny_model import make_tiny_model
 
     system = [10 + (7 * i) % 200 for i in range(args.system_len)]
     tails = [[300 + r * 17 + j for j in range(args.tail_len)] for r in range(args.requests)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(make_tiny_model(
-            Path(tmp) / "model", "llama", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-            num_attention_heads=8, num_key_value_heads=2, head_dim=64, max_position_embeddings=8192,
-        ))  # fmt: skip
+        model_dir = cpu_bench_model(Path(tmp) / "model")
         for prefix_cache in (False, True):
             rows.append(run(model_dir, args.device, prefix_cache, system, tails))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "outputs"}), flush=True)
