@@ -149,16 +149,15 @@ LLAVA_RENAMES = {  # transformers 5 in-memory names, and original llava-hf names
 }
 
 
+def _tiny_vision_config() -> transformers.CLIPVisionConfig:
+    return transformers.CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=8, patch_size=4
+    )
+
+
 @pytest.mark.parametrize("naming", list(LLAVA_RENAMES))
 def test_llava_checkpoint_namings(tmp_path, naming):
-    vision = transformers.CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=8,
-        patch_size=4,
-    )
+    vision = _tiny_vision_config()
     hf_cfg = transformers.LlavaConfig(
         text_config=transformers.LlamaConfig(**TEXT).to_dict(),
         vision_config=vision.to_dict(),
@@ -182,14 +181,7 @@ def test_llava_checkpoint_namings(tmp_path, naming):
 
 
 def test_vision_encoder_dummy_bf16(tmp_path):
-    vision = transformers.CLIPVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=8,
-        patch_size=4,
-    )
+    vision = _tiny_vision_config()
     transformers.LlavaConfig(text_config=TEXT, vision_config=vision.to_dict()).save_pretrained(tmp_path)
     encoder = VisionEncoder.from_pretrained(tmp_path, "cpu", torch.bfloat16, load_format="dummy")
     out = encoder.encode(torch.randn(2, 3, 8, 8))
