@@ -112,7 +112,7 @@ class SchedulerLoop:
                     list(seq.new_slots),
                     len(req.prompt_ids),
                     req.image_embeds if step.is_prefill else None,
-                    list(seq.cached_slots) or None,
+                    list(seq.cached_slots) if seq.cached_slots else None,
                     self._image_rows_before(req, seq.prefix_len) if step.is_prefill else 0,
                 )
             )
