@@ -64,13 +64,21 @@ def _time_cuda(fn, iters: int) -> float:
     return statistics.median(times)
 
 
-def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results):
+def _rank(
+    rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results,
+    min_split_len: int | None = None,
+):  # fmt: skip
+    import dataclasses
+
     from llm_core.config import EngineConfig
+    from llm_core.kernels import decode_attention as decode_module
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
     if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
 
+    if min_split_len:  # try another split rule for decode attention (the kernel reads DEFAULT_CONFIG per call)
+        decode_module.DEFAULT_CONFIG = dataclasses.replace(decode_module.DEFAULT_CONFIG, min_split_len=min_split_len)
     if tp > 1:
         dist.init_process_group(
             "nccl",
@@ -89,7 +97,7 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         max_total_tokens=max_batch * (ctx + 1),
         max_running_requests=max_batch,
         max_model_len=ctx + 8,
-        cuda_graph="graph" in modes,
+        cuda_graph=any(m.startswith("graph") for m in modes),
         cuda_graph_tp=True,
         symm_mem_all_reduce=True,  # the *_nccl modes switch it off
     )
@@ -108,15 +116,18 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
         logits = {}
         for mode in modes:
             nccl = mode.endswith("_nccl")  # all-reduces through NCCL only (no symmetric-memory one-shot)
-            if nccl and (tp == 1 or runner.fast_all_reduce is None):
+            nofuse = mode.endswith("_nofuse")  # symm-mem one-shot all-reduce, then RMSNorm: two kernels
+            if (nccl or nofuse) and (tp == 1 or runner.fast_all_reduce is None):
                 continue
             if runner.fast_all_reduce is not None:
                 runner.fast_all_reduce.enabled = not nccl
+                runner.fast_all_reduce.fuse_norm = not nofuse
             runner.use_cuda_graph = mode.startswith("graph")
             if runner.use_cuda_graph:  # one graph runner per all-reduce path
-                if nccl not in graph_runners:
-                    graph_runners[nccl] = runner.new_graph_runner()
-                runner.graph_runner = graph_runners[nccl]
+                path = mode.removeprefix("graph")
+                if path not in graph_runners:
+                    graph_runners[path] = runner.new_graph_runner()
+                runner.graph_runner = graph_runners[path]
             start = time.perf_counter()
             logits[mode] = runner.forward(step).clone()  # graph mode: captures here
             torch.cuda.synchronize()
@@ -142,6 +153,23 @@ def _rank(rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx
                 row["symm_mem_all_reduce_max_abs_err"] = (fast(x) - x * tp).abs().max().item()
                 row["symm_mem_backend"] = fast.backend
                 paths["symm_mem"] = lambda x=x, num=num, fast=fast: [fast(x) for _ in range(num)]
+                # The fused all-reduce + residual add + RMSNorm against its two-kernel form, same inputs.
+                from llm_core import kernels
+
+                gen = torch.Generator(device="cuda").manual_seed(rank)  # different partial sums per rank
+                part = torch.randn(batch, hidden, device="cuda", generator=gen).to(torch.bfloat16)
+                same = torch.Generator(device="cuda").manual_seed(1234)  # the residual is the same on all ranks
+                res = torch.randn(batch, hidden, device="cuda", generator=same).to(torch.bfloat16)
+                w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+                fused = fast.add_rms_norm(part, res, w, 1e-5, 0)
+                split = kernels.add_rms_norm(fast(part), res, w, 1e-5)
+                row["fused_vs_split_equal"] = all(torch.equal(a, b) for a, b in zip(fused, split, strict=True))
+                paths["fused"] = lambda num=num, fast=fast, part=part, res=res, w=w: [
+                    fast.add_rms_norm(part, res, w, 1e-5, i % 2) for i in range(num)
+                ]
+                paths["symm_mem_then_norm"] = lambda num=num, fast=fast, part=part, res=res, w=w: [
+                    kernels.add_rms_norm(fast(part), res, w, 1e-5) for _ in range(num)
+                ]
             for name, fn in paths.items():
                 row[f"allreduce_{name}_eager_ms_per_step"] = round(_time_cuda(fn, iters), 3)
                 graph = torch.cuda.CUDAGraph()
@@ -170,6 +198,7 @@ def main() -> int:
         "--mode", nargs="+", choices=["eager", "graph", "eager_nccl", "graph_nccl"], default=["eager", "graph"],
         help="*_nccl: all-reduces through NCCL only (tp > 1); the others use the symmetric-memory one-shot",
     )  # fmt: skip
+    ap.add_argument("--decode-min-split-len", type=int, default=None, help="override DecodeConfig.min_split_len")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for var, value in (
@@ -187,9 +216,12 @@ def main() -> int:
                 print(f"skip tp={tp}: only {torch.cuda.device_count()} GPUs")
                 continue
             port = 29500 + tp
+            split_len = args.decode_min_split_len
             try:
                 mp.spawn(
-                    _rank, nprocs=tp, args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results)
+                    _rank,
+                    nprocs=tp,
+                    args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results, split_len),
                 )
             except Exception as exc:  # keep the other tp's rows; report the failure at the end
                 failures.append(f"tp={tp}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
@@ -203,9 +235,11 @@ def main() -> int:
         for m in args.mode:
             if f"step_ms_{m}" not in r:
                 continue
-            base = tp1.get((r["batch"], m.removesuffix("_nccl")))
+            base = tp1.get((r["batch"], m.removesuffix("_nccl").removesuffix("_nofuse")))
             ratio = f"{r[f'step_ms_{m}'] / base:.2f}" if r["tp"] > 1 and base else ""
             path = "nccl" if m.endswith("_nccl") or "allreduce_symm_mem_eager_ms_per_step" not in r else "symm_mem"
+            if path == "symm_mem" and not m.endswith("_nofuse"):
+                path = "fused"
             launch = "graph" if m.startswith("graph") else "eager"
             reduce_ms = r.get(f"allreduce_{path}_{launch}_ms_per_step", "")
             print(f"| {r['tp']} | {r['batch']} | {r['ctx']} | {m} | {r[f'step_ms_{m}']} | {ratio} | {reduce_ms} |")

@@ -6,6 +6,10 @@ all-reduce of `torch.ops.symm_mem` copies the local input into a buffer every ra
 (CUDA IPC over NVLink, no multicast needed), signals the peers, and each rank sums all ranks'
 buffers with plain loads: one kernel, capturable in CUDA graphs. Larger tensors (prefill) go to
 NCCL, which is bandwidth-optimal there.
+
+`add_rms_norm` goes one step further for the all-reduces of row-parallel projections: the sum, the
+residual add and the RMSNorm after it in one Triton kernel (kernels/all_reduce_norm.py) over a
+second pair of staging buffers and our own flags.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
+FLAG_ROWS = 4096  # rows of the fused kernel's flags: ONE_SHOT_MAX_BYTES of fp32 rows of 64 (tiny test models)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)  # what the CUDA one-shot kernel dispatches (not fp16)
 
 
@@ -29,12 +34,31 @@ class SymmMemAllReduce:
         self.group_name = group.group_name
         self.dtype = dtype
         self.enabled = True  # benchmarks switch it off to compare with NCCL
+        self.fuse_norm = True  # add_rms_norm: the fused kernel (benchmarks compare with all-reduce + norm)
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
         # CUDA IPC handles. Not NVSHMEM: its frees are collective, so a buffer freed by one rank's
         # garbage collector or exit path alone waits for the others forever.
         if hasattr(symm_mem, "set_backend") and symm_mem.get_backend(device) != "CUDA":
             symm_mem.set_backend("CUDA")
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
+        # The fused kernel's buffers: two staging halves and flags[row, rank], zeroed before the
+        # rendezvous (collective), so no peer can signal into them before they are zero.
+        self.stage = symm_mem.empty(2 * self.buffer.numel(), dtype=dtype, device=device)
+        self.flags = symm_mem.empty((FLAG_ROWS, self.world), dtype=torch.int32, device=device)
+        self.flags.zero_()
+        torch.cuda.synchronize(device)
+        stage_handle = symm_mem.rendezvous(self.stage, self.group_name)
+        flags_handle = symm_mem.rendezvous(self.flags, self.group_name)
+        self.stage_ptrs = torch.tensor(
+            [stage_handle.get_buffer(r, self.stage.shape, dtype).data_ptr() for r in range(self.world)],
+            dtype=torch.int64, device=device,
+        )  # fmt: skip
+        self.flag_ptrs = torch.tensor(
+            [flags_handle.get_buffer(r, self.flags.shape, torch.int32).data_ptr() for r in range(self.world)],
+            dtype=torch.int64, device=device,
+        )  # fmt: skip
         self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -47,6 +71,22 @@ class SymmMemAllReduce:
         staging = self.buffer[: x.numel()].view(x.shape)
         torch.ops.symm_mem.one_shot_all_reduce_copy_out(staging, x, "sum", self.group_name, out)
         return out
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, parity: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rms_norm(sum_ranks(x) + residual), sum_ranks(x) + residual) in one kernel, or None where
+        the caller should all-reduce and normalise separately. Consecutive calls must alternate parity."""
+        if not (self.enabled and self.fuse_norm) or x.dtype != self.dtype or x.dim() != 2:
+            return None
+        max_rows = min(self.buffer.numel() // x.shape[1], FLAG_ROWS)
+        if x.shape[0] > max_rows:
+            return None
+        from llm_core.kernels.all_reduce_norm import all_reduce_add_rms_norm
+
+        return all_reduce_add_rms_norm(
+            x, residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.rank, parity, max_rows
+        )
 
 
 def _agree(ok: bool, group, device: torch.device) -> bool:

@@ -39,6 +39,19 @@ class TensorParallel:
             dist.all_reduce(x, group=self.group)
         return x
 
+    def all_reduce_add_rms_norm(
+        self, ops, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, parity: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ops.add_rms_norm(all_reduce(x), residual, ...), fused into one kernel where the small-tensor
+        path can (`parity`: 0 or 1, different for consecutive calls; see kernels/all_reduce_norm.py)."""
+        if self.size > 1:
+            if self.fast_all_reduce is not None and x.is_cuda:
+                fused = self.fast_all_reduce.add_rms_norm(x, residual, weight, eps, parity)
+                if fused is not None:
+                    return fused
+            x = self.all_reduce(x)
+        return ops.add_rms_norm(x, residual, weight, eps)
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         # [..., N] per rank -> [..., size * N], rank order
         if self.size == 1:
@@ -158,7 +171,10 @@ class MergedGateUpLinear(nn.Module):
 
 
 class RowParallelLinear(nn.Module):
-    """y = all_reduce(x_shard W_shard^T) + b, W split by input columns; input is sharded."""
+    """y = all_reduce(x_shard W_shard^T) + b, W split by input columns; input is sharded.
+
+    `forward(x, reduce=False)` (no bias only) returns this rank's partial sum: the caller reduces
+    it later, fused with what follows (TensorParallel.all_reduce_add_rms_norm)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel, dtype, device):
         super().__init__()
@@ -172,8 +188,12 @@ class RowParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data, source[:, self.tp.rank * cols : (self.tp.rank + 1) * cols])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.tp.all_reduce(F.linear(x, self.weight))
+    def forward(self, x: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+        out = F.linear(x, self.weight)
+        if not reduce:
+            assert self.bias is None, "a partial sum with a bias would add the bias once per rank"
+            return out
+        out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
 
 

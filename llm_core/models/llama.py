@@ -47,18 +47,29 @@ _TEXT_RENAMES = (
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype, device: torch.device):
+    """`reduce_parity` not None: x is a rank's partial sum of a row-parallel projection, all-reduced here
+    together with the residual add and the norm (one kernel at decode sizes on GPUs)."""
+
+    def __init__(
+        self, hidden_size: int, eps: float, dtype: torch.dtype, device: torch.device, tp: TensorParallel, parity: int
+    ):
         super().__init__()
         self.eps = eps
+        self.tp = tp
+        self.parity = parity
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
 
     def forward(
-        self, ops: ModuleType, x: torch.Tensor, residual: torch.Tensor | None
+        self, ops: ModuleType, x: torch.Tensor, residual: torch.Tensor | None, reduce: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # x, residual: [T, hidden] -> (normed, new residual); without residual, x is the residual.
+        # reduce: x is this rank's partial sum (RowParallelLinear(reduce=False)); sum over ranks first.
         if residual is None:
+            assert not reduce
             return ops.rms_norm(x, self.weight, self.eps), x
+        if reduce:
+            return self.tp.all_reduce_add_rms_norm(ops, x, residual, self.weight, self.eps, self.parity)
         return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
@@ -76,6 +87,8 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(
             cfg.num_heads * cfg.head_dim, cfg.hidden_size, cfg.o_proj_bias, tp, dtype, device
         )
+        # tp > 1: return the partial sum; the post-attention norm all-reduces it (fused).
+        self.defer_reduce = tp.size > 1 and not cfg.o_proj_bias
 
     def forward(
         self, hidden: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, cos_sin: torch.Tensor
@@ -101,7 +114,8 @@ class LlamaAttention(nn.Module):
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.seq_lens,
                 batch.max_seq_len, self.sm_scale,
             )  # fmt: skip
-        return self.o_proj(out.view(num_tokens, self.num_heads * self.head_dim))  # [T, hidden]
+        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
+        return self.o_proj(out.view(num_tokens, self.num_heads * self.head_dim), reduce=not self.defer_reduce)
 
 
 class LlamaMLP(nn.Module):
@@ -109,9 +123,11 @@ class LlamaMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = MergedGateUpLinear(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, tp, dtype, device)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device)
+        self.defer_reduce = tp.size > 1 and not cfg.mlp_bias  # the next norm all-reduces (fused)
 
     def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # [T, hidden]
+        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)), reduce=not self.defer_reduce)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -119,13 +135,16 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_id, tp, dtype, device)
         self.mlp = LlamaMLP(cfg, tp, dtype, device)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        # Parities of the fused all-reduces: calls alternate 0 (after o_proj), 1 (after down_proj).
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=1)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=0)
 
     def forward(self, hidden, residual, batch, kv, ops, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, residual = self.input_layernorm(ops, hidden, residual)
+        # hidden: the embeddings (residual None), else the previous MLP's output (partial with defer_reduce)
+        reduce = residual is not None and self.mlp.defer_reduce
+        hidden, residual = self.input_layernorm(ops, hidden, residual, reduce=reduce)
         hidden = self.self_attn(hidden, batch, kv, ops, cos_sin)
-        hidden, residual = self.post_attention_layernorm(ops, hidden, residual)
+        hidden, residual = self.post_attention_layernorm(ops, hidden, residual, reduce=self.self_attn.defer_reduce)
         return self.mlp(hidden, ops), residual
 
 
@@ -134,7 +153,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype, device)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, tp, dtype, device) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=1)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -167,7 +186,8 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)
         last = batch.logits_indices  # [B]
-        hidden, _ = self.model.norm(ops, hidden[last], residual[last])  # [B, hidden]
+        reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: rows `last` only
+        hidden, _ = self.model.norm(ops, hidden[last], residual[last], reduce=reduce)  # [B, hidden]
         return self.lm_head(hidden).float()  # [B, vocab]
 
     def checkpoint_param(self, name: str) -> tuple[str, str | int | None] | None:

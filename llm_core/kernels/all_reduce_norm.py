@@ -1,0 +1,137 @@
+"""All-reduce fused with the residual add and RMSNorm that follow it (tensor-parallel decode).
+
+A row-parallel projection (o_proj, down_proj) leaves each rank a partial sum; the next op is always
+`residual += all_reduce(partial); normed = rms_norm(residual)`. At decode sizes (a few KB per row)
+both are latency-bound, so one kernel does all of it. Program `row` of rank r:
+
+1. stores its partial row into rank r's staging buffer (memory every rank has mapped: torch
+   symmetric memory, CUDA IPC over NVLink);
+2. signals every peer p by setting p's flag[row, r] from 0 to 1 (release, system scope), waiting
+   while an earlier signal there is still unconsumed, then waits for each peer's flag[row, p] on
+   its own flags and resets it to 0 (acquire): the row is staged on every rank;
+3. sums the staged rows of all ranks in rank order (fp32, rounded once to the activation dtype,
+   so every rank computes the same bits), then adds the residual and normalises exactly like
+   `rms_norm.add_rms_norm`.
+
+A rank may start its next call while a peer still reads its buffer from this one, so calls alternate
+between two staging halves (`parity`): a rank can only reuse a half after passing the barrier of
+the call in between, which a peer enters only once it has finished reading. The caller gives
+consecutive calls different parities (llama.py: 0 after o_proj, 1 after down_proj).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from llm_core.kernels._checks import check_device, check_float
+
+
+@triton.jit
+def _all_reduce_add_rms_norm_kernel(
+    x_ptr,  # [T, H] this rank's partial sums
+    residual_ptr,  # [T, H]
+    weight_ptr,  # [H]
+    out_ptr,  # [T, H] contiguous
+    residual_out_ptr,  # [T, H] contiguous
+    buffer_ptrs,  # [WORLD] int64: rank p's staging buffer [2, max_rows, H] (x's dtype)
+    flag_ptrs,  # [WORLD] int64: rank p's flags [max_rows, WORLD] int32, flag[row, q] = "q staged row"
+    rank,
+    stage_offset,  # parity * max_rows * H
+    hidden,
+    x_row_stride,
+    residual_row_stride,
+    eps,
+    WORLD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    row64 = row.to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < hidden
+    x = tl.load(x_ptr + row64 * x_row_stride + cols, mask=mask, other=0.0)
+    stage = stage_offset + row64 * hidden + cols
+    own_buffer = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x.dtype))
+    tl.store(own_buffer + stage, x, mask=mask)
+    tl.debug_barrier()  # every thread's part of the row is stored before the signal releases it
+
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            peer_flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int32))
+            old = tl.atomic_cas(peer_flags + row * WORLD + rank, 0, 1, sem="release", scope="sys")
+            while old != 0:
+                old = tl.atomic_cas(peer_flags + row * WORLD + rank, 0, 1, sem="release", scope="sys")
+    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int32))
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            old = tl.atomic_cas(own_flags + row * WORLD + peer, 1, 0, sem="acquire", scope="sys")
+            while old != 1:
+                old = tl.atomic_cas(own_flags + row * WORLD + peer, 1, 0, sem="acquire", scope="sys")
+    tl.debug_barrier()
+
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for peer in tl.static_range(WORLD):  # rank order: the same sum on every rank
+        buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(x.dtype))
+        total += tl.load(buffer + stage, mask=mask, other=0.0, volatile=True).to(tl.float32)
+    res = tl.load(residual_ptr + row64 * residual_row_stride + cols, mask=mask, other=0.0)
+    # Rounded like the unfused path: all_reduce -> x.dtype, then `x + residual` -> x.dtype.
+    summed = (total.to(x.dtype).to(tl.float32) + res.to(tl.float32)).to(x.dtype)
+    tl.store(residual_out_ptr + row64 * hidden + cols, summed, mask=mask)
+    xf = summed.to(tl.float32)
+    variance = tl.sum(xf * xf, axis=0) / hidden
+    normed = (xf * tl.rsqrt(variance + eps)).to(x.dtype).to(tl.float32)
+    w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row64 * hidden + cols, (w * normed).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def all_reduce_add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    buffer_ptrs: torch.Tensor,
+    flag_ptrs: torch.Tensor,
+    rank: int,
+    parity: int,
+    max_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (rms_norm(sum_ranks(x) + residual), sum_ranks(x) + residual), both [T, H].
+
+    x, residual: [T, H] with T <= max_rows; buffer_ptrs / flag_ptrs: [world] int64 device addresses
+    of every rank's staging buffer ([2, max_rows, H], x's dtype) and flags ([max_rows, world] int32,
+    zero before the first call). Every rank must make the same calls in the same order."""
+    assert x.dim() == 2 and x.shape == residual.shape and weight.shape == (x.shape[1],), (x.shape, weight.shape)
+    assert x.stride(1) == 1 and residual.stride(1) == 1 and weight.stride(0) == 1, "last dim must be contiguous"
+    assert x.dtype == residual.dtype == weight.dtype, (x.dtype, residual.dtype, weight.dtype)
+    assert buffer_ptrs.dtype == flag_ptrs.dtype == torch.int64 and buffer_ptrs.shape == flag_ptrs.shape
+    assert 0 <= rank < buffer_ptrs.numel() and parity in (0, 1)
+    check_float(x)
+    check_device(x, residual, weight, buffer_ptrs, flag_ptrs)
+    num_rows, hidden = x.shape
+    if num_rows > max_rows:
+        raise ValueError(f"{num_rows} rows exceed the staging buffer's {max_rows}")
+    out = torch.empty((num_rows, hidden), dtype=x.dtype, device=x.device)
+    residual_out = torch.empty_like(out)
+    if num_rows == 0:
+        return out, residual_out
+    block = triton.next_power_of_2(hidden)
+    _all_reduce_add_rms_norm_kernel[(num_rows,)](
+        x,
+        residual,
+        weight,
+        out,
+        residual_out,
+        buffer_ptrs,
+        flag_ptrs,
+        rank,
+        parity * max_rows * hidden,
+        hidden,
+        x.stride(0),
+        residual.stride(0),
+        eps,
+        WORLD=buffer_ptrs.numel(),
+        BLOCK=block,
+        num_warps=min(max(block // 512, 1), 16),
+    )
+    return out, residual_out
