@@ -69,15 +69,16 @@ def _rank(
     min_split_len: int | None = None,
 ):  # fmt: skip
     import dataclasses
+    import importlib
 
     from llm_core.config import EngineConfig
-    from llm_core.kernels import decode_attention as decode_module
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
     if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
 
     if min_split_len:  # try another split rule for decode attention (the kernel reads DEFAULT_CONFIG per call)
+        decode_module = importlib.import_module("llm_core.kernels.decode_attention")
         decode_module.DEFAULT_CONFIG = dataclasses.replace(decode_module.DEFAULT_CONFIG, min_split_len=min_split_len)
     if tp > 1:
         dist.init_process_group(
@@ -195,8 +196,10 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument(
-        "--mode", nargs="+", choices=["eager", "graph", "eager_nccl", "graph_nccl"], default=["eager", "graph"],
-        help="*_nccl: all-reduces through NCCL only (tp > 1); the others use the symmetric-memory one-shot",
+        "--mode", nargs="+", default=["eager", "graph"],
+        choices=["eager", "graph", "eager_nccl", "graph_nccl", "eager_nofuse", "graph_nofuse"],
+        help="tp > 1: *_nccl: all-reduces through NCCL only; *_nofuse: the symmetric-memory one-shot, then "
+        "RMSNorm; the others (engine default): all-reduce + residual add + RMSNorm in one kernel",
     )  # fmt: skip
     ap.add_argument("--decode-min-split-len", type=int, default=None, help="override DecodeConfig.min_split_len")
     ap.add_argument("--out", default=None)

@@ -73,7 +73,8 @@ def _all_reduce_add_rms_norm_kernel(
     total = tl.zeros([BLOCK], dtype=tl.float32)
     for peer in tl.static_range(WORLD):  # rank order: the same sum on every rank
         buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(x.dtype))
-        total += tl.load(buffer + stage, mask=mask, other=0.0, volatile=True).to(tl.float32)
+        # .cg: from L2 (the owner's, over NVLink for a peer), never a stale L1 line of an earlier call
+        total += tl.load(buffer + stage, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     res = tl.load(residual_ptr + row64 * residual_row_stride + cols, mask=mask, other=0.0)
     # Rounded like the unfused path: all_reduce -> x.dtype, then `x + residual` -> x.dtype.
     summed = (total.to(x.dtype).to(tl.float32) + res.to(tl.float32)).to(x.dtype)

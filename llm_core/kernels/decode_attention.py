@@ -136,7 +136,11 @@ class DecodeConfig:
     num_warps: int = 2
     num_stages: int = 4
     max_splits: int = 64
-    min_split_len: int = 256  # fewer keys per split than this costs more in partials than it gains
+    # One key block per split at the least: where batch x kv heads leaves SMs idle (batch 1, short context),
+    # latency falls with every extra split down to one block (H200, 512 keys: 2 splits 15.5 us, 8 splits
+    # 10.5 us; benchmarks/raw/2026-11-22_h200x2_small_grid.log). Long contexts and large batches are
+    # bounded by programs_per_sm first and keep their split count.
+    min_split_len: int = 64
     programs_per_sm: int = 4  # split until batch * kv_heads * splits fills this many per SM
 
 
