@@ -4,19 +4,20 @@ A row-parallel projection (o_proj, down_proj) leaves each rank a partial sum; th
 `residual += all_reduce(partial); normed = rms_norm(residual)`. At decode sizes (a few KB per row)
 both are latency-bound, so one kernel does all of it. Program `row` of rank r:
 
-1. stores its partial row into rank r's staging buffer (memory every rank has mapped: torch
-   symmetric memory, CUDA IPC over NVLink);
-2. signals every peer p by setting p's flag[row, r] from 0 to 1 (release, system scope), waiting
-   while an earlier signal there is still unconsumed, then waits for each peer's flag[row, p] on
-   its own flags and resets it to 0 (acquire): the row is staged on every rank;
+1. counts this call: epoch = ++epochs[row] (rank-local memory; every rank makes the same calls, so
+   the counts agree), and stores its partial row into half `epoch % 2` of rank r's staging buffer
+   (memory every rank has mapped: torch symmetric memory, CUDA IPC over NVLink);
+2. writes `epoch` into every peer's flag[row, r] (release, system scope: the staged row is visible
+   first; a store, so nothing waits for the round trip), then polls its own flag[row, p] of each
+   peer until it reaches `epoch` (plain loads; one acquire once it has);
 3. sums the staged rows of all ranks in rank order (fp32, rounded once to the activation dtype,
    so every rank computes the same bits), then adds the residual and normalises exactly like
    `rms_norm.add_rms_norm`.
 
-A rank may start its next call while a peer still reads its buffer from this one, so calls alternate
-between two staging halves (`parity`): a rank can only reuse a half after passing the barrier of
-the call in between, which a peer enters only once it has finished reading. The caller gives
-consecutive calls different parities (llama.py: 0 after o_proj, 1 after down_proj).
+Flags only grow (int64), so no signal is ever reset or consumed. A peer may start its next call while
+this rank still reads its staged row, which is why consecutive calls use the two halves in turn:
+a rank stages into the same half again only two calls later, after passing the handshake of the call
+in between, which a peer enters only once it has finished reading.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def _all_reduce_add_rms_norm_kernel(
     out_ptr,  # [T, H] contiguous
     residual_out_ptr,  # [T, H] contiguous
     buffer_ptrs,  # [WORLD] int64: rank p's staging buffer [2, max_rows, H] (x's dtype)
-    flag_ptrs,  # [WORLD] int64: rank p's flags [max_rows, WORLD] int32, flag[row, q] = "q staged row"
+    flag_ptrs,  # [WORLD] int64: rank p's flags [max_rows, WORLD] int64, flag[row, q] = q's latest epoch
+    epochs_ptr,  # [max_rows] int64, this rank's calls per row so far
     rank,
-    stage_offset,  # parity * max_rows * H
+    half_stride,  # max_rows * H
     hidden,
     x_row_stride,
     residual_row_stride,
@@ -50,24 +52,25 @@ def _all_reduce_add_rms_norm_kernel(
     row64 = row.to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
+    epoch = tl.load(epochs_ptr + row) + 1
+    tl.store(epochs_ptr + row, epoch)
     x = tl.load(x_ptr + row64 * x_row_stride + cols, mask=mask, other=0.0)
-    stage = stage_offset + row64 * hidden + cols
+    stage = (epoch % 2) * half_stride + row64 * hidden + cols
     own_buffer = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x.dtype))
     tl.store(own_buffer + stage, x, mask=mask)
     tl.debug_barrier()  # every thread's part of the row is stored before the signal releases it
 
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            peer_flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int32))
-            old = tl.atomic_cas(peer_flags + row * WORLD + rank, 0, 1, sem="release", scope="sys")
-            while old != 0:
-                old = tl.atomic_cas(peer_flags + row * WORLD + rank, 0, 1, sem="release", scope="sys")
-    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int32))
+            peer_flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int64))
+            tl.atomic_xchg(peer_flags + row * WORLD + rank, epoch, sem="release", scope="sys")
+    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int64))
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            old = tl.atomic_cas(own_flags + row * WORLD + peer, 1, 0, sem="acquire", scope="sys")
-            while old != 1:
-                old = tl.atomic_cas(own_flags + row * WORLD + peer, 1, 0, sem="acquire", scope="sys")
+            flag = own_flags + row * WORLD + peer
+            while tl.load(flag, volatile=True) < epoch:
+                pass
+            tl.atomic_add(flag, 0, sem="acquire", scope="sys")  # orders the reads below after the peer's stores
     tl.debug_barrier()
 
     total = tl.zeros([BLOCK], dtype=tl.float32)
@@ -93,23 +96,24 @@ def all_reduce_add_rms_norm(
     eps: float,
     buffer_ptrs: torch.Tensor,
     flag_ptrs: torch.Tensor,
+    epochs: torch.Tensor,
     rank: int,
-    parity: int,
-    max_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (rms_norm(sum_ranks(x) + residual), sum_ranks(x) + residual), both [T, H].
 
-    x, residual: [T, H] with T <= max_rows; buffer_ptrs / flag_ptrs: [world] int64 device addresses
-    of every rank's staging buffer ([2, max_rows, H], x's dtype) and flags ([max_rows, world] int32,
-    zero before the first call). Every rank must make the same calls in the same order."""
+    x, residual: [T, H]; buffer_ptrs / flag_ptrs: [world] int64 device addresses of every rank's
+    staging buffer (2 * max_rows * H elements of x's dtype) and flags ([max_rows, world] int64);
+    epochs: [max_rows] int64 of this rank. Flags and epochs start at zero, and every rank makes the
+    same calls (same row counts) in the same order."""
     assert x.dim() == 2 and x.shape == residual.shape and weight.shape == (x.shape[1],), (x.shape, weight.shape)
     assert x.stride(1) == 1 and residual.stride(1) == 1 and weight.stride(0) == 1, "last dim must be contiguous"
     assert x.dtype == residual.dtype == weight.dtype, (x.dtype, residual.dtype, weight.dtype)
-    assert buffer_ptrs.dtype == flag_ptrs.dtype == torch.int64 and buffer_ptrs.shape == flag_ptrs.shape
-    assert 0 <= rank < buffer_ptrs.numel() and parity in (0, 1)
+    assert buffer_ptrs.dtype == flag_ptrs.dtype == epochs.dtype == torch.int64
+    assert buffer_ptrs.shape == flag_ptrs.shape and 0 <= rank < buffer_ptrs.numel()
     check_float(x)
-    check_device(x, residual, weight, buffer_ptrs, flag_ptrs)
+    check_device(x, residual, weight, buffer_ptrs, flag_ptrs, epochs)
     num_rows, hidden = x.shape
+    max_rows = epochs.numel()
     if num_rows > max_rows:
         raise ValueError(f"{num_rows} rows exceed the staging buffer's {max_rows}")
     out = torch.empty((num_rows, hidden), dtype=x.dtype, device=x.device)
@@ -125,8 +129,9 @@ def all_reduce_add_rms_norm(
         residual_out,
         buffer_ptrs,
         flag_ptrs,
+        epochs,
         rank,
-        parity * max_rows * hidden,
+        max_rows * hidden,
         hidden,
         x.stride(0),
         residual.stride(0),

@@ -9,7 +9,7 @@ NCCL, which is bandwidth-optimal there.
 
 `add_rms_norm` goes one step further for the all-reduces of row-parallel projections: the sum, the
 residual add and the RMSNorm after it in one Triton kernel (kernels/all_reduce_norm.py) over a
-second pair of staging buffers and our own flags.
+second, double staging buffer and our own flags.
 """
 
 from __future__ import annotations
@@ -21,14 +21,24 @@ import torch
 import torch.distributed as dist
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
-FLAG_ROWS = 4096  # rows of the fused kernel's flags: ONE_SHOT_MAX_BYTES of fp32 rows of 64 (tiny test models)
+# Fused all-reduce + RMSNorm up to this many rows. Above, the one-shot all-reduce and the norm kernel
+# are faster: H200 x2, 64 calls of [rows, 4096] bf16 in a graph (benchmarks/all_reduce.py).
+FUSED_MAX_ROWS = 64
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)  # what the CUDA one-shot kernel dispatches (not fp16)
 
 
 class SymmMemAllReduce:
     """Callable: `self(x)` returns the sum over ranks of x, or None where NCCL should do it."""
 
-    def __init__(self, group, device: torch.device, dtype: torch.dtype, max_bytes: int = ONE_SHOT_MAX_BYTES):
+    def __init__(
+        self,
+        group,
+        device: torch.device,
+        dtype: torch.dtype,
+        hidden_size: int,
+        max_bytes: int = ONE_SHOT_MAX_BYTES,
+        fused_max_rows: int = FUSED_MAX_ROWS,
+    ):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.group_name = group.group_name
@@ -43,11 +53,15 @@ class SymmMemAllReduce:
             symm_mem.set_backend("CUDA")
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
-        # The fused kernel's buffers: two staging halves and flags[row, rank], zeroed before the
-        # rendezvous (collective), so no peer can signal into them before they are zero.
-        self.stage = symm_mem.empty(2 * self.buffer.numel(), dtype=dtype, device=device)
-        self.flags = symm_mem.empty((FLAG_ROWS, self.world), dtype=torch.int32, device=device)
+        # The fused kernel's buffers: a double staging buffer and flags[row, rank] (both symmetric),
+        # and this rank's call count per row. Flags are zero before the rendezvous (collective), so no
+        # peer can signal into them before.
+        self.hidden_size = hidden_size
+        self.fused_max_rows = max(1, min(fused_max_rows, self.buffer.numel() // hidden_size))
+        self.stage = symm_mem.empty(2 * self.fused_max_rows * hidden_size, dtype=dtype, device=device)
+        self.flags = symm_mem.empty((self.fused_max_rows, self.world), dtype=torch.int64, device=device)
         self.flags.zero_()
+        self.epochs = torch.zeros(self.fused_max_rows, dtype=torch.int64, device=device)
         torch.cuda.synchronize(device)
         stage_handle = symm_mem.rendezvous(self.stage, self.group_name)
         flags_handle = symm_mem.rendezvous(self.flags, self.group_name)
@@ -56,7 +70,7 @@ class SymmMemAllReduce:
             dtype=torch.int64, device=device,
         )  # fmt: skip
         self.flag_ptrs = torch.tensor(
-            [flags_handle.get_buffer(r, self.flags.shape, torch.int32).data_ptr() for r in range(self.world)],
+            [flags_handle.get_buffer(r, self.flags.shape, torch.int64).data_ptr() for r in range(self.world)],
             dtype=torch.int64, device=device,
         )  # fmt: skip
         self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
@@ -73,20 +87,18 @@ class SymmMemAllReduce:
         return out
 
     def add_rms_norm(
-        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, parity: int
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(rms_norm(sum_ranks(x) + residual), sum_ranks(x) + residual) in one kernel, or None where
-        the caller should all-reduce and normalise separately. Consecutive calls must alternate parity."""
+        the caller should all-reduce and normalise separately (every rank decides alike: by shape)."""
         if not (self.enabled and self.fuse_norm) or x.dtype != self.dtype or x.dim() != 2:
             return None
-        max_rows = min(self.buffer.numel() // x.shape[1], FLAG_ROWS)
-        if x.shape[0] > max_rows:
+        if x.shape[1] != self.hidden_size or x.shape[0] > self.fused_max_rows:
             return None
         from llm_core.kernels.all_reduce_norm import all_reduce_add_rms_norm
 
-        return all_reduce_add_rms_norm(
-            x, residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.rank, parity, max_rows
-        )
+        ptrs = (self.stage_ptrs, self.flag_ptrs, self.epochs)
+        return all_reduce_add_rms_norm(x, residual, weight, eps, *ptrs, self.rank)
 
 
 def _agree(ok: bool, group, device: torch.device) -> bool:
@@ -99,7 +111,9 @@ def _off(reason: str) -> None:
     print(f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr)
 
 
-def create_symm_mem_all_reduce(group, device: torch.device, dtype: torch.dtype) -> SymmMemAllReduce | None:
+def create_symm_mem_all_reduce(
+    group, device: torch.device, dtype: torch.dtype, hidden_size: int
+) -> SymmMemAllReduce | None:
     """A SymmMemAllReduce on every rank, or None on every rank (NCCL then does every all-reduce).
 
     The ranks agree before the rendezvous, which is collective (one rank failing alone must not leave
@@ -121,7 +135,7 @@ def create_symm_mem_all_reduce(group, device: torch.device, dtype: torch.dtype) 
         return _off(reason)
     comm = None
     try:
-        comm = SymmMemAllReduce(group, device, dtype)
+        comm = SymmMemAllReduce(group, device, dtype, hidden_size)
     except Exception as exc:  # noqa: BLE001
         reason = f"{type(exc).__name__}: {exc}"
     if not _agree(comm is not None, group, device):

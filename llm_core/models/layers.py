@@ -40,13 +40,13 @@ class TensorParallel:
         return x
 
     def all_reduce_add_rms_norm(
-        self, ops, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, parity: int
+        self, ops, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ops.add_rms_norm(all_reduce(x), residual, ...), fused into one kernel where the small-tensor
-        path can (`parity`: 0 or 1, different for consecutive calls; see kernels/all_reduce_norm.py)."""
+        path can (kernels/all_reduce_norm.py)."""
         if self.size > 1:
             if self.fast_all_reduce is not None and x.is_cuda:
-                fused = self.fast_all_reduce.add_rms_norm(x, residual, weight, eps, parity)
+                fused = self.fast_all_reduce.add_rms_norm(x, residual, weight, eps)
                 if fused is not None:
                     return fused
             x = self.all_reduce(x)

@@ -47,16 +47,13 @@ _TEXT_RENAMES = (
 
 
 class RMSNorm(nn.Module):
-    """`reduce_parity` not None: x is a rank's partial sum of a row-parallel projection, all-reduced here
+    """forward(..., reduce=True): x is a rank's partial sum of a row-parallel projection, all-reduced here
     together with the residual add and the norm (one kernel at decode sizes on GPUs)."""
 
-    def __init__(
-        self, hidden_size: int, eps: float, dtype: torch.dtype, device: torch.device, tp: TensorParallel, parity: int
-    ):
+    def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype, device: torch.device, tp: TensorParallel):
         super().__init__()
         self.eps = eps
         self.tp = tp
-        self.parity = parity
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device), requires_grad=False)
         self.weight.weight_loader = default_weight_loader
 
@@ -69,7 +66,7 @@ class RMSNorm(nn.Module):
             assert not reduce
             return ops.rms_norm(x, self.weight, self.eps), x
         if reduce:
-            return self.tp.all_reduce_add_rms_norm(ops, x, residual, self.weight, self.eps, self.parity)
+            return self.tp.all_reduce_add_rms_norm(ops, x, residual, self.weight, self.eps)
         return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
@@ -135,9 +132,8 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = LlamaAttention(cfg, layer_id, tp, dtype, device)
         self.mlp = LlamaMLP(cfg, tp, dtype, device)
-        # Parities of the fused all-reduces: calls alternate 0 (after o_proj), 1 (after down_proj).
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=1)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=0)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
 
     def forward(self, hidden, residual, batch, kv, ops, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
         # hidden: the embeddings (residual None), else the previous MLP's output (partial with defer_reduce)
@@ -153,7 +149,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype, device)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i, tp, dtype, device) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp, parity=1)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
 
 
 class LlamaForCausalLM(nn.Module):

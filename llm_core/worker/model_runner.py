@@ -66,7 +66,9 @@ class ModelRunner:
         torch.manual_seed(cfg.seed)
         # Small all-reduces (decode) through symmetric memory at tp > 1 on CUDA; None: NCCL only.
         self.fast_all_reduce = (
-            create_symm_mem_all_reduce(tp_group or dist.group.WORLD, self.device, self.dtype)
+            create_symm_mem_all_reduce(
+                tp_group or dist.group.WORLD, self.device, self.dtype, self.model_config.hidden_size
+            )
             if cfg.tp > 1 and self.device.type == "cuda" and cfg.symm_mem_all_reduce
             else None
         )

@@ -2,6 +2,8 @@
 
 1. fp32: greedy tokens of the engine (Triton kernels) equal transformers' greedy tokens for
    the tiny Llama, Qwen2 and LLaVA models (8 prompts, 32 new tokens, one continuous batch).
+   Then the same prompts again in an engine that prefills at most 16 tokens per step (chunked
+   prefill), twice: the second pass takes its prompts from the prefix cache (hits counted).
 2. bf16: last-token logits of one packed prefill and a few decode steps are within bf16
    tolerance of transformers' bf16 logits.
 On CUDA both run decode steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager); the
@@ -65,6 +67,7 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
     model_dir = str(make_tiny_model(work / arch, arch))
     cls = LlavaForConditionalGeneration if arch == "llava" else AutoModelForCausalLM
     hf = cls.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    params = SamplingParams(max_tokens=32, temperature=0.0)
     with Engine(EngineConfig(model_dir=model_dir, device=device, dtype="float32", cuda_graph=CUDA_GRAPH)) as engine:
         cases = _cases(engine, model_dir, device)
         embeds = [None] * len(cases)
@@ -73,13 +76,20 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
             embeds = [
                 vision.encode(px.to(device)).reshape(-1, engine.model_config.hidden_size).cpu() for _, px in cases
             ]
-        params = SamplingParams(max_tokens=32, temperature=0.0)
         t0 = time.perf_counter()
         outs = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
         elapsed = time.perf_counter() - t0
         eos = set(engine.model_config.eos_token_ids)
-    mismatches = 0
-    for (ids, pixels), out in zip(cases, outs, strict=True):
+    chunked_cfg = EngineConfig(
+        model_dir=model_dir, device=device, dtype="float32", cuda_graph=CUDA_GRAPH, max_prefill_tokens=16
+    )
+    with Engine(chunked_cfg) as engine:
+        chunked = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
+        hits_before = engine.stats().get("prefix_cache_hit_tokens_total", 0)
+        cached = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
+        cache_hits = engine.stats().get("prefix_cache_hit_tokens_total", 0) - hits_before
+    mismatches = {"plain": 0, "chunked": 0, "cached": 0}
+    for (ids, pixels), *runs in zip(cases, outs, chunked, cached, strict=True):
         extra = {"pixel_values": pixels.to(device)} if pixels is not None else {}
         with torch.no_grad():
             ref = hf.generate(
@@ -91,8 +101,16 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
                 **extra,
             )[0, len(ids) :].tolist()
         cut = next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))
-        mismatches += out.token_ids != ref[:cut]
-    return {"arch": arch, "prompts": len(cases), "mismatches": mismatches, "seconds": round(elapsed, 2)}
+        for name, out in zip(mismatches, runs, strict=True):
+            mismatches[name] += out.token_ids != ref[:cut]
+    return {
+        "arch": arch,
+        "prompts": len(cases),
+        "mismatches": sum(mismatches.values()),
+        "mismatches_by_run": mismatches,
+        "prefix_cache_hit_tokens_second_pass": cache_hits,
+        "seconds": round(elapsed, 2),
+    }
 
 
 def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
@@ -171,6 +189,8 @@ def main() -> int:
             results["checks"].append(check_bf16_logits(arch, args.device, work))
             print(json.dumps(results["checks"][-1]), flush=True)
     ok = all(c.get("mismatches", 0) == 0 and c.get("ok", True) for c in results["checks"])
+    # The second pass must have come from the cache: every prompt but its last token at least.
+    ok = ok and all(c.get("prefix_cache_hit_tokens_second_pass", 1) > 0 for c in results["checks"])
     results["ok"] = ok
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

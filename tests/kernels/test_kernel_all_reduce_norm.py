@@ -1,10 +1,10 @@
 """The fused all-reduce + residual add + RMSNorm kernel, its ranks simulated one after another.
 
-Every rank's staging buffer and flags live on one device here. Rank q runs after ranks 0..q-1, so
-the ranks above it have not signalled yet: their flags are set beforehand ("staged") and their rows
-pre-staged. The kernel's handshake must leave the flags exactly in that state again (each signal
-consumed once), which is what lets the next call reuse them. A broken handshake spins forever, so
-these tests carry a timeout. The real two-GPU run is scripts/device/gpu_fused_all_reduce.py.
+Every rank's staging buffer, flags and call counts live on one device here. Rank q runs after ranks
+0..q-1, so the ranks above it have not signalled yet: their flags for this call are written
+beforehand and their rows pre-staged. After a call every flag must hold the call's count and every
+rank's count must have advanced by one per row. A broken handshake spins forever, so these tests
+carry a timeout. The real two-GPU runs: benchmarks/all_reduce.py, benchmarks/tp_decode.py.
 """
 
 from __future__ import annotations
@@ -25,26 +25,29 @@ SHAPES = [(1, 4096), (64, 4096), (3, 5120)] if ON_GPU else [(1, 64), (5, 96)]
 class SimulatedRanks:
     def __init__(self, world: int, max_rows: int, hidden: int, dtype: torch.dtype):
         self.world, self.max_rows = world, max_rows
+        self.row_calls = torch.zeros(max_rows, dtype=torch.int64, device=DEVICE)  # the epochs to expect
         self.stage = [torch.full((2, max_rows, hidden), float("nan"), dtype=dtype, device=DEVICE) for _ in range(world)]
-        self.flags = [torch.zeros((max_rows, world), dtype=torch.int32, device=DEVICE) for _ in range(world)]
-        for q in range(world):
-            self.flags[q][:, q + 1 :] = 1  # ranks above q signalled before q runs
+        self.flags = [torch.zeros((max_rows, world), dtype=torch.int64, device=DEVICE) for _ in range(world)]
+        self.epochs = [torch.zeros(max_rows, dtype=torch.int64, device=DEVICE) for _ in range(world)]
         self.stage_ptrs = torch.tensor([t.data_ptr() for t in self.stage], dtype=torch.int64, device=DEVICE)
         self.flag_ptrs = torch.tensor([t.data_ptr() for t in self.flags], dtype=torch.int64, device=DEVICE)
-        self.expected_flags = [f.clone() for f in self.flags]
 
-    def call(self, xs, residual, weight, eps, parity):
+    def call(self, xs, residual, weight, eps):
         rows = xs[0].shape[0]
-        for q in range(self.world):  # what rank q would have staged before signalling
-            self.stage[q][parity, :rows] = xs[q]
+        self.row_calls[:rows] += 1
+        epoch = self.row_calls[:rows]
+        for q in range(self.world):
+            for r in range(rows):  # what rank q stages before signalling: half epoch % 2 of its buffer
+                self.stage[q][int(epoch[r]) % 2, r] = xs[q][r]
+            self.flags[q][:rows, q + 1 :] = epoch[:, None]  # the ranks above q signal before q runs
         outs = [
-            all_reduce_add_rms_norm(
-                xs[q], residual, weight, eps, self.stage_ptrs, self.flag_ptrs, q, parity, self.max_rows
-            )
+            all_reduce_add_rms_norm(xs[q], residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.epochs[q], q)
             for q in range(self.world)
         ]
         for q in range(self.world):
-            assert torch.equal(self.flags[q], self.expected_flags[q]), f"rank {q} flags left {self.flags[q]}"
+            assert torch.equal(self.epochs[q], self.row_calls), f"rank {q} counted {self.epochs[q]}"
+            others = [p for p in range(self.world) if p != q]
+            assert torch.equal(self.flags[q][:, others], self.row_calls[:, None].expand(-1, len(others)))
         return outs
 
 
@@ -55,11 +58,12 @@ def test_all_reduce_add_rms_norm(world: int, dtype: torch.dtype, shape: tuple[in
     rows, hidden = shape
     ranks = SimulatedRanks(world, max_rows=rows + 3, hidden=hidden, dtype=dtype)
     weight = (1 + 0.1 * torch.randn(hidden, device=DEVICE)).to(dtype)
-    for parity in (0, 1, 0):  # the flags and both staging halves are reused
-        wide = torch.randn(world, rows, hidden + 8, device=DEVICE).to(dtype)
+    # Both staging halves, then the first again; fewer rows in between (rows then differ in epoch).
+    for n in (rows, rows, max(rows - 2, 1), rows):
+        wide = torch.randn(world, n, hidden + 8, device=DEVICE).to(dtype)
         xs = [wide[q, :, 4 : 4 + hidden] for q in range(world)]  # row-strided views, as projections give
-        residual = (torch.randn(rows, hidden, device=DEVICE) * 4).to(dtype)
-        outs = ranks.call(xs, residual, weight, 1e-5, parity)
+        residual = (torch.randn(n, hidden, device=DEVICE) * 4).to(dtype)
+        outs = ranks.call(xs, residual, weight, 1e-5)
         reduced = sum(x.float() for x in xs).to(dtype)  # all_reduce in rank order, rounded once
         ref_out, ref_residual = torch_ops.add_rms_norm(reduced, residual, weight, 1e-5)
         for out, residual_out in outs:
@@ -73,4 +77,6 @@ def test_rows_beyond_staging_buffer_refused() -> None:
     ranks = SimulatedRanks(2, max_rows=2, hidden=64, dtype=torch.float32)
     x = torch.zeros(3, 64, device=DEVICE)
     with pytest.raises(ValueError, match="3 rows exceed"):
-        all_reduce_add_rms_norm(x, x, torch.ones(64, device=DEVICE), 1e-5, ranks.stage_ptrs, ranks.flag_ptrs, 0, 0, 2)
+        all_reduce_add_rms_norm(
+            x, x, torch.ones(64, device=DEVICE), 1e-5, ranks.stage_ptrs, ranks.flag_ptrs, ranks.epochs[0], 0
+        )
