@@ -36,6 +36,7 @@ def _rank(rank: int, world: int, args: argparse.Namespace) -> None:
         device_id=torch.device("cuda", rank),
     )  # fmt: skip
     device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)  # Triton launches on the current device
     # Buffers for every measured row count, also beyond the engine's FUSED_MAX_ROWS.
     comm = SymmMemAllReduce(dist.group.WORLD, device, torch.bfloat16, HIDDEN, fused_max_rows=max(args.rows))
     weight = (1 + 0.1 * torch.randn(HIDDEN, device=device, generator=torch.Generator(device).manual_seed(7))).to(

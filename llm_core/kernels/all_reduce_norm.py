@@ -5,19 +5,20 @@ A row-parallel projection (o_proj, down_proj) leaves each rank a partial sum; th
 both are latency-bound, so one kernel does all of it. Program `row` of rank r:
 
 1. counts this call: epoch = ++epochs[row] (rank-local memory; every rank makes the same calls, so
-   the counts agree), and stores its partial row into half `epoch % 2` of rank r's staging buffer
-   (memory every rank has mapped: torch symmetric memory, CUDA IPC over NVLink);
-2. writes `epoch` into every peer's flag[row, r] (release, system scope: the staged row is visible
-   first; a store, so nothing waits for the round trip), then polls its own flag[row, p] of each
-   peer until it reaches `epoch` (plain loads; one acquire once it has);
-3. sums the staged rows of all ranks in rank order (fp32, rounded once to the activation dtype,
-   so every rank computes the same bits), then adds the residual and normalises exactly like
-   `rms_norm.add_rms_norm`.
+   the counts agree), and pushes its partial row into slot [epoch % 2, r, row] of every rank's
+   staging buffer (memory every rank has mapped: torch symmetric memory, CUDA IPC over NVLink;
+   stores to a peer are posted, nothing waits for a round trip);
+2. writes `epoch` into every peer's flag[row, r] (release, system scope: the pushed row is visible
+   there first), then polls its own flag[row, p] of each peer until it reaches `epoch` (plain loads;
+   one acquire once it has);
+3. sums the rows all ranks pushed into its own buffer, in rank order (fp32, rounded once to the
+   activation dtype, so every rank computes the same bits), then adds the residual and normalises
+   exactly like `rms_norm.add_rms_norm`.
 
 Flags only grow (int64), so no signal is ever reset or consumed. A peer may start its next call while
-this rank still reads its staged row, which is why consecutive calls use the two halves in turn:
-a rank stages into the same half again only two calls later, after passing the handshake of the call
-in between, which a peer enters only once it has finished reading.
+this rank still reads the row the peer pushed for this one, which is why consecutive calls use the two
+halves in turn: a peer pushes into the same half again only two calls later, after passing the
+handshake of the call in between, which this rank enters only once it has finished reading.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def _all_reduce_add_rms_norm_kernel(
     weight_ptr,  # [H]
     out_ptr,  # [T, H] contiguous
     residual_out_ptr,  # [T, H] contiguous
-    buffer_ptrs,  # [WORLD] int64: rank p's staging buffer [2, max_rows, H] (x's dtype)
+    buffer_ptrs,  # [WORLD] int64: rank p's staging buffer [2, WORLD, max_rows, H] (x's dtype)
     flag_ptrs,  # [WORLD] int64: rank p's flags [max_rows, WORLD] int64, flag[row, q] = q's latest epoch
     epochs_ptr,  # [max_rows] int64, this rank's calls per row so far
     rank,
-    half_stride,  # max_rows * H
+    rank_stride,  # max_rows * H
     hidden,
     x_row_stride,
     residual_row_stride,
@@ -55,10 +56,11 @@ def _all_reduce_add_rms_norm_kernel(
     epoch = tl.load(epochs_ptr + row) + 1
     tl.store(epochs_ptr + row, epoch)
     x = tl.load(x_ptr + row64 * x_row_stride + cols, mask=mask, other=0.0)
-    stage = (epoch % 2) * half_stride + row64 * hidden + cols
-    own_buffer = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x.dtype))
-    tl.store(own_buffer + stage, x, mask=mask)
-    tl.debug_barrier()  # every thread's part of the row is stored before the signal releases it
+    slot = (epoch % 2) * WORLD * rank_stride + row64 * hidden + cols  # + source rank * rank_stride
+    for peer in tl.static_range(WORLD):
+        buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(x.dtype))
+        tl.store(buffer + slot + rank * rank_stride, x, mask=mask)
+    tl.debug_barrier()  # every thread's part of the row is pushed before the signal releases it
 
     for peer in tl.static_range(WORLD):
         if peer != rank:
@@ -74,10 +76,12 @@ def _all_reduce_add_rms_norm_kernel(
     tl.debug_barrier()
 
     total = tl.zeros([BLOCK], dtype=tl.float32)
+    own_buffer = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x.dtype))
     for peer in tl.static_range(WORLD):  # rank order: the same sum on every rank
-        buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(x.dtype))
-        # .cg: from L2 (the owner's, over NVLink for a peer), never a stale L1 line of an earlier call
-        total += tl.load(buffer + stage, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+        # .cg: from L2, where the peers' stores landed, never a stale L1 line of an earlier call
+        total += tl.load(own_buffer + slot + peer * rank_stride, mask=mask, other=0.0, cache_modifier=".cg").to(
+            tl.float32
+        )
     res = tl.load(residual_ptr + row64 * residual_row_stride + cols, mask=mask, other=0.0)
     # Rounded like the unfused path: all_reduce -> x.dtype, then `x + residual` -> x.dtype.
     summed = (total.to(x.dtype).to(tl.float32) + res.to(tl.float32)).to(x.dtype)
@@ -102,7 +106,7 @@ def all_reduce_add_rms_norm(
     """-> (rms_norm(sum_ranks(x) + residual), sum_ranks(x) + residual), both [T, H].
 
     x, residual: [T, H]; buffer_ptrs / flag_ptrs: [world] int64 device addresses of every rank's
-    staging buffer (2 * max_rows * H elements of x's dtype) and flags ([max_rows, world] int64);
+    staging buffer (2 * world * max_rows * H elements of x's dtype) and flags ([max_rows, world] int64);
     epochs: [max_rows] int64 of this rank. Flags and epochs start at zero, and every rank makes the
     same calls (same row counts) in the same order."""
     assert x.dim() == 2 and x.shape == residual.shape and weight.shape == (x.shape[1],), (x.shape, weight.shape)

@@ -1,10 +1,11 @@
 """The fused all-reduce + residual add + RMSNorm kernel, its ranks simulated one after another.
 
 Every rank's staging buffer, flags and call counts live on one device here. Rank q runs after ranks
-0..q-1, so the ranks above it have not signalled yet: their flags for this call are written
-beforehand and their rows pre-staged. After a call every flag must hold the call's count and every
-rank's count must have advanced by one per row. A broken handshake spins forever, so these tests
-carry a timeout. The real two-GPU runs: benchmarks/all_reduce.py, benchmarks/tp_decode.py.
+0..q-1, so the ranks above it have not pushed their rows nor signalled yet: both are written into
+rank q's buffer and flags beforehand (the rows of ranks below q must come from their own kernels).
+After a call every flag must hold the call's count and every rank's count must have advanced by one
+per row. A broken handshake spins forever, so these tests carry a timeout. The real two-GPU runs:
+benchmarks/all_reduce.py, benchmarks/tp_decode.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class SimulatedRanks:
     def __init__(self, world: int, max_rows: int, hidden: int, dtype: torch.dtype):
         self.world, self.max_rows = world, max_rows
         self.row_calls = torch.zeros(max_rows, dtype=torch.int64, device=DEVICE)  # the epochs to expect
-        self.stage = [torch.full((2, max_rows, hidden), float("nan"), dtype=dtype, device=DEVICE) for _ in range(world)]
+        self.stage = [
+            torch.full((2, world, max_rows, hidden), float("nan"), dtype=dtype, device=DEVICE) for _ in range(world)
+        ]
         self.flags = [torch.zeros((max_rows, world), dtype=torch.int64, device=DEVICE) for _ in range(world)]
         self.epochs = [torch.zeros(max_rows, dtype=torch.int64, device=DEVICE) for _ in range(world)]
         self.stage_ptrs = torch.tensor([t.data_ptr() for t in self.stage], dtype=torch.int64, device=DEVICE)
@@ -36,10 +39,11 @@ class SimulatedRanks:
         rows = xs[0].shape[0]
         self.row_calls[:rows] += 1
         epoch = self.row_calls[:rows]
-        for q in range(self.world):
-            for r in range(rows):  # what rank q stages before signalling: half epoch % 2 of its buffer
-                self.stage[q][int(epoch[r]) % 2, r] = xs[q][r]
-            self.flags[q][:rows, q + 1 :] = epoch[:, None]  # the ranks above q signal before q runs
+        for q in range(self.world):  # the ranks above q push and signal before q runs
+            for p in range(q + 1, self.world):
+                for r in range(rows):
+                    self.stage[q][int(epoch[r]) % 2, p, r] = xs[p][r]
+            self.flags[q][:rows, q + 1 :] = epoch[:, None]
         outs = [
             all_reduce_add_rms_norm(xs[q], residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.epochs[q], q)
             for q in range(self.world)
