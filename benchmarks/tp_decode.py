@@ -67,6 +67,7 @@ def _time_cuda(fn, iters: int) -> float:
 def _rank(
     rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results,
     min_split_len: int | None = None,
+    save_logits: str | None = None,
 ):  # fmt: skip
     import dataclasses
     import importlib
@@ -178,6 +179,11 @@ def _rank(
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     fn()
                 row[f"allreduce_{name}_graph_ms_per_step"] = round(_time_cuda(graph.replay, iters), 3)
+        if rank == 0 and save_logits:  # to compare runs of different settings (e.g. LLM_CORE_PDL=0)
+            path = Path(save_logits)
+            saved = torch.load(path) if path.exists() else {}
+            saved.update({f"tp{tp}_b{batch}_{m}": t.cpu() for m, t in logits.items()})
+            torch.save(saved, path)
         if rank == 0:  # as soon as measured: a later failure must not lose it
             results.append(row)
             print(f"row: {json.dumps(row)}", flush=True)
@@ -203,6 +209,7 @@ def main() -> int:
         "RMSNorm; the others (engine default): all-reduce + residual add + RMSNorm in one kernel",
     )  # fmt: skip
     ap.add_argument("--decode-min-split-len", type=int, default=None, help="override DecodeConfig.min_split_len")
+    ap.add_argument("--save-logits", default=None, help="add each step's logits to this .pt file (rank 0)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for var, value in (
@@ -225,7 +232,18 @@ def main() -> int:
                 mp.spawn(
                     _rank,
                     nprocs=tp,
-                    args=(tp, port, model_dir, args.batch, args.ctx, args.iters, args.mode, results, split_len),
+                    args=(
+                        tp,
+                        port,
+                        model_dir,
+                        args.batch,
+                        args.ctx,
+                        args.iters,
+                        args.mode,
+                        results,
+                        split_len,
+                        args.save_logits,
+                    ),
                 )
             except Exception as exc:  # keep the other tp's rows; report the failure at the end
                 failures.append(f"tp={tp}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
