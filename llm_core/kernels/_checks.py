@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -52,34 +51,3 @@ def check_attention_inputs(
     assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
     assert req_to_slot.dim() == 2 and req_to_slot.dtype == torch.int32 and req_to_slot.stride(1) == 1
     return num_kv_heads
-
-
-# Programmatic dependent launch (Hopper and later): a kernel launched with `launch_pdl` may be
-# scheduled while the previous kernel in the stream is still finishing, and waits at the top of its
-# body (`griddepcontrol.wait`) until that kernel's writes are visible. That hides the launch gap at
-# each kernel boundary of a decode step (hundreds per step; benchmarks/profile_decode.py). Every
-# kernel here takes a PDL constexpr and, when set, waits before its first memory access, so the
-# result is the same with it on or off. LLM_CORE_PDL=0 turns it off.
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # an older triton: no PDL
-    gdc_launch_dependents = gdc_wait = None
-
-
-@functools.cache
-def _pdl_supported(device_index: int) -> bool:
-    if interpreting() or os.environ.get("LLM_CORE_PDL", "1") == "0" or gdc_wait is None:
-        return False
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return False
-    if "launch_pdl" not in getattr(CUDAOptions, "__dataclass_fields__", {}):
-        return False
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
-def pdl_options(device: torch.device) -> dict:
-    """Launch keyword arguments: the kernel's PDL constexpr and Triton's launch_pdl option."""
-    on = device.type == "cuda" and _pdl_supported(device.index if device.index is not None else 0)
-    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}

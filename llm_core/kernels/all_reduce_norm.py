@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, gdc_wait, pdl_options
+from llm_core.kernels._checks import check_device, check_float
 
 
 @triton.jit
@@ -48,11 +48,7 @@ def _all_reduce_add_rms_norm_kernel(
     eps,
     WORLD: tl.constexpr,
     BLOCK: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     row = tl.program_id(0)
     row64 = row.to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -147,6 +143,5 @@ def all_reduce_add_rms_norm(
         WORLD=buffer_ptrs.numel(),
         BLOCK=block,
         num_warps=min(max(block // 512, 1), 16),
-        **pdl_options(x.device),
     )
     return out, residual_out

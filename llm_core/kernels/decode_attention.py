@@ -16,16 +16,7 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
-from llm_core.kernels._checks import (
-    check_attention_inputs,
-    check_device,
-    check_float,
-    check_index,
-    dot_upcast,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_options,
-)
+from llm_core.kernels._checks import check_attention_inputs, check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
 
@@ -58,11 +49,7 @@ def _decode_split_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -122,11 +109,7 @@ def _decode_reduce_kernel(
     NUM_Q_HEADS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -240,7 +223,6 @@ def decode_attention_with_splits(
         BLOCK_D=block_d,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
-        **pdl_options(q.device),
     )
     if direct:
         return out
@@ -256,7 +238,6 @@ def decode_attention_with_splits(
         BLOCK_S=max(triton.next_power_of_2(num_splits), 2),
         BLOCK_D=block_d,
         num_warps=4 if num_splits * block_d >= 2048 else 1,
-        **pdl_options(mid_out.device),
     )
     return out
 

@@ -6,14 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import (
-    check_device,
-    check_float,
-    check_index,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_options,
-)
+from llm_core.kernels._checks import check_device, check_float, check_index
 
 
 @triton.jit
@@ -25,11 +18,7 @@ def _inject_image_embeds_kernel(
     inputs_row_stride,
     image_row_stride,
     BLOCK: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     i = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -61,5 +50,4 @@ def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor,
         image_embeds.stride(0),
         BLOCK=block,
         num_warps=max(min(block // 512, 8), 1),
-        **pdl_options(inputs_embeds.device),
     )

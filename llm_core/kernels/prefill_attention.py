@@ -14,16 +14,7 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
-from llm_core.kernels._checks import (
-    check_attention_inputs,
-    check_device,
-    check_float,
-    check_index,
-    dot_upcast,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_options,
-)
+from llm_core.kernels._checks import check_attention_inputs, check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
 
@@ -55,11 +46,7 @@ def _prefill_attention_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     # Heaviest (last, most keys under the causal mask) query blocks first.
     m_block = num_m_blocks - 1 - tl.program_id(0)
     head = tl.program_id(1)
@@ -180,7 +167,6 @@ def prefill_attention_with_config(
         BLOCK_D=max(triton.next_power_of_2(head_dim), 16),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
-        **pdl_options(q.device),
     )
     return out
 

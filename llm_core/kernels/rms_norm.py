@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, gdc_wait, pdl_options
+from llm_core.kernels._checks import check_device, check_float
 
 
 @triton.jit
@@ -22,11 +22,7 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -74,7 +70,6 @@ def _launch(x, residual, weight, eps):
         HAS_RESIDUAL=residual is not None,
         BLOCK=block,
         num_warps=num_warps,
-        **pdl_options(x.device),
     )
     return out, residual_out
 

@@ -6,14 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import (
-    check_device,
-    check_float,
-    check_index,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_options,
-)
+from llm_core.kernels._checks import check_device, check_float, check_index
 
 
 @triton.jit
@@ -56,11 +49,7 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     HALF_BLOCK: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     dims = tl.arange(0, HALF_BLOCK)[None, :]
@@ -105,5 +94,4 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
         BLOCK_HK=triton.next_power_of_2(k.shape[1]),
         HALF_BLOCK=triton.next_power_of_2(half),
         num_warps=4 if block_hq * half >= 1024 else 1,
-        **pdl_options(q.device),
     )

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, gdc_wait, pdl_options
+from llm_core.kernels._checks import check_device, check_float
 
 
 @triton.jit
@@ -16,11 +16,7 @@ def _silu_and_mul_kernel(
     inter,
     x_row_stride,
     BLOCK: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -43,12 +39,6 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         return out
     block = min(triton.next_power_of_2(inter), 2048)
     _silu_and_mul_kernel[(num_rows, triton.cdiv(inter, block))](
-        x,
-        out,
-        inter,
-        x.stride(0),
-        BLOCK=block,
-        num_warps=max(min(block // 256, 8), 1),
-        **pdl_options(x.device),
+        x, out, inter, x.stride(0), BLOCK=block, num_warps=max(min(block // 256, 8), 1)
     )
     return out

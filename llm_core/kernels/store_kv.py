@@ -6,14 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import (
-    check_device,
-    check_float,
-    check_index,
-    gdc_launch_dependents,
-    gdc_wait,
-    pdl_options,
-)
+from llm_core.kernels._checks import check_device, check_float, check_index
 
 
 @triton.jit
@@ -33,11 +26,7 @@ def _store_kv_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,  # programmatic dependent launch (_checks.pdl_options)
 ):
-    if PDL:  # wait for the previous kernel's writes before touching memory
-        gdc_wait()
-        gdc_launch_dependents()
     # BLOCK_T tokens per program keeps several KB of loads in flight per program.
     tokens = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < num_tokens
@@ -92,5 +81,4 @@ def store_kv(
         BLOCK_H=block_h,
         BLOCK_D=block_d,
         num_warps=8 if block_t * block_h * block_d >= 4096 else (4 if block_h * block_d >= 1024 else 1),
-        **pdl_options(k.device),
     )

@@ -2,6 +2,8 @@
 # nvidia-h200-x2, session 3, fifth call: programmatic dependent launch (PDL) for our Triton kernels.
 # Kernel tests at full shapes with PDL on (GPU 0), then tp=1 and tp=2 decode steps with PDL on, off
 # (LLM_CORE_PDL=0) and on again, each saving its logits; on and off must give identical logits.
+# PDL was removed afterwards (no measurable gain, benchmarks/RESULTS.md); this script needs commit
+# b244e2e to run as it did.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
