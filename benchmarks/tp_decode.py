@@ -68,6 +68,7 @@ def _rank(
     rank: int, tp: int, port: int, model_dir: str, batches: list[int], ctx: int, iters: int, modes, results,
     min_split_len: int | None = None,
     save_logits: str | None = None,
+    two_kernel_rotary: bool = False,
 ):  # fmt: skip
     import dataclasses
     import importlib
@@ -78,6 +79,14 @@ def _rank(
     if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
 
+    if two_kernel_rotary:  # the layer's rotary + KV store as two kernels again (the baseline of the fused op)
+        from llm_core import kernels
+
+        def rotary_then_store(q, k, v, positions, cos_sin, k_cache, v_cache, slots):
+            kernels.apply_rotary(q, k, positions, cos_sin)
+            kernels.store_kv(k, v, k_cache, v_cache, slots)
+
+        kernels.rotary_store_kv = rotary_then_store
     if min_split_len:  # try another split rule for decode attention (the kernel reads DEFAULT_CONFIG per call)
         decode_module = importlib.import_module("llm_core.kernels.decode_attention")
         decode_module.DEFAULT_CONFIG = dataclasses.replace(decode_module.DEFAULT_CONFIG, min_split_len=min_split_len)
@@ -209,6 +218,7 @@ def main() -> int:
         "RMSNorm; the others (engine default): all-reduce + residual add + RMSNorm in one kernel",
     )  # fmt: skip
     ap.add_argument("--decode-min-split-len", type=int, default=None, help="override DecodeConfig.min_split_len")
+    ap.add_argument("--two-kernel-rotary", action="store_true", help="rotary, then KV store: two kernels")
     ap.add_argument("--save-logits", default=None, help="add each step's logits to this .pt file (rank 0)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -243,6 +253,7 @@ def main() -> int:
                         results,
                         split_len,
                         args.save_logits,
+                        args.two_kernel_rotary,
                     ),
                 )
             except Exception as exc:  # keep the other tp's rows; report the failure at the end

@@ -11,7 +11,7 @@ from llm_core.kernels.decode_attention import decode_attention
 from llm_core.kernels.inject_image_embeds import inject_image_embeds
 from llm_core.kernels.prefill_attention import prefill_attention
 from llm_core.kernels.rms_norm import add_rms_norm, rms_norm
-from llm_core.kernels.rotary import apply_rotary
+from llm_core.kernels.rotary import apply_rotary, rotary_store_kv
 from llm_core.kernels.silu_and_mul import silu_and_mul
 from llm_core.kernels.store_kv import store_kv
 
@@ -22,6 +22,7 @@ __all__ = [
     "inject_image_embeds",
     "prefill_attention",
     "rms_norm",
+    "rotary_store_kv",
     "silu_and_mul",
     "store_kv",
 ]

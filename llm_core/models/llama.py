@@ -97,9 +97,9 @@ class LlamaAttention(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
-        ops.apply_rotary(q, k, batch.positions, cos_sin)
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
-        ops.store_kv(k, v, k_cache, v_cache, batch.out_slots)
+        # q rotated in place; the rotated k and v go straight into their cache slots (one kernel).
+        ops.rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_slots)
         if batch.is_prefill:
             out = ops.prefill_attention(
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.prefix_lens, batch.seq_lens,

@@ -14,6 +14,7 @@ OP_NAMES = (
     "add_rms_norm",
     "apply_rotary",
     "store_kv",
+    "rotary_store_kv",
     "prefill_attention",
     "decode_attention",
     "silu_and_mul",

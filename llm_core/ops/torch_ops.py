@@ -67,6 +67,22 @@ def store_kv(
     v_cache[idx] = v.to(v_cache.dtype)
 
 
+def rotary_store_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    # q rotated in place; k_cache[slots] = rotate(k), v_cache[slots] = v; k is not modified.
+    k = k.clone()
+    apply_rotary(q, k, positions, cos_sin)
+    store_kv(k, v, k_cache, v_cache, slots)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float, causal_offset: int | None):
     # q: [Lq, Hq, D], k/v: [Lk, Hk, D]; GQA by repeating kv heads.
     group = q.shape[1] // k.shape[1]

@@ -78,3 +78,36 @@ def test_store_kv_casts_to_cache_dtype() -> None:
     kernels.store_kv(k, v, k_cache, v_cache, slots)
     err = (k_cache[slots].float() - k).abs().max()
     assert err <= k.abs().max() * 2**-7, float(err)  # one bf16 rounding (truncation under the interpreter)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROTARY_SHAPES)
+def test_rotary_store_kv(shape: tuple[int, int, int, int], dtype: torch.dtype) -> None:
+    # The fused op = apply_rotary + store_kv: q rotated in place, rotated k and v in their slots, k untouched.
+    tokens, q_heads, kv_heads, head_dim = shape
+    q, k, v = _qkv_views(tokens, q_heads, kv_heads, head_dim, dtype)
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    max_positions = 9000 if ON_GPU else 300
+    cos_sin = torch_ops.rotary_cos_sin(inv_freq, max_positions, attention_scaling=1.0)
+    positions = torch.randint(0, max_positions, (tokens,), device=DEVICE).to(torch.int32)
+    num_slots = 2 * tokens + 9
+    cache_shape = (num_slots + 1, kv_heads, head_dim)
+    k_cache = torch.randn(cache_shape, device=DEVICE).to(dtype)
+    v_cache = torch.randn(cache_shape, device=DEVICE).to(dtype)
+    slots = torch.randperm(num_slots, device=DEVICE)[:tokens].to(torch.int32)
+    q_ref, k_ref, v_ref = q.clone(), k_cache.clone(), v_cache.clone()
+    k_before = k.clone()
+    torch_ops.rotary_store_kv(q_ref, k, v, positions, cos_sin, k_ref, v_ref, slots)
+    assert torch.equal(k, k_before), "the torch op must leave k as it was"
+    k_cache[slots.long()] = float("nan")  # poison the slots the kernel must write
+    v_cache[slots.long()] = float("nan")
+    kernels.rotary_store_kv(q, k, v, positions, cos_sin, k_cache, v_cache, slots)
+    assert torch.equal(k, k_before), "k modified"
+    assert torch.equal(v_cache, v_ref), "v copied exactly"
+    untouched = torch.ones(num_slots + 1, dtype=torch.bool, device=DEVICE)
+    untouched[slots.long()] = False
+    assert torch.equal(k_cache[untouched], k_ref[untouched]), "other slots written"
+    for out, ref in ((q, q_ref), (k_cache[slots.long()], k_ref[slots.long()])):
+        assert torch.isfinite(out).all()
+        err = (out.float() - ref.float()).norm(dim=-1) / ref.float().norm(dim=-1)
+        assert err.max() < TOLERANCE[dtype], float(err.max())
