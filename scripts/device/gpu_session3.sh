@@ -4,16 +4,7 @@
 # splits at small grids), then tp=1 vs tp=2 decode steps with the fused kernel (engine default) and
 # without it, the same with shorter decode splits, and a per-kernel profile of a tp=2 step (rank 0).
 # Every step writes into $OUT (at most 8 files come back).
-set -uo pipefail
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log with its duration
-    local name=$1 limit=$2; shift 2
-    local start; start=$(date +%s)
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "[$name: rc $? in $(( $(date +%s) - start )) s]" | tee -a "$OUT/$name.log"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } > "$OUT/env.log" 2>&1
 CUDA_VISIBLE_DEVICES=0 step fused_kernel_tests 150 python3 -m pytest -q -p no:cacheprovider \

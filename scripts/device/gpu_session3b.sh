@@ -4,16 +4,7 @@
 # tp=1 step profile (GPU 1); tp=1 vs tp=2 decode steps with the fused all-reduce + RMSNorm (engine
 # default) and without (`graph_nofuse`); the same with the old decode split rule (256 keys at the
 # least); a tp=2 profile; and the engine's tp=2 == tp=1 greedy check (tiny Llama, fp32, defaults).
-set -uo pipefail
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log with its duration
-    local name=$1 limit=$2; shift 2
-    local start; start=$(date +%s)
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "[$name: rc $? in $(( $(date +%s) - start )) s]" | tee -a "$OUT/$name.log"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 CUDA_VISIBLE_DEVICES=0 step fused_kernel_tests 150 python3 -m pytest -q -p no:cacheprovider \
     tests/kernels/test_kernel_all_reduce_norm.py tests/kernels/test_kernel_attention.py -k "all_reduce or decode" &
 CUDA_VISIBLE_DEVICES=1 step profile_tp1 110 python3 benchmarks/profile_decode.py --tp 1 --batch 1 64 --out "$OUT/profile_tp1.md" &

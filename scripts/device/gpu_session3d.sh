@@ -3,16 +3,7 @@
 # (each rank stores its row into every rank's buffer, then signals; reads are local): kernel tests
 # (ranks simulated on GPU 0), the fused vs two-kernel row sweep with a bit-exactness stress check,
 # tp=1 vs tp=2 decode steps twice (run-to-run spread), and the engine's tp=2 == tp=1 greedy check.
-set -uo pipefail
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log with its duration
-    local name=$1 limit=$2; shift 2
-    local start; start=$(date +%s)
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "[$name: rc $? in $(( $(date +%s) - start )) s]" | tee -a "$OUT/$name.log"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 CUDA_VISIBLE_DEVICES=0 step fused_kernel_tests 100 python3 -m pytest -q -p no:cacheprovider \
     tests/kernels/test_kernel_all_reduce_norm.py
 step all_reduce 120 python3 benchmarks/all_reduce.py --rows 1 2 4 8 16 32 64 --out "$OUT/all_reduce.md"

@@ -4,16 +4,7 @@
 # (LLM_CORE_PDL=0) and on again, each saving its logits; on and off must give identical logits.
 # PDL was removed afterwards (no measurable gain, benchmarks/RESULTS.md); this script needs commit
 # b244e2e to run as it did.
-set -uo pipefail
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log with its duration
-    local name=$1 limit=$2; shift 2
-    local start; start=$(date +%s)
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "[$name: rc $? in $(( $(date +%s) - start )) s]" | tee -a "$OUT/$name.log"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 CUDA_VISIBLE_DEVICES=0 step kernel_tests_pdl 150 python3 -m pytest -q -x -p no:cacheprovider -n 4 tests/kernels
 TP="python3 benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512 --iters 30 --mode eager graph"
 step tp_decode_pdl 100 $TP --save-logits /tmp/pdl_on.pt

@@ -3,15 +3,7 @@
 # tp=1 decode steps with the fused op and with the two kernels it replaces (logits compared), then the
 # engine against transformers (scripts/device/gpu_engine_check.py: fp32 greedy incl. chunked prefill and
 # prefix cache, bf16 logits).
-set -uo pipefail
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
-step() {  # step NAME TIMEOUT CMD...: run, log to $OUT/NAME.log with its duration
-    local name=$1 limit=$2; shift 2
-    local start; start=$(date +%s)
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "[$name: rc $? in $(( $(date +%s) - start )) s]" | tee -a "$OUT/$name.log"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 step kernel_tests 90 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_kernel_rotary_store.py
 TP="python3 benchmarks/tp_decode.py --tp 1 --batch 1 64 --ctx 512 --iters 30 --mode graph"
 step tp_decode_fused 60 $TP --save-logits /tmp/fused.pt
