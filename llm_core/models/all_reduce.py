@@ -26,7 +26,8 @@ ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on
 # every row count measured (benchmarks/all_reduce.py; raw/2026-11-22_h200x2_push_all_reduce.md). Larger
 # batches (not measured) take the one-shot + norm path up to 1 MiB, then NCCL.
 FUSED_MAX_ROWS = 64
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)  # what the CUDA one-shot kernel dispatches (not fp16)
+ONE_SHOT_DTYPES = (torch.bfloat16, torch.float32)  # what torch's CUDA one-shot kernel dispatches (not fp16)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the fused kernel: any of them
 
 
 class SymmMemAllReduce:
@@ -80,7 +81,9 @@ class SymmMemAllReduce:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         # The op wants the local input aligned like the staging view (offset 0 of the buffer).
-        if not self.enabled or x.dtype != self.dtype or x.numel() > self.buffer.numel():
+        if not self.enabled or x.dtype != self.dtype or x.dtype not in ONE_SHOT_DTYPES:
+            return None  # fp16: NCCL (the fused add_rms_norm below still takes fp16)
+        if x.numel() > self.buffer.numel():
             return None
         if not x.is_contiguous() or x.storage_offset() != 0:
             return None
