@@ -14,7 +14,7 @@ Chunked prefill: a prefill step carries at most max_prefill_tokens new tokens. A
 than what is left of that budget is admitted (all its slots allocated at once) and prefilled in
 chunks over several prefill steps, oldest first, before any new admission; only its last chunk
 samples. Decode steps of the other requests run in between, so a long prompt never stalls them
-for more than one chunk. (Image requests are prefilled whole.)
+for more than one chunk. Image prompts too: a chunk may start or end inside an image's tokens.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ class Router:
                 n = min(req.prefill_len - req.num_computed, budget)
                 seqs.append(self._chunk(req, n))
                 budget -= n
-        admitted = self._admit(budget, first_in_batch=not seqs) if budget > 0 else []
+        admitted = self._admit(budget) if budget > 0 else []
         for req, node, cached in admitted:
             n = req.num_tokens
             req.row = self.row_allocator.alloc()
@@ -268,7 +268,7 @@ class Router:
             self.running[req.request_id] = req
             self.cache_hit_tokens += len(cached)
             todo = n - len(cached)
-            chunk = todo if req.image_embeds is not None else min(todo, budget)
+            chunk = min(todo, budget)  # image prompts too: a chunk may end inside an image's tokens
             seqs.append(self._chunk(req, chunk, cached))
             budget -= chunk
         return Batch("prefill", seqs) if seqs else None
@@ -312,11 +312,11 @@ class Router:
     def _delay(self, tokens_ahead: int) -> int:
         return self.decode_steps_per_prefill * math.ceil(tokens_ahead / self.max_prefill_tokens)
 
-    def _admit(self, token_budget: int, first_in_batch: bool) -> list[tuple[Request, CacheNode | None, list[int]]]:
+    def _admit(self, token_budget: int) -> list[tuple[Request, CacheNode | None, list[int]]]:
         """Pop from the head of `waiting` while there are rows, prefill tokens left this step and
         the next request passes the future-aware slot check. A prompt longer than the tokens left
-        is admitted and chunked, except an image request: that one waits unless it would be the
-        batch's only sequence (then it runs whole).
+        is admitted and chunked (the runner gives each chunk the image embedding rows of the image
+        tokens it holds).
 
         With the prefix cache, a text request takes the longest cached prefix of its tokens (all
         but the last, which must be computed to sample) and locks it; the check then counts the
@@ -337,10 +337,7 @@ class Router:
                 node, cached = cache.match(req.cache_keys[: req.num_tokens - 1])
                 node = node if cached else None
             n = req.num_tokens - len(cached)  # tokens to prefill
-            whole = req.image_embeds is not None
-            if whole and n > token_budget and not (first_in_batch and not admitted):
-                break
-            rest = 0 if whole else n - min(n, token_budget)
+            rest = n - min(n, token_budget)
             grows = self._budget(req)
             candidate = (-(grows + (self._delay(ahead + rest) if rest else 0)), n, grows)
             bisect.insort(entries, candidate)

@@ -12,8 +12,8 @@ from llm_core.testing.engine_checks import random_image, run_staggered, trim_aft
 
 @pytest.mark.parametrize("max_prefill_tokens", [8192, 10], ids=["budget_8192", "budget_10"])
 def test_llava_greedy_matches_transformers(tiny_llava, max_prefill_tokens):
-    # With a 10-token prefill budget every image prompt is longer than a step's budget: image
-    # requests are never chunked, each runs whole as the only sequence of its prefill step.
+    # With a 10-token prefill budget every image prompt (2-3 images of 16+ tokens each) runs in chunks
+    # of at most 10 tokens, most of them starting and ending inside an image's tokens.
     from transformers import LlavaForConditionalGeneration
 
     model_dir = str(tiny_llava)
