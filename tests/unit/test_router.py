@@ -512,3 +512,22 @@ def test_finish_and_append_token_require_a_running_request():
         router.append_token(req, 1)
     with pytest.raises(ValueError):
         router.finish(req, "stop")
+
+
+def test_image_prompts_are_chunked_like_text():
+    # An image request's prompt is prefilled max_prefill_tokens at a time too (the runner gives each
+    # chunk the embedding rows of its image tokens), next to a text request admitted in the same step.
+    router = Router(num_slots=100, max_running_requests=4, max_prefill_tokens=8, max_model_len=64)
+    image = make_request(0, Spec(0, 20, 2, None))
+    image.image_embeds = object()  # opaque to the router
+    text = make_request(1, Spec(0, 5, 2, None))
+    router.add(image)
+    router.add(text)
+    chunks = []
+    while image.is_prefilling or image.status != RequestStatus.RUNNING:
+        batch = router.schedule()
+        assert batch.kind == "prefill" and batch.num_tokens <= 8
+        for seq in batch.seqs:
+            if seq.request is image:
+                chunks.append((seq.prefix_len, len(seq.new_token_ids), seq.samples))
+    assert chunks == [(0, 8, False), (8, 8, False), (16, 4, True)]
