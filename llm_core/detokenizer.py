@@ -33,6 +33,7 @@ the leading space of its first token.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 from collections.abc import Sequence
@@ -258,6 +259,15 @@ class StopStringChecker:
             self._text_start = keep_from
         self._history = self._history[-(MAX_CONTEXT + len(self._pending)) :]
         return Released(tokens)
+
+
+def load_tokenizer_in_background(model_dir: str) -> concurrent.futures.Future:
+    """load_tokenizer on a thread: AutoTokenizer takes seconds of Python (2-3 s for a small tokenizer on
+    2 cores), which can overlap the engine's worker start-up and a worker's weight loading."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="llm_core-tokenizer")
+    future = pool.submit(load_tokenizer, model_dir)
+    pool.shutdown(wait=False)  # the thread ends when the tokenizer is loaded
+    return future
 
 
 def load_tokenizer(model_dir: str) -> Any | None:

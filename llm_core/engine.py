@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from llm_core.config import EngineConfig
-from llm_core.detokenizer import full_text, load_tokenizer
+from llm_core.detokenizer import full_text, load_tokenizer_in_background
 from llm_core.models import load_model_config
 from llm_core.outputs import RequestOutput, StreamChunk
 from llm_core.sampling_params import SamplingParams
@@ -120,7 +120,7 @@ class Engine:
         self.config = config
         self.model_config = load_model_config(config.model_dir)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
-        self.tokenizer = load_tokenizer(config.model_dir)
+        tokenizer = load_tokenizer_in_background(config.model_dir)  # while the workers start
         self._queues: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -129,6 +129,11 @@ class Engine:
         self._restarting = False
         self._ids = itertools.count()
         self._workers = _Workers(config)
+        try:
+            self.tokenizer = tokenizer.result()
+        except BaseException:
+            self._workers.kill()
+            raise
         self.num_slots = self._workers.num_slots
         self.restarts = 0
         self._reader = threading.Thread(target=self._read_loop, name="llm_core-reader", daemon=True)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from llm_core.config import EngineConfig
-from llm_core.detokenizer import load_tokenizer
+from llm_core.detokenizer import load_tokenizer_in_background
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.scheduler import Router
 from llm_core.worker.model_runner import ModelRunner, StepInput
@@ -57,6 +57,7 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     faulthandler.enable()  # a crash in native code (CUDA, NCCL) still leaves the Python stack in the log
     if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
+    tokenizer = load_tokenizer_in_background(cfg.model_dir) if rank == 0 else None  # while the weights load
     try:
         tp_group, cpu_group = _init_distributed(cfg, rank)
         runner = ModelRunner(cfg, rank, tp_group)
@@ -64,11 +65,12 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
         if num_slots < 1:
             raise RuntimeError("no device memory left for the KV cache (raise mem_fraction?)")
         runner.allocate_kv(num_slots)
+        tokenizer = tokenizer.result() if tokenizer is not None else None
     except BaseException:
         conn.send(("fatal", rank, traceback.format_exc()))
         raise SystemExit(1) from None
     if rank == 0:
-        _rank0_loop(cfg, runner, conn, cpu_group, num_slots)
+        _rank0_loop(cfg, runner, conn, cpu_group, num_slots, tokenizer)
     else:
         conn.send(("ready", rank, num_slots))
         _follower_loop(runner, cpu_group)
@@ -106,7 +108,7 @@ def _follower_loop(runner: ModelRunner, cpu_group) -> None:
         runner.forward(box[0])
 
 
-def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slots: int) -> None:
+def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slots: int, tokenizer) -> None:
     router = Router(
         num_slots=num_slots,
         max_running_requests=cfg.max_running_requests,
@@ -118,7 +120,7 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         prefix_cache=cfg.prefix_cache,
     )
     broadcast = _broadcaster(cpu_group)
-    loop = SchedulerLoop(runner, router, load_tokenizer(cfg.model_dir), conn.send, broadcast)
+    loop = SchedulerLoop(runner, router, tokenizer, conn.send, broadcast)
     conn.send(("ready", 0, num_slots))
     try:
         while True:
