@@ -57,9 +57,8 @@ class SymmMemAllReduce:
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
         # The fused kernel's buffers: a double staging buffer with a slot per source rank and
-        # flags[row, rank] (both symmetric),
-        # and this rank's call count per row. Flags are zero before the rendezvous (collective), so no
-        # peer can signal into them before.
+        # flags[row, rank] (both symmetric), and this rank's call count per row. Flags are zero before
+        # the rendezvous (collective), so no peer can signal into them before.
         self.hidden_size = hidden_size
         self.fused_max_rows = max(1, min(fused_max_rows, self.buffer.numel() // hidden_size))
         self.stage = symm_mem.empty(2 * self.world * self.fused_max_rows * hidden_size, dtype=dtype, device=device)
