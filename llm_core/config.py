@@ -36,9 +36,10 @@ class EngineConfig:
     cuda_graph: bool = True
     cuda_graph_tp: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
-    # tp > 1 on CUDA, bf16/fp32: all-reduces up to 1 MiB by a one-shot kernel over symmetric memory (NVLink
-    # P2P) instead of NCCL (models/all_reduce.py); larger ones (prefill) and fp16 always use NCCL. Results are
-    # bit-identical to NCCL's at tp=2 (a sum of two); decode steps 4% faster there (benchmarks/RESULTS.md).
+    # tp > 1 on CUDA: small all-reduces over symmetric memory (NVLink P2P) instead of NCCL (models/all_reduce.py):
+    # those of o_proj/down_proj (up to 64 rows) fused with the residual add and RMSNorm in one kernel, the other
+    # ones up to 1 MiB (bf16/fp32) through torch's one-shot kernel; larger ones (prefill) through NCCL. Bit-identical
+    # to NCCL at tp=2 (a sum of two); decode steps 0.75x -> 0.71x of tp=1 (benchmarks/RESULTS.md).
     symm_mem_all_reduce: bool = True
 
     def __post_init__(self) -> None:

@@ -59,6 +59,10 @@ class SymmMemAllReduce:
         # The fused kernel's buffers: a double staging buffer with a slot per source rank and
         # flags[row, rank] (both symmetric), and this rank's call count per row. Flags are zero before
         # the rendezvous (collective), so no peer can signal into them before.
+        from llm_core.kernels.all_reduce_norm import all_reduce_add_rms_norm  # triton: imported on CUDA only
+
+        self._fused_kernel = all_reduce_add_rms_norm
+        self.one_shot = dtype in ONE_SHOT_DTYPES  # torch's one-shot kernel has no fp16; NCCL does those
         self.hidden_size = hidden_size
         self.fused_max_rows = max(1, min(fused_max_rows, self.buffer.numel() // hidden_size))
         self.stage = symm_mem.empty(2 * self.world * self.fused_max_rows * hidden_size, dtype=dtype, device=device)
@@ -80,9 +84,7 @@ class SymmMemAllReduce:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         # The op wants the local input aligned like the staging view (offset 0 of the buffer).
-        if not self.enabled or x.dtype != self.dtype or x.dtype not in ONE_SHOT_DTYPES:
-            return None  # fp16: NCCL (the fused add_rms_norm below still takes fp16)
-        if x.numel() > self.buffer.numel():
+        if not (self.enabled and self.one_shot) or x.dtype != self.dtype or x.numel() > self.buffer.numel():
             return None
         if not x.is_contiguous() or x.storage_offset() != 0:
             return None
@@ -100,10 +102,7 @@ class SymmMemAllReduce:
             return None
         if x.shape[1] != self.hidden_size or x.shape[0] > self.fused_max_rows:
             return None
-        from llm_core.kernels.all_reduce_norm import all_reduce_add_rms_norm
-
-        ptrs = (self.stage_ptrs, self.flag_ptrs, self.epochs)
-        return all_reduce_add_rms_norm(x, residual, weight, eps, *ptrs, self.rank)
+        return self._fused_kernel(x, residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.epochs, self.rank)
 
 
 def _agree(ok: bool, group, device: torch.device) -> bool:

@@ -119,11 +119,12 @@ class SchedulerLoop:
         self.broadcast(step)
         logits = self.runner.forward(step)
         # A prefill chunk that is not its request's last samples nothing.
-        sampling = [seq for seq in batch.seqs if seq.samples]
+        rows = [i for i, seq in enumerate(batch.seqs) if seq.samples]
+        sampling = [batch.seqs[i] for i in rows]
         chunks = []
         if sampling:
             if len(sampling) < len(batch.seqs):
-                logits = logits[[i for i, seq in enumerate(batch.seqs) if seq.samples]]
+                logits = logits[rows]
             result = self.sampler(logits, [self._sampling_input(seq.request) for seq in sampling])
             for i, seq in enumerate(sampling):
                 logprob = result.logprobs[i] if result.logprobs is not None else None
