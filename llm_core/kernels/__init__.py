@@ -8,6 +8,7 @@ run on CPU tensors (tests/kernels).
 from __future__ import annotations
 
 from llm_core.kernels.decode_attention import decode_attention
+from llm_core.kernels.gemv import linear, linear_silu_and_mul
 from llm_core.kernels.inject_image_embeds import inject_image_embeds
 from llm_core.kernels.prefill_attention import prefill_attention
 from llm_core.kernels.rms_norm import add_rms_norm, rms_norm
@@ -20,6 +21,8 @@ __all__ = [
     "apply_rotary",
     "decode_attention",
     "inject_image_embeds",
+    "linear",
+    "linear_silu_and_mul",
     "prefill_attention",
     "rms_norm",
     "rotary_store_kv",

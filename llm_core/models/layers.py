@@ -9,12 +9,15 @@ collective is called.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from llm_core.ops import torch_ops
 
 WeightSource = Any  # torch.Tensor or safetensors PySafeSlice: both support `source[a:b]`, `source[:, a:b]`
 
@@ -105,8 +108,8 @@ class ColumnParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data, source[self.tp.rank * rows : (self.tp.rank + 1) * rows])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
 
 
 class QKVParallelLinear(nn.Module):
@@ -143,9 +146,9 @@ class QKVParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data[offset : offset + size], source[start : start + size])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
         # [T, hidden] -> [T, (num_heads + 2 * num_kv_heads) * head_dim] of this rank
-        return F.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
 
 class MergedGateUpLinear(nn.Module):
@@ -166,8 +169,12 @@ class MergedGateUpLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data[shard_id * size : (shard_id + 1) * size], source[start : start + size])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)  # [T, 2 * intermediate / tp]
+    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)  # [T, 2 * intermediate / tp]
+
+    def forward_silu_and_mul(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        # silu(gate) * up: [T, intermediate / tp] (one kernel for decode-sized T on GPUs)
+        return ops.linear_silu_and_mul(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -188,8 +195,8 @@ class RowParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data, source[:, self.tp.rank * cols : (self.tp.rank + 1) * cols])
 
-    def forward(self, x: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-        out = F.linear(x, self.weight)
+    def forward(self, x: torch.Tensor, reduce: bool = True, ops: ModuleType = torch_ops) -> torch.Tensor:
+        out = ops.linear(x, self.weight)
         if not reduce:
             assert self.bias is None, "a partial sum with a bias would add the bias once per rank"
             return out
@@ -252,7 +259,7 @@ class ParallelLMHead(nn.Module):
     def weight_loader(self, param: nn.Parameter, source: WeightSource) -> None:
         _load_vocab_rows(param, source, self.vocab_start, self.num_rows)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
         # [B, hidden] -> [B, vocab] in the model dtype
-        logits = self.tp.all_gather_last_dim(F.linear(hidden, self.weight))
+        logits = self.tp.all_gather_last_dim(ops.linear(hidden, self.weight))
         return logits[:, : self.vocab_size]

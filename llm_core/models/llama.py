@@ -93,7 +93,7 @@ class LlamaAttention(nn.Module):
         num_tokens = hidden.shape[0]
         # Views into the packed projection (row stride (Hq + 2 Hk) * D): every op takes token and head
         # strides, so no copies (3 per layer and step at batch > 1 in benchmarks/raw/*_profile_decode.md).
-        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
+        q, k, v = self.qkv_proj(hidden, ops).split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
@@ -112,7 +112,8 @@ class LlamaAttention(nn.Module):
                 batch.max_seq_len, self.sm_scale,
             )  # fmt: skip
         # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
-        return self.o_proj(out.view(num_tokens, self.num_heads * self.head_dim), reduce=not self.defer_reduce)
+        out = out.view(num_tokens, self.num_heads * self.head_dim)
+        return self.o_proj(out, reduce=not self.defer_reduce, ops=ops)
 
 
 class LlamaMLP(nn.Module):
@@ -124,7 +125,7 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
         # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)), reduce=not self.defer_reduce)
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, ops), reduce=not self.defer_reduce, ops=ops)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -184,7 +185,7 @@ class LlamaForCausalLM(nn.Module):
         last = batch.logits_indices  # [B]
         reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: rows `last` only
         hidden, _ = self.model.norm(ops, hidden[last], residual[last], reduce=reduce)  # [B, hidden]
-        return self.lm_head(hidden).float()  # [B, vocab]
+        return self.lm_head(hidden, ops).float()  # [B, vocab]
 
     def checkpoint_param(self, name: str) -> tuple[str, str | int | None] | None:
         """Checkpoint name -> (parameter, shard id); None for weights this model does not hold."""

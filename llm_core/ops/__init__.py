@@ -18,6 +18,8 @@ OP_NAMES = (
     "prefill_attention",
     "decode_attention",
     "silu_and_mul",
+    "linear",
+    "linear_silu_and_mul",
     "inject_image_embeds",
 )
 

@@ -158,6 +158,16 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(x[..., :half]) * x[..., half:]
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # x: [T, K], weight: [N, K], bias: [N] -> [T, N]
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def linear_silu_and_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    # weight: [2 I, K] = [gate | up] rows -> silu_and_mul(linear(x, weight, bias)): [T, I]
+    return silu_and_mul(linear(x, weight, bias))
+
+
 def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor) -> None:
     # In place: inputs_embeds[image_positions[i]] = image_embeds[i].
     # inputs_embeds: [T, H]; image_embeds: [N, H]; image_positions: [N] int

@@ -1,0 +1,263 @@
+"""Skinny linear layers for decode: y = x W^T (+ b) for a few rows of x, optionally fused with SiLU-and-mul.
+
+At batch 1 a decode step's weight GEMMs are matrix-vector products: pure weight streaming. cuBLAS picks
+tensor-core tiles with split-K and a separate reduce kernel for these shapes, and the halved matrices of a
+tp=2 rank run well below the bandwidth of the full ones (benchmarks/RESULTS.md, session 3 profiles). Here
+each program owns BLOCK_N output columns (weight rows, contiguous along K) for every row of x and streams
+its [BLOCK_N, BLOCK_K] weight tiles once, accumulating products in fp32 registers (CUDA cores: a GEMV has
+no reuse for tensor cores to exploit).
+
+SPLIT_K > 1 splits K over programs for matrices with few output columns. The partial sums go to an fp32
+workspace; the last program of each column block (an acq_rel counter) adds them in split order (the same
+bits on every run, no atomics on the values), resets the counter for the next call, and runs the epilogue.
+
+Epilogues: the bias; `linear_silu_and_mul`, for [gate | up] weights, returns silu(gate) * up directly
+(the gate and up rows of a column block are computed by the same program, rounded to the activation dtype
+as a separate GEMM would, then combined like `silu_and_mul`).
+
+Rows > GEMV_MAX_ROWS, and anything the kernel does not take, go to torch (cuBLAS).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from llm_core.kernels._checks import check_device, check_float
+from llm_core.kernels.silu_and_mul import silu_and_mul
+
+# Largest number of rows of x that takes this kernel (LLM_CORE_GEMV_MAX_ROWS=0 turns it off).
+GEMV_MAX_ROWS = int(os.environ.get("LLM_CORE_GEMV_MAX_ROWS", "4"))
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr,  # [M, K], last dim contiguous
+    w_ptr,  # [N_W, K] contiguous: N_W = N, or 2 N with SILU ([gate | up])
+    b_ptr,  # [N_W] or dummy
+    out_ptr,  # [M, N] contiguous
+    part_ptr,  # [SPLIT_K, M, N] fp32 workspace (SPLIT_K > 1)
+    count_ptr,  # [cdiv(N, BLOCK_N)] int32, zero between calls (SPLIT_K > 1)
+    M,
+    N,
+    K,
+    stride_xm,
+    K_PER_SPLIT,  # multiple of BLOCK_K
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    ks = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
+    if SILU:
+        up_rows = w_rows + N.to(tl.int64) * K
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    if SILU:
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        k = k0 + ks
+        k_mask = k < k_end
+        x = tl.load(x_rows + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+        w_mask = col_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+        acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
+        if SILU:
+            u = tl.load(up_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+            acc_up += x[:, None, :] * u.to(tl.float32)[None, :, :]
+    y = tl.sum(acc, axis=2)  # [BLOCK_M, BLOCK_N]
+    y_up = tl.sum(acc_up, axis=2) if SILU else y
+
+    out_offs = rows[:, None] * N + cols[None, :]
+    out_mask = row_mask[:, None] & col_mask[None, :]
+    if SPLIT_K > 1:
+        # Partial sums out; the last program of this column block adds them in split order.
+        stride_split = M * N
+        tl.store(part_ptr + pid_k * stride_split + out_offs, y, mask=out_mask)
+        if SILU:
+            tl.store(part_ptr + (SPLIT_K + pid_k) * stride_split + out_offs, y_up, mask=out_mask)
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            y_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(SPLIT_K):
+                y += tl.load(part_ptr + s * stride_split + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                if SILU:
+                    y_up += tl.load(
+                        part_ptr + (SPLIT_K + s) * stride_split + out_offs,
+                        mask=out_mask,
+                        other=0.0,
+                        cache_modifier=".cg",
+                    )
+            tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call (graph replays included)
+            _epilogue(y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS, SILU)
+    else:
+        _epilogue(y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS, SILU)
+
+
+@triton.jit
+def _epilogue(
+    y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS: tl.constexpr, SILU: tl.constexpr
+):
+    dtype = out_ptr.dtype.element_ty
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if SILU:
+            y_up += tl.load(b_ptr + N + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        # As linear() then silu_and_mul(): gate and up rounded to the activation dtype, silu rounded too.
+        g = y.to(dtype).to(tl.float32)
+        silu = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+        y = silu * y_up.to(dtype).to(tl.float32)
+    tl.store(out_ptr + out_offs, y.to(dtype), mask=out_mask)
+
+
+class _Workspace:
+    """Split-K scratch per device: fp32 partial sums and self-resetting column-block counters.
+
+    Created outside graph capture (the first eager call); a call that would need it during a capture before
+    it exists runs without split-K instead."""
+
+    PART_FLOATS = 1 << 20
+    COUNTERS = 1 << 14
+
+    def __init__(self) -> None:
+        self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        buffers = self._by_device.get(device)
+        if buffers is None:
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return None
+            buffers = (
+                torch.empty(self.PART_FLOATS, dtype=torch.float32, device=device),
+                torch.zeros(self.COUNTERS, dtype=torch.int32, device=device),
+            )
+            self._by_device[device] = buffers
+        return buffers
+
+
+_WORKSPACE = _Workspace()
+
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@functools.cache
+def _tuned_table(device_name: str) -> dict[str, list[int]]:
+    # benchmarks/gemv.py --write: {"m1_n3072_k4096_silu0": [BLOCK_N, BLOCK_K, SPLIT_K, num_warps], ...}
+    path = _CONFIG_DIR / f"gemv_{device_name.replace(' ', '_')}.json"
+    return json.loads(path.read_text())["configs"] if path.exists() else {}
+
+
+def config_key(m: int, n: int, k: int, silu: bool) -> str:
+    return f"m{triton.next_power_of_2(m)}_n{n}_k{k}_silu{int(silu)}"
+
+
+def gemv_config(m: int, n: int, k: int, silu: bool = False, device: torch.device | None = None):
+    """(BLOCK_N, BLOCK_K, SPLIT_K, num_warps) for [m, k] x [k, n] (n output columns): the tuned entry for this
+    GPU and shape (llm_core/kernels/configs/, written by benchmarks/gemv.py; None where cuBLAS was faster),
+    else a rule of thumb."""
+    if device is not None and device.type == "cuda":
+        table = _tuned_table(torch.cuda.get_device_name(device))
+        key = config_key(m, n, k, silu)
+        if key in table:  # null: cuBLAS measured faster for this shape
+            return None if table[key] is None else tuple(table[key])
+    block_n, block_k, num_warps = 8, 512, 4
+    programs = triton.cdiv(n, block_n)
+    split_k = 1
+    # Few column blocks for the SMs: split K (each split keeps >= 4 tiles of K).
+    while programs * split_k < 512 and k // (2 * split_k * block_k) >= 4:
+        split_k *= 2
+    return block_n, block_k, split_k, num_warps
+
+
+def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
+    m, k = x.shape
+    out = torch.empty((m, out_cols), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    block_n, block_k, split_k, num_warps = config
+    block_m = triton.next_power_of_2(m)
+    col_blocks = triton.cdiv(out_cols, block_n)
+    part, counts = out, out  # unused without split-K
+    if split_k > 1:
+        buffers = _WORKSPACE.get(x.device)
+        needed = split_k * m * out_cols * (2 if silu else 1)
+        if buffers is None or needed > buffers[0].numel() or col_blocks > buffers[1].numel():
+            split_k = 1
+        else:
+            part, counts = buffers
+    k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
+    split_k = triton.cdiv(k, k_per_split)
+    _gemv_kernel[(col_blocks, split_k)](
+        x, weight, bias if bias is not None else out, out, part, counts,
+        m, out_cols, k, x.stride(0), k_per_split,
+        HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+    )  # fmt: skip
+    return out
+
+
+def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return (
+        x.dim() == 2
+        and 0 < x.shape[0] <= GEMV_MAX_ROWS
+        and x.stride(1) == 1
+        and weight.is_contiguous()
+        and weight.dtype == x.dtype
+        and (bias is None or (bias.is_contiguous() and bias.dtype == x.dtype))
+    )
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_rows: int) -> None:
+    assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], (x.shape, weight.shape)
+    assert bias is None or bias.shape == (out_rows,), (None if bias is None else bias.shape, out_rows)
+    check_float(x, weight)
+    check_device(x, weight)
+
+
+def _pick(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_cols: int, silu: bool):
+    # A launch config, or None for torch (too many rows, layouts the kernel does not take, or tuned so).
+    if not _takes(x, weight, bias):
+        return None
+    return gemv_config(x.shape[0], out_cols, x.shape[1], silu, x.device)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None) -> torch.Tensor:
+    """x: [M, K], weight: [N, K], bias: [N] -> [M, N] (torch.nn.functional.linear)."""
+    _check(x, weight, bias, weight.shape[0])
+    config = config or _pick(x, weight, bias, weight.shape[0], silu=False)
+    if config is None:
+        return torch.nn.functional.linear(x, weight, bias)
+    return _launch(x, weight, bias, weight.shape[0], silu=False, config=config)
+
+
+def linear_silu_and_mul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None
+) -> torch.Tensor:
+    """x: [M, K], weight: [2I, K] = [gate | up] rows -> silu(x gate^T) * (x up^T): [M, I]."""
+    _check(x, weight, bias, weight.shape[0])
+    assert weight.shape[0] % 2 == 0, weight.shape
+    config = config or _pick(x, weight, bias, weight.shape[0] // 2, silu=True)
+    if config is None:
+        return silu_and_mul(torch.nn.functional.linear(x, weight, bias))
+    return _launch(x, weight, bias, weight.shape[0] // 2, silu=True, config=config)
