@@ -5,6 +5,7 @@
 # (logits compared), the kernel tests at full shapes, and the engine's tp=2 == tp=1 greedy check.
 source "$(dirname "${BASH_SOURCE[0]}")/_step.sh"
 TABLE="llm_core/kernels/configs/gemv_$(python3 -c 'import torch; print(torch.cuda.get_device_name(0).replace(" ", "_"))').json"
+mkdir -p llm_core/kernels/configs
 CUDA_VISIBLE_DEVICES=0 step sweep_tp1 420 python3 benchmarks/gemv.py --tp 1 --rows 1 2 4 --out "$OUT/sweep_tp1.md" \
     --write /tmp/tp1.json &
 CUDA_VISIBLE_DEVICES=1 step sweep_tp2 420 python3 benchmarks/gemv.py --tp 2 --rows 1 2 4 --out "$OUT/sweep_tp2.md" \
