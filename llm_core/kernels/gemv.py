@@ -1,10 +1,10 @@
-"""Skinny linear layers for decode: y = x W^T (+ b) for a few rows of x, optionally fused with SiLU-and-mul.
+"""Linear layers at batch-1 decode: y = x W^T (+ b) for one row x, optionally fused with SiLU-and-mul.
 
 At batch 1 a decode step's weight GEMMs are matrix-vector products: pure weight streaming. cuBLAS picks
 tensor-core tiles with split-K and a separate reduce kernel for these shapes, and the halved matrices of a
 tp=2 rank run well below the bandwidth of the full ones (benchmarks/RESULTS.md, session 3 profiles). Here
-each program owns BLOCK_N output columns (weight rows, contiguous along K) for every row of x and streams
-its [BLOCK_N, BLOCK_K] weight tiles once, accumulating products in fp32 registers (CUDA cores: a GEMV has
+each program owns BLOCK_N output columns (weight rows, contiguous along K) and streams its [BLOCK_N, BLOCK_K]
+weight tiles once, accumulating products in fp32 registers (CUDA cores: a GEMV has
 no reuse for tensor cores to exploit).
 
 SPLIT_K > 1 splits K over programs for matrices with few output columns. The partial sums go to an fp32
@@ -15,7 +15,8 @@ Epilogues: the bias; `linear_silu_and_mul`, for [gate | up] weights, returns sil
 (the gate and up rows of a column block are computed by the same program, rounded to the activation dtype
 as a separate GEMM would, then combined like `silu_and_mul`).
 
-Rows > GEMV_MAX_ROWS, and anything the kernel does not take, go to torch (cuBLAS).
+More than one row, shapes where the tuned table says cuBLAS is faster, and layouts the kernel does not take
+go to torch (cuBLAS): with several rows this kernel would re-read the weights per row.
 """
 
 from __future__ import annotations
@@ -32,102 +33,92 @@ import triton.language as tl
 from llm_core.kernels._checks import check_device, check_float
 from llm_core.kernels.silu_and_mul import silu_and_mul
 
-# Largest number of rows of x that takes this kernel (LLM_CORE_GEMV_MAX_ROWS=0 turns it off).
-GEMV_MAX_ROWS = int(os.environ.get("LLM_CORE_GEMV_MAX_ROWS", "4"))
+# LLM_CORE_GEMV=0 sends every linear layer to torch (A/B measurements).
+ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr,  # [M, K], last dim contiguous
+    x_ptr,  # [K]: one row
     w_ptr,  # [N_W, K] contiguous: N_W = N, or 2 N with SILU ([gate | up])
     b_ptr,  # [N_W] or dummy
-    out_ptr,  # [M, N] contiguous
-    part_ptr,  # [SPLIT_K, M, N] fp32 workspace (SPLIT_K > 1)
+    out_ptr,  # [N]
+    part_ptr,  # [SPLIT_K (x 2 with SILU), N] fp32 workspace (SPLIT_K > 1)
     count_ptr,  # [cdiv(N, BLOCK_N)] int32, zero between calls (SPLIT_K > 1)
-    M,
     N,
     K,
-    stride_xm,
     K_PER_SPLIT,  # multiple of BLOCK_K
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K == SPLIT_K * K_PER_SPLIT: no masks along K (16-byte loads)
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rows = tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < M
     col_mask = cols < N
     ks = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
     if SILU:
         up_rows = w_rows + N.to(tl.int64) * K
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if SILU:
-        acc_up = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     k_begin = pid_k * K_PER_SPLIT
     k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
-    for k0 in range(k_begin, k_end, BLOCK_K):
+    for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + ks
-        k_mask = k < k_end
-        x = tl.load(x_rows + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        w_mask = col_mask[:, None] & k_mask[None, :]
+        if EVEN_K:
+            x = tl.load(x_ptr + k).to(tl.float32)[None, :]
+            w_mask = col_mask[:, None]
+        else:
+            k_mask = k < k_end
+            x = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+            w_mask = col_mask[:, None] & k_mask[None, :]
         w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-        acc += x[:, None, :] * w.to(tl.float32)[None, :, :]
+        acc += w.to(tl.float32) * x
         if SILU:
             u = tl.load(up_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-            acc_up += x[:, None, :] * u.to(tl.float32)[None, :, :]
-    y = tl.sum(acc, axis=2)  # [BLOCK_M, BLOCK_N]
-    y_up = tl.sum(acc_up, axis=2) if SILU else y
+            acc_up += u.to(tl.float32) * x
+    y = tl.sum(acc, axis=1)  # [BLOCK_N]
+    y_up = tl.sum(acc_up, axis=1) if SILU else y
 
-    out_offs = rows[:, None] * N + cols[None, :]
-    out_mask = row_mask[:, None] & col_mask[None, :]
     if SPLIT_K > 1:
         # Partial sums out; the last program of this column block adds them in split order.
-        stride_split = M * N
-        tl.store(part_ptr + pid_k * stride_split + out_offs, y, mask=out_mask)
+        tl.store(part_ptr + pid_k * N + cols, y, mask=col_mask)
         if SILU:
-            tl.store(part_ptr + (SPLIT_K + pid_k) * stride_split + out_offs, y_up, mask=out_mask)
+            tl.store(part_ptr + (SPLIT_K + pid_k) * N + cols, y_up, mask=col_mask)
         arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
-            y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            y_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            y = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            y_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for s in range(SPLIT_K):
-                y += tl.load(part_ptr + s * stride_split + out_offs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                y += tl.load(part_ptr + s * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
                 if SILU:
-                    y_up += tl.load(
-                        part_ptr + (SPLIT_K + s) * stride_split + out_offs,
-                        mask=out_mask,
-                        other=0.0,
-                        cache_modifier=".cg",
-                    )
+                    y_up += tl.load(part_ptr + (SPLIT_K + s) * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call (graph replays included)
-            _epilogue(y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS, SILU)
+            _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
     else:
-        _epilogue(y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS, SILU)
+        _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
 
 
 @triton.jit
-def _epilogue(
-    y, y_up, b_ptr, out_ptr, out_offs, out_mask, cols, col_mask, N, HAS_BIAS: tl.constexpr, SILU: tl.constexpr
-):
+def _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
     dtype = out_ptr.dtype.element_ty
     if HAS_BIAS:
-        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         if SILU:
-            y_up += tl.load(b_ptr + N + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+            y_up += tl.load(b_ptr + N + cols, mask=col_mask, other=0.0).to(tl.float32)
     if SILU:
         # As linear() then silu_and_mul(): gate and up rounded to the activation dtype, silu rounded too.
         g = y.to(dtype).to(tl.float32)
         silu = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
         y = silu * y_up.to(dtype).to(tl.float32)
-    tl.store(out_ptr + out_offs, y.to(dtype), mask=out_mask)
+    tl.store(out_ptr + cols, y.to(dtype), mask=col_mask)
 
 
 class _Workspace:
@@ -162,65 +153,57 @@ _CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @functools.cache
-def _tuned_table(device_name: str) -> dict[str, list[int]]:
-    # benchmarks/gemv.py --write: {"m1_n3072_k4096_silu0": [BLOCK_N, BLOCK_K, SPLIT_K, num_warps], ...}
+def _tuned_table(device_name: str) -> dict[str, list[int] | None]:
+    # benchmarks/gemv.py --write: {"n3072_k4096_silu0": [BLOCK_N, BLOCK_K, SPLIT_K, warps, stages] or null}
     path = _CONFIG_DIR / f"gemv_{device_name.replace(' ', '_')}.json"
     return json.loads(path.read_text())["configs"] if path.exists() else {}
 
 
-def config_key(m: int, n: int, k: int, silu: bool) -> str:
-    return f"m{triton.next_power_of_2(m)}_n{n}_k{k}_silu{int(silu)}"
+def config_key(n: int, k: int, silu: bool) -> str:
+    return f"n{n}_k{k}_silu{int(silu)}"
 
 
-def gemv_config(m: int, n: int, k: int, silu: bool = False, device: torch.device | None = None):
-    """(BLOCK_N, BLOCK_K, SPLIT_K, num_warps) for [m, k] x [k, n] (n output columns): the tuned entry for this
-    GPU and shape (llm_core/kernels/configs/, written by benchmarks/gemv.py; None where cuBLAS was faster),
-    else a rule of thumb."""
+def gemv_config(n: int, k: int, silu: bool = False, device: torch.device | None = None):
+    """(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for x [1, k] times W^T [k, n] (n output columns): the
+    tuned entry for this GPU and shape (llm_core/kernels/configs/, written by benchmarks/gemv.py; None where
+    cuBLAS measured faster), else the shape that won most of the H200 sweep."""
     if device is not None and device.type == "cuda":
         table = _tuned_table(torch.cuda.get_device_name(device))
-        key = config_key(m, n, k, silu)
-        if key in table:  # null: cuBLAS measured faster for this shape
+        key = config_key(n, k, silu)
+        if key in table:
             return None if table[key] is None else tuple(table[key])
-    block_n, block_k, num_warps = 8, 512, 4
-    programs = triton.cdiv(n, block_n)
-    split_k = 1
-    # Few column blocks for the SMs: split K (each split keeps >= 4 tiles of K).
-    while programs * split_k < 512 and k // (2 * split_k * block_k) >= 4:
-        split_k *= 2
-    return block_n, block_k, split_k, num_warps
+    return 4, min(1024, triton.next_power_of_2(k)), 1, 4, 1
 
 
 def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
     m, k = x.shape
-    out = torch.empty((m, out_cols), dtype=x.dtype, device=x.device)
-    if m == 0:
-        return out
-    block_n, block_k, split_k, num_warps = config
-    block_m = triton.next_power_of_2(m)
+    assert m == 1, "one row (decode at batch 1)"
+    out = torch.empty((1, out_cols), dtype=x.dtype, device=x.device)
+    block_n, block_k, split_k, num_warps, num_stages = config
     col_blocks = triton.cdiv(out_cols, block_n)
     part, counts = out, out  # unused without split-K
     if split_k > 1:
         buffers = _WORKSPACE.get(x.device)
-        needed = split_k * m * out_cols * (2 if silu else 1)
-        if buffers is None or needed > buffers[0].numel() or col_blocks > buffers[1].numel():
+        if buffers is None or split_k * out_cols * 2 > buffers[0].numel() or col_blocks > buffers[1].numel():
             split_k = 1
         else:
             part, counts = buffers
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     split_k = triton.cdiv(k, k_per_split)
     _gemv_kernel[(col_blocks, split_k)](
-        x, weight, bias if bias is not None else out, out, part, counts,
-        m, out_cols, k, x.stride(0), k_per_split,
-        HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        x, weight, bias if bias is not None else out, out, part, counts, out_cols, k, k_per_split,
+        HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k, EVEN_K=split_k * k_per_split == k,
+        BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages, num_warps=num_warps,
     )  # fmt: skip
     return out
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    # One contiguous row: batch-1 decode. More rows re-read the weights per row here; cuBLAS does them better.
     return (
-        x.dim() == 2
-        and 0 < x.shape[0] <= GEMV_MAX_ROWS
+        ENABLED
+        and x.dim() == 2
+        and x.shape[0] == 1
         and x.stride(1) == 1
         and weight.is_contiguous()
         and weight.dtype == x.dtype
@@ -236,14 +219,15 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out
 
 
 def _pick(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_cols: int, silu: bool):
-    # A launch config, or None for torch (too many rows, layouts the kernel does not take, or tuned so).
+    # A launch config, or None for torch (not one row, layouts the kernel does not take, or tuned so).
     if not _takes(x, weight, bias):
         return None
-    return gemv_config(x.shape[0], out_cols, x.shape[1], silu, x.device)
+    return gemv_config(out_cols, x.shape[1], silu, x.device)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None) -> torch.Tensor:
-    """x: [M, K], weight: [N, K], bias: [N] -> [M, N] (torch.nn.functional.linear)."""
+    """x: [M, K], weight: [N, K], bias: [N] -> [M, N] (torch.nn.functional.linear). `config` forces the kernel
+    (one row of x)."""
     _check(x, weight, bias, weight.shape[0])
     config = config or _pick(x, weight, bias, weight.shape[0], silu=False)
     if config is None:
