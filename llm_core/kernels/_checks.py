@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -51,3 +52,33 @@ def check_attention_inputs(
     assert q.dtype == k_cache.dtype == v_cache.dtype, (q.dtype, k_cache.dtype)
     assert req_to_slot.dim() == 2 and req_to_slot.dtype == torch.int32 and req_to_slot.stride(1) == 1
     return num_kv_heads
+
+
+# Programmatic dependent launch (Hopper and later). The GEMV (kernels/gemv.py) is launched with
+# `launch_pdl`: it may be scheduled while the kernel before it is still running, prefetches its weights
+# (which no kernel writes) into L2, and waits (`griddepcontrol.wait`) for that kernel to finish before
+# it reads x or writes anything. The kernels that run before a GEMV in a decode step (the norms, the
+# fused all-reduce + norm, the decode-attention reduce) signal `griddepcontrol.launch_dependents` at
+# their start so the GEMV can be scheduled that early; the signal changes nothing else (the wait is for
+# completion). LLM_CORE_PDL=0 turns both off. Not under the interpreter.
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # an older triton: no PDL
+    gdc_launch_dependents = gdc_wait = None
+
+
+@functools.cache
+def _pdl_supported(device_index: int) -> bool:
+    if interpreting() or os.environ.get("LLM_CORE_PDL", "1") == "0" or gdc_wait is None:
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    if "launch_pdl" not in getattr(CUDAOptions, "__dataclass_fields__", {}):
+        return False
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    return device.type == "cuda" and _pdl_supported(device.index if device.index is not None else 0)

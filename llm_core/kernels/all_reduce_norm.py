@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float
+from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, pdl_enabled
 
 
 @triton.jit
@@ -48,7 +48,10 @@ def _all_reduce_add_rms_norm_kernel(
     eps,
     WORLD: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
 ):
+    if PDL_TRIGGER:
+        gdc_launch_dependents()
     row = tl.program_id(0)
     row64 = row.to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -142,6 +145,7 @@ def all_reduce_add_rms_norm(
         eps,
         WORLD=buffer_ptrs.numel(),
         BLOCK=block,
+        PDL_TRIGGER=pdl_enabled(x.device),
         num_warps=min(max(block // 512, 1), 16),
     )
     return out, residual_out

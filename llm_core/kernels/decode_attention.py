@@ -16,7 +16,15 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
-from llm_core.kernels._checks import check_attention_inputs, check_device, check_float, check_index, dot_upcast
+from llm_core.kernels._checks import (
+    check_attention_inputs,
+    check_device,
+    check_float,
+    check_index,
+    dot_upcast,
+    gdc_launch_dependents,
+    pdl_enabled,
+)
 
 _LOG2E = 1.4426950408889634
 
@@ -109,7 +117,10 @@ def _decode_reduce_kernel(
     NUM_Q_HEADS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
 ):
+    if PDL_TRIGGER:
+        gdc_launch_dependents()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -237,6 +248,7 @@ def decode_attention_with_splits(
         NUM_Q_HEADS=num_q_heads,
         BLOCK_S=max(triton.next_power_of_2(num_splits), 2),
         BLOCK_D=block_d,
+        PDL_TRIGGER=pdl_enabled(q.device),
         num_warps=4 if num_splits * block_d >= 2048 else 1,
     )
     return out

@@ -30,11 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float
+from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, gdc_wait, pdl_enabled
 from llm_core.kernels.silu_and_mul import silu_and_mul
 
 # LLM_CORE_GEMV=0 sends every linear layer to torch (A/B measurements).
 ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
+# With programmatic dependent launch (_checks.pdl_enabled): weight bytes each call may prefetch into L2 while
+# the previous kernel runs (a part of H200's 50 MB L2; LLM_CORE_GEMV_PREFETCH_MB).
+PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "24")) * (1 << 20))
 
 
 @triton.jit
@@ -48,6 +51,7 @@ def _gemv_kernel(
     N,
     K,
     K_PER_SPLIT,  # multiple of BLOCK_K
+    PREFETCH_PROGRAMS,  # column blocks below this prefetch their weights into L2 before the PDL wait
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     SPLIT_K: tl.constexpr,
@@ -55,6 +59,8 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    PDL: tl.constexpr,  # launched with launch_pdl: prefetch weights, then wait for the previous kernel
+    PREFETCH_LINES: tl.constexpr,  # power of 2 >= this split's 128-byte lines per weight row
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -64,12 +70,23 @@ def _gemv_kernel(
     w_rows = w_ptr + cols.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
     if SILU:
         up_rows = w_rows + N.to(tl.int64) * K
+    k_begin = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
+    if PDL:
+        gdc_launch_dependents()
+        if pid_n < PREFETCH_PROGRAMS:
+            # The weights do not depend on the previous kernel: pull this program's rows into L2 while it runs.
+            line_elems = 128 // w_ptr.dtype.element_ty.primitive_bitwidth * 8
+            kk = tl.minimum(k_begin + tl.arange(0, PREFETCH_LINES) * line_elems, k_end - 1)
+            rows = w_ptr + tl.minimum(cols, N - 1).to(tl.int64)[:, None] * K
+            _prefetch_l2(rows + kk[None, :])
+            if SILU:
+                _prefetch_l2(rows + N.to(tl.int64) * K + kk[None, :])
+        gdc_wait()  # x and the output buffers belong to the previous kernels' stream order
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if SILU:
         acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    k_begin = pid_k * K_PER_SPLIT
-    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
     for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + ks
         if EVEN_K:
@@ -104,6 +121,13 @@ def _gemv_kernel(
             _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
     else:
         _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @triton.jit
@@ -190,10 +214,16 @@ def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
             part, counts = buffers
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     split_k = triton.cdiv(k, k_per_split)
+    pdl = pdl_enabled(x.device)
+    row_bytes = k_per_split * weight.element_size()
+    # Prefetch at most PREFETCH_BYTES in all (the first column blocks are the ones scheduled first).
+    prefetch_programs = PREFETCH_BYTES // (row_bytes * block_n * (2 if silu else 1) * split_k) if pdl else 0
     _gemv_kernel[(col_blocks, split_k)](
-        x, weight, bias if bias is not None else out, out, part, counts, out_cols, k, k_per_split,
+        x, weight, bias if bias is not None else out, out, part, counts, out_cols, k, k_per_split, prefetch_programs,
         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k, EVEN_K=split_k * k_per_split == k,
-        BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages, num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages, PDL=pdl,
+        PREFETCH_LINES=triton.next_power_of_2(triton.cdiv(row_bytes, 128)), num_warps=num_warps,
+        **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
     return out
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float
+from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, pdl_enabled
 
 
 @triton.jit
@@ -22,7 +22,10 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
 ):
+    if PDL_TRIGGER:
+        gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -69,6 +72,7 @@ def _launch(x, residual, weight, eps):
         eps,
         HAS_RESIDUAL=residual is not None,
         BLOCK=block,
+        PDL_TRIGGER=pdl_enabled(x.device),
         num_warps=num_warps,
     )
     return out, residual_out

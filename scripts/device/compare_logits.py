@@ -16,8 +16,12 @@ def main() -> int:
     for key in sorted(set(a) & set(b)):
         equal = torch.equal(a[key], b[key])
         same &= equal
-        diff = (a[key].float() - b[key].float()).abs().max().item()
-        print(f"{key}: {'identical' if equal else f'DIFFERENT (max abs diff {diff:.3g})'}")
+        x, y = a[key].float(), b[key].float()
+        diff = (x - y).abs().max().item()
+        rel = ((x - y).norm(dim=-1) / y.norm(dim=-1).clamp_min(1e-6)).max().item()
+        argmax = (x.argmax(-1) == y.argmax(-1)).float().mean().item()
+        detail = f"max abs diff {diff:.3g}, max relative row diff {rel:.3g}, same argmax in {argmax:.0%} of rows"
+        print(f"{key}: {'identical' if equal else f'DIFFERENT ({detail})'}")
     print("LOGITS", "IDENTICAL" if same and set(a) & set(b) else "DIFFER")
     return 0 if same and set(a) & set(b) else 1
 
