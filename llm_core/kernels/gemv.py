@@ -37,7 +37,7 @@ from llm_core.kernels.silu_and_mul import silu_and_mul
 ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
 # With programmatic dependent launch (_checks.pdl_enabled): weight bytes each call may prefetch into L2 while
 # the previous kernel runs (a part of H200's 50 MB L2; LLM_CORE_GEMV_PREFETCH_MB).
-PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "24")) * (1 << 20))
+PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "0")) * (1 << 20))
 
 
 @triton.jit
