@@ -36,8 +36,9 @@ from llm_core.kernels.silu_and_mul import silu_and_mul
 # LLM_CORE_GEMV=0 sends every linear layer to torch (A/B measurements).
 ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
 # With programmatic dependent launch (_checks.pdl_enabled): weight bytes each call may prefetch into L2 while
-# the previous kernel runs (a part of H200's 50 MB L2; LLM_CORE_GEMV_PREFETCH_MB).
-PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "0")) * (1 << 20))
+# the previous kernel runs (LLM_CORE_GEMV_PREFETCH_MB). On 2 x H200, 4 MB was 1-5% faster than none in two
+# alternating pairs of runs and 24 MB was slower than none (benchmarks/RESULTS.md, session 4).
+PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "4")) * (1 << 20))
 
 
 @triton.jit
