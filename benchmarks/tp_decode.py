@@ -69,6 +69,7 @@ def _rank(
     min_split_len: int | None = None,
     save_logits: str | None = None,
     two_kernel_rotary: bool = False,
+    dtype: str = "bfloat16",
 ):  # fmt: skip
     import dataclasses
     import importlib
@@ -103,7 +104,7 @@ def _rank(
         model_dir=model_dir,
         device="cuda",
         tp=tp,
-        dtype="bfloat16",
+        dtype=dtype,
         load_format="dummy",
         max_total_tokens=max_batch * (ctx + 1),
         max_running_requests=max_batch,
@@ -155,7 +156,8 @@ def _rank(
                     row[f"{mode}_vs_eager_same_argmax"] = bool((g.argmax(-1) == e.argmax(-1)).all().item())
         if tp > 1:
             # The same exactly representable values on every rank: the exact sum is tp * x.
-            x = ((torch.arange(batch * hidden, device="cuda") % 17 - 8) * 0.125).to(torch.bfloat16).view(batch, hidden)
+            act = getattr(torch, dtype)
+            x = ((torch.arange(batch * hidden, device="cuda") % 17 - 8) * 0.125).to(act).view(batch, hidden)
             fast = runner.fast_all_reduce
             num = 2 * LLAMA3_8B["num_hidden_layers"]
             paths = {"nccl": lambda x=x, num=num: [dist.all_reduce(x) for _ in range(num)]}
@@ -168,10 +170,10 @@ def _rank(
                 from llm_core import kernels
 
                 gen = torch.Generator(device="cuda").manual_seed(rank)  # different partial sums per rank
-                part = torch.randn(batch, hidden, device="cuda", generator=gen).to(torch.bfloat16)
+                part = torch.randn(batch, hidden, device="cuda", generator=gen).to(act)
                 same = torch.Generator(device="cuda").manual_seed(1234)  # the residual is the same on all ranks
-                res = torch.randn(batch, hidden, device="cuda", generator=same).to(torch.bfloat16)
-                w = torch.ones(hidden, device="cuda", dtype=torch.bfloat16)
+                res = torch.randn(batch, hidden, device="cuda", generator=same).to(act)
+                w = torch.ones(hidden, device="cuda", dtype=act)
                 fast.fuse_norm = True
                 fused = fast.add_rms_norm(part, res, w, 1e-5)
                 split = kernels.add_rms_norm(fast(part), res, w, 1e-5)
@@ -220,6 +222,7 @@ def main() -> int:
     ap.add_argument("--decode-min-split-len", type=int, default=None, help="override DecodeConfig.min_split_len")
     ap.add_argument("--two-kernel-rotary", action="store_true", help="rotary, then KV store: two kernels")
     ap.add_argument("--save-logits", default=None, help="add each step's logits to this .pt file (rank 0)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     for var, value in (
@@ -254,6 +257,7 @@ def main() -> int:
                         split_len,
                         args.save_logits,
                         args.two_kernel_rotary,
+                        args.dtype,
                     ),
                 )
             except Exception as exc:  # keep the other tp's rows; report the failure at the end

@@ -294,3 +294,35 @@ def test_half_precision_and_dummy_run(tmp_path, dtype, load_format):
     logits = runner.step([0, 1], [PROMPTS[0], PROMPTS[2]])
     logits = runner.step([0, 1], logits.argmax(-1)[:, None].tolist(), is_prefill=False)
     assert logits.dtype == torch.float32 and logits.shape == (2, 97) and torch.isfinite(logits).all()
+
+
+def test_linear_layers_go_through_ops(tmp_path):
+    # Every projection of the text model is an ops call (the GPU op set puts batch-1 decode on our GEMV):
+    # per layer qkv, o and down through ops.linear and gate_up through ops.linear_silu_and_mul, plus lm_head.
+    from types import SimpleNamespace
+
+    save_text_model(tmp_path, "llama")
+    runner = load_ours(tmp_path)
+    calls = []
+
+    def recorded(name):
+        def call(x, weight, bias=None):
+            calls.append((name, tuple(weight.shape)))
+            return getattr(torch_ops, name)(x, weight, bias)
+
+        return call
+
+    ops = SimpleNamespace(**{n: getattr(torch_ops, n) for n in dir(torch_ops) if not n.startswith("_")})
+    ops.linear, ops.linear_silu_and_mul = recorded("linear"), recorded("linear_silu_and_mul")
+    expected = runner.step([0], [PROMPTS[0]])
+    runner.cached.clear()
+    model, runner.model = runner.model, lambda batch, kv, _ops: model(batch, kv, ops)
+    torch.testing.assert_close(runner.step([0], [PROMPTS[0]]), expected, atol=0, rtol=0)
+    hidden, inter, q, kv = TEXT["hidden_size"], TEXT["intermediate_size"], 4 * 8, 2 * 8
+    per_layer = [
+        ("linear", (q + 2 * kv, hidden)),
+        ("linear", (hidden, q)),
+        ("linear_silu_and_mul", (2 * inter, hidden)),
+        ("linear", (hidden, inter)),
+    ]
+    assert calls == per_layer * TEXT["num_hidden_layers"] + [("linear", (TEXT["vocab_size"], hidden))]
