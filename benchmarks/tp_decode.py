@@ -163,9 +163,19 @@ def _rank(
             paths = {"nccl": lambda x=x, num=num: [dist.all_reduce(x) for _ in range(num)]}
             if fast is not None:
                 fast.enabled = True
-                row["symm_mem_all_reduce_max_abs_err"] = (fast(x) - x * tp).abs().max().item()
-                row["symm_mem_backend"] = fast.backend
-                paths["symm_mem"] = lambda x=x, num=num, fast=fast: [fast(x) for _ in range(num)]
+
+                def reduce(t, fast=fast):  # torch's one-shot (bf16/fp32), else NCCL as the engine does
+                    out = fast(t)
+                    if out is None:
+                        out = t.clone()
+                        dist.all_reduce(out)
+                    return out
+
+                one_shot = fast(x) is not None
+                row["symm_mem_all_reduce_max_abs_err"] = (reduce(x) - x * tp).abs().max().item()
+                row["symm_mem_backend"] = fast.backend if one_shot else "none for this dtype (NCCL)"
+                if one_shot:
+                    paths["symm_mem"] = lambda x=x, num=num, fast=fast: [fast(x) for _ in range(num)]
                 # The fused all-reduce + residual add + RMSNorm against its two-kernel form, same inputs.
                 from llm_core import kernels
 
@@ -176,14 +186,16 @@ def _rank(
                 w = torch.ones(hidden, device="cuda", dtype=act)
                 fast.fuse_norm = True
                 fused = fast.add_rms_norm(part, res, w, 1e-5)
-                split = kernels.add_rms_norm(fast(part), res, w, 1e-5)
+                split = kernels.add_rms_norm(reduce(part), res, w, 1e-5)
                 row["fused_vs_split_equal"] = all(torch.equal(a, b) for a, b in zip(fused, split, strict=True))
                 paths["fused"] = lambda num=num, fast=fast, part=part, res=res, w=w: [
                     fast.add_rms_norm(part, res, w, 1e-5) for _ in range(num)
                 ]
-                paths["symm_mem_then_norm"] = lambda num=num, fast=fast, part=part, res=res, w=w: [
-                    kernels.add_rms_norm(fast(part), res, w, 1e-5) for _ in range(num)
-                ]
+                paths["symm_mem_then_norm" if one_shot else "nccl_then_norm"] = (
+                    lambda num=num, part=part, res=res, w=w, reduce=reduce: [
+                        kernels.add_rms_norm(reduce(part), res, w, 1e-5) for _ in range(num)
+                    ]
+                )
             for name, fn in paths.items():
                 row[f"allreduce_{name}_eager_ms_per_step"] = round(_time_cuda(fn, iters), 3)
                 graph = torch.cuda.CUDAGraph()
