@@ -15,6 +15,11 @@ Epilogues: the bias; `linear_silu_and_mul`, for [gate | up] weights, returns sil
 (the gate and up rows of a column block are computed by the same program, rounded to the activation dtype
 as a separate GEMM would, then combined like `silu_and_mul`).
 
+On Hopper (`_checks.pdl_enabled`) the kernel is launched with programmatic dependent launch: it can be
+scheduled while the kernel before it still runs, prefetches the weights of its first column blocks into L2
+(PREFETCH_BYTES in all; the weights are never written by a kernel), and waits for that kernel before it
+reads x or writes anything. The results are the same bits with PDL on or off.
+
 More than one row, shapes where the tuned table says cuBLAS is faster, and layouts the kernel does not take
 go to torch (cuBLAS): with several rows this kernel would re-read the weights per row.
 """
