@@ -82,3 +82,11 @@ def _pdl_supported(device_index: int) -> bool:
 
 def pdl_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and _pdl_supported(device.index if device.index is not None else 0)
+
+
+def pdl_follower_options(device: torch.device) -> dict:
+    """Launch options of the kernels that follow a GEMV (norms, the fused all-reduce + norm, rotary + KV
+    store): with PDL they are launched early too, so their launch overlaps the GEMV's tail, and wait at the
+    top of their body (`PDL` constexpr) before any memory access. LLM_CORE_PDL_FOLLOWERS=0: only the GEMV."""
+    on = pdl_enabled(device) and os.environ.get("LLM_CORE_PDL_FOLLOWERS", "1") != "0"
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}

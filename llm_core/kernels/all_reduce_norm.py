@@ -27,7 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, pdl_enabled
+from llm_core.kernels._checks import (
+    check_device,
+    check_float,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_enabled,
+    pdl_follower_options,
+)
 
 
 @triton.jit
@@ -49,7 +56,10 @@ def _all_reduce_add_rms_norm_kernel(
     WORLD: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
+    PDL: tl.constexpr,  # launched with launch_pdl: wait for the previous kernel first
 ):
+    if PDL:
+        gdc_wait()
     if PDL_TRIGGER:
         gdc_launch_dependents()
     row = tl.program_id(0)
@@ -147,5 +157,6 @@ def all_reduce_add_rms_norm(
         BLOCK=block,
         PDL_TRIGGER=pdl_enabled(x.device),
         num_warps=min(max(block // 512, 1), 16),
+        **pdl_follower_options(x.device),
     )
     return out, residual_out

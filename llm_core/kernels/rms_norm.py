@@ -6,7 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, pdl_enabled
+from llm_core.kernels._checks import (
+    check_device,
+    check_float,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_enabled,
+    pdl_follower_options,
+)
 
 
 @triton.jit
@@ -23,7 +30,10 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
+    PDL: tl.constexpr,  # launched with launch_pdl: wait for the previous kernel first
 ):
+    if PDL:
+        gdc_wait()
     if PDL_TRIGGER:
         gdc_launch_dependents()
     row = tl.program_id(0).to(tl.int64)
@@ -74,6 +84,7 @@ def _launch(x, residual, weight, eps):
         BLOCK=block,
         PDL_TRIGGER=pdl_enabled(x.device),
         num_warps=num_warps,
+        **pdl_follower_options(x.device),
     )
     return out, residual_out
 

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, check_index
+from llm_core.kernels._checks import check_device, check_float, check_index, gdc_wait, pdl_follower_options
 
 
 @triton.jit
@@ -124,7 +124,10 @@ def _rotary_store_kv_kernel(
     BLOCK_HK: tl.constexpr,
     HALF_BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,  # launched with launch_pdl (after the qkv GEMV): wait for it first
 ):
+    if PDL:
+        gdc_wait()
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     slot = tl.load(slots_ptr + token).to(tl.int64)
@@ -209,4 +212,5 @@ def rotary_store_kv(
         HALF_BLOCK=triton.next_power_of_2(half),
         BLOCK_D=triton.next_power_of_2(head_dim),
         num_warps=4 if block_hq * half >= 1024 else 1,
+        **pdl_follower_options(q.device),
     )
