@@ -60,7 +60,8 @@ def check_attention_inputs(
 # it reads x or writes anything. The kernels that run before a GEMV in a decode step (the norms, the
 # fused all-reduce + norm, the decode-attention reduce) signal `griddepcontrol.launch_dependents` at
 # their start so the GEMV can be scheduled that early; the signal changes nothing else (the wait is for
-# completion). LLM_CORE_PDL=0 turns both off. Not under the interpreter.
+# completion). The kernels after a GEMV are PDL-launched as well (pdl_follower_options). LLM_CORE_PDL=0
+# turns all of it off. Not under the interpreter.
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # an older triton: no PDL
