@@ -108,3 +108,27 @@ def test_split_k_deterministic() -> None:
     config = (8, 512, 7, 4, 1) if ON_GPU else (8, 32, 4, 1, 1)
     outs = [gemv.linear(x, weight, config=config) for _ in range(5 if ON_GPU else 2)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def _tuned_tables():
+    return sorted(gemv._CONFIG_DIR.glob("gemv_*.json"))
+
+
+@pytest.mark.parametrize("path", _tuned_tables(), ids=lambda p: p.name)
+def test_tuned_table_entries_run(path) -> None:
+    # Every entry of a shipped table is a well-formed key and either null (cuBLAS) or a launch config that
+    # computes the right thing (here at a small ragged shape; at its own shape in the GPU runs above).
+    import json
+    import re
+
+    table = json.loads(path.read_text())
+    assert path.name == f"gemv_{table['device'].replace(' ', '_')}.json"
+    configs = table["configs"]
+    assert configs, "empty table"
+    for key, config in configs.items():
+        match = re.fullmatch(r"n(\d+)_k(\d+)_silu([01])", key)
+        assert match, key
+        assert config is None or (len(config) == 5 and all(isinstance(v, int) and v > 0 for v in config)), key
+    for config in {tuple(c) for c in configs.values() if c is not None}:
+        x, weight, bias = _inputs(1, 37, 300, torch.float32, bias=True)
+        assert_rows_close(gemv.linear(x, weight, bias, config=config), _reference(x, weight, bias), torch.float32)
