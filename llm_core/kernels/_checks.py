@@ -1,4 +1,4 @@
-"""Launch-time checks shared by the kernel wrappers (no kernels here)."""
+"""Launch-time checks shared by the kernel wrappers, and the PDL prologue they share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import functools
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -85,9 +87,20 @@ def pdl_enabled(device: torch.device) -> bool:
     return device.type == "cuda" and _pdl_supported(device.index if device.index is not None else 0)
 
 
+@functools.cache
 def pdl_follower_options(device: torch.device) -> dict:
     """Launch options of the kernels that follow a GEMV (norms, the fused all-reduce + norm, rotary + KV
     store): with PDL they are launched early too, so their launch overlaps the GEMV's tail, and wait at the
     top of their body (`PDL` constexpr) before any memory access. LLM_CORE_PDL_FOLLOWERS=0: only the GEMV."""
     on = pdl_enabled(device) and os.environ.get("LLM_CORE_PDL_FOLLOWERS", "1") != "0"
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
+@triton.jit
+def pdl_prologue(WAIT: tl.constexpr, TRIGGER: tl.constexpr):
+    """First statement of a kernel body: WAIT (the kernel is PDL-launched) for the previous kernel before any
+    memory access, then TRIGGER: let a PDL-launched kernel after this one be scheduled now."""
+    if WAIT:
+        gdc_wait()
+    if TRIGGER:
+        gdc_launch_dependents()

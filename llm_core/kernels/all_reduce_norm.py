@@ -30,10 +30,9 @@ import triton.language as tl
 from llm_core.kernels._checks import (
     check_device,
     check_float,
-    gdc_launch_dependents,
-    gdc_wait,
     pdl_enabled,
     pdl_follower_options,
+    pdl_prologue,
 )
 
 
@@ -58,10 +57,7 @@ def _all_reduce_add_rms_norm_kernel(
     PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
     PDL: tl.constexpr,  # launched with launch_pdl: wait for the previous kernel first
 ):
-    if PDL:
-        gdc_wait()
-    if PDL_TRIGGER:
-        gdc_launch_dependents()
+    pdl_prologue(PDL, PDL_TRIGGER)
     row = tl.program_id(0)
     row64 = row.to(tl.int64)
     cols = tl.arange(0, BLOCK)

@@ -22,8 +22,8 @@ from llm_core.kernels._checks import (
     check_float,
     check_index,
     dot_upcast,
-    gdc_launch_dependents,
     pdl_enabled,
+    pdl_prologue,
 )
 
 _LOG2E = 1.4426950408889634
@@ -119,8 +119,7 @@ def _decode_reduce_kernel(
     BLOCK_D: tl.constexpr,
     PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
 ):
-    if PDL_TRIGGER:
-        gdc_launch_dependents()
+    pdl_prologue(False, PDL_TRIGGER)
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)

@@ -183,9 +183,10 @@ _CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @functools.cache
-def _tuned_table(device_name: str) -> dict[str, list[int] | None]:
-    # benchmarks/gemv.py --write: {"n3072_k4096_silu0": [BLOCK_N, BLOCK_K, SPLIT_K, warps, stages] or null}
-    path = _CONFIG_DIR / f"gemv_{device_name.replace(' ', '_')}.json"
+def _tuned_table(device: torch.device) -> dict[str, list[int] | None]:
+    # benchmarks/gemv.py --write: {"n3072_k4096_silu0": [BLOCK_N, BLOCK_K, SPLIT_K, warps, stages] or null}.
+    # Cached per device: read once, not on every linear call of an eager step.
+    path = _CONFIG_DIR / f"gemv_{torch.cuda.get_device_name(device).replace(' ', '_')}.json"
     return json.loads(path.read_text())["configs"] if path.exists() else {}
 
 
@@ -198,7 +199,7 @@ def gemv_config(n: int, k: int, silu: bool = False, device: torch.device | None 
     tuned entry for this GPU and shape (llm_core/kernels/configs/, written by benchmarks/gemv.py; None where
     cuBLAS measured faster), else the shape that won most of the H200 sweep."""
     if device is not None and device.type == "cuda":
-        table = _tuned_table(torch.cuda.get_device_name(device))
+        table = _tuned_table(device)
         key = config_key(n, k, silu)
         if key in table:
             return None if table[key] is None else tuple(table[key])

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, check_index, gdc_wait, pdl_follower_options
+from llm_core.kernels._checks import check_device, check_float, check_index, pdl_follower_options, pdl_prologue
 
 
 @triton.jit
@@ -126,8 +126,7 @@ def _rotary_store_kv_kernel(
     BLOCK_D: tl.constexpr,
     PDL: tl.constexpr,  # launched with launch_pdl (after the qkv GEMV): wait for it first
 ):
-    if PDL:
-        gdc_wait()
+    pdl_prologue(PDL, False)
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     slot = tl.load(slots_ptr + token).to(tl.int64)
