@@ -55,6 +55,26 @@ class TensorParallel:
             x = self.all_reduce(x)
         return ops.add_rms_norm(x, residual, weight, eps)
 
+    def takes_row_form(self, x: torch.Tensor) -> bool:
+        """Whether the one-row layer form (ops.row_fusion) costs this group no extra kernel: one rank, gloo on
+        the CPU (the same collectives either way), or the all-reduce inside the GEMV (fast_all_reduce)."""
+        if self.size == 1 or not x.is_cuda:
+            return True
+        return self.fast_all_reduce is not None and getattr(self.fast_all_reduce, "row_all_reduce", False)
+
+    def linear_add(self, ops, x: torch.Tensor, weight: torch.Tensor, bias, residual: torch.Tensor) -> torch.Tensor:
+        """residual + all_reduce(ops.linear(x, weight)) + bias: a row-parallel projection that leaves the summed
+        residual stream, the all-reduce inside the GEMV's epilogue where the small-tensor path can
+        (kernels/gemv.py linear_all_reduce_add; one row, no bias)."""
+        if self.size == 1:
+            return ops.linear_add(x, weight, residual, bias)
+        if bias is None and self.fast_all_reduce is not None and x.is_cuda:
+            out = self.fast_all_reduce.linear_add(x, weight, residual)
+            if out is not None:
+                return out
+        out = self.all_reduce(ops.linear(x, weight))
+        return (out if bias is None else out + bias) + residual
+
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         # [..., N] per rank -> [..., size * N], rank order
         if self.size == 1:
@@ -146,8 +166,11 @@ class QKVParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data[offset : offset + size], source[start : start + size])
 
-    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
-        # [T, hidden] -> [T, (num_heads + 2 * num_kv_heads) * head_dim] of this rank
+    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
+        # [T, hidden] -> [T, (num_heads + 2 * num_kv_heads) * head_dim] of this rank.
+        # norm (an RMSNorm: .weight, .eps): x is the residual stream, normalised inside the op (one row).
+        if norm is not None:
+            return ops.rms_norm_linear(x, norm.weight, norm.eps, self.weight, self.bias)
         return ops.linear(x, self.weight, self.bias)
 
 
@@ -172,8 +195,10 @@ class MergedGateUpLinear(nn.Module):
     def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)  # [T, 2 * intermediate / tp]
 
-    def forward_silu_and_mul(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
-        # silu(gate) * up: [T, intermediate / tp] (one kernel for decode-sized T on GPUs)
+    def forward_silu_and_mul(self, x: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
+        # silu(gate) * up: [T, intermediate / tp] (one kernel for decode-sized T on GPUs); norm as in QKV
+        if norm is not None:
+            return ops.rms_norm_linear_silu_and_mul(x, norm.weight, norm.eps, self.weight, self.bias)
         return ops.linear_silu_and_mul(x, self.weight, self.bias)
 
 
@@ -202,6 +227,10 @@ class RowParallelLinear(nn.Module):
             return out
         out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        """residual + forward(x): the summed residual stream (one kernel for one row on GPUs)."""
+        return self.tp.linear_add(ops, x, self.weight, self.bias, residual)
 
 
 def _vocab_shard(vocab_size: int, tp: TensorParallel) -> tuple[int, int, int]:
@@ -259,7 +288,11 @@ class ParallelLMHead(nn.Module):
     def weight_loader(self, param: nn.Parameter, source: WeightSource) -> None:
         _load_vocab_rows(param, source, self.vocab_start, self.num_rows)
 
-    def forward(self, hidden: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
-        # [B, hidden] -> [B, vocab] in the model dtype
-        logits = self.tp.all_gather_last_dim(ops.linear(hidden, self.weight))
+    def forward(self, hidden: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
+        # [B, hidden] -> [B, vocab] in the model dtype; norm: the final RMSNorm inside the op (one row)
+        if norm is not None:
+            logits = ops.rms_norm_linear(hidden, norm.weight, norm.eps, self.weight)
+        else:
+            logits = ops.linear(hidden, self.weight)
+        logits = self.tp.all_gather_last_dim(logits)
         return logits[:, : self.vocab_size]

@@ -20,6 +20,10 @@ OP_NAMES = (
     "silu_and_mul",
     "linear",
     "linear_silu_and_mul",
+    "rms_norm_linear",
+    "rms_norm_linear_silu_and_mul",
+    "linear_add",
+    "row_fusion",
     "inject_image_embeds",
 )
 

@@ -1,7 +1,8 @@
 """End-to-end engine check on a CUDA device (run by scripts/device/gpu_engine_check.sh).
 
 1. fp32: greedy tokens of the engine (Triton kernels) equal transformers' greedy tokens for
-   the tiny Llama, Qwen2 and LLaVA models (8 prompts, 32 new tokens, one continuous batch).
+   the tiny Llama, Qwen2 and LLaVA models (8 prompts, 32 new tokens, one continuous batch; then
+   each prompt alone, decoding at batch 1).
    Then the same prompts again in an engine that prefills at most 16 tokens per step (chunked
    prefill), twice: the second pass takes its prompts from the prefix cache (hits counted).
 2. bf16: last-token logits of one packed prefill and a few decode steps are within bf16
@@ -79,6 +80,10 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
         t0 = time.perf_counter()
         outs = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
         elapsed = time.perf_counter() - t0
+        # Each prompt alone: decode at batch 1, the one-row layer form (norms, residual adds in the GEMV).
+        single = [
+            engine.generate([ids], params, image_embeds=[e])[0] for (ids, _), e in zip(cases, embeds, strict=True)
+        ]
         eos = set(engine.model_config.eos_token_ids)
     chunked_cfg = EngineConfig(
         model_dir=model_dir, device=device, dtype="float32", cuda_graph=CUDA_GRAPH, max_prefill_tokens=16
@@ -88,8 +93,8 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
         hits_before = engine.stats().get("prefix_cache_hit_tokens_total", 0)
         cached = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
         cache_hits = engine.stats().get("prefix_cache_hit_tokens_total", 0) - hits_before
-    mismatches = {"plain": 0, "chunked": 0, "cached": 0}
-    for (ids, pixels), *runs in zip(cases, outs, chunked, cached, strict=True):
+    mismatches = {"plain": 0, "chunked": 0, "cached": 0, "single": 0}
+    for (ids, pixels), *runs in zip(cases, outs, chunked, cached, single, strict=True):
         extra = {"pixel_values": pixels.to(device)} if pixels is not None else {}
         with torch.no_grad():
             ref = hf.generate(
