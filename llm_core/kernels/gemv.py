@@ -62,6 +62,12 @@ ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
 # With programmatic dependent launch (_checks.pdl_enabled): weight bytes each call may prefetch into L2 while
 # the previous kernel runs (LLM_CORE_GEMV_PREFETCH_MB). On 2 x H200, 4 MB was 1-5% faster than none in two
 # alternating pairs of runs and 24 MB was slower than none (benchmarks/RESULTS.md, session 4).
+# How rms_norm_linear* normalise (LLM_CORE_GEMV_NORM): "late" (default) scales each product by the row's
+# 1/rms, summed up in the same loop over K (without split-K), so the weights stream from the first
+# instruction on; the normalised activation is then never rounded to the model dtype (the unfused
+# kernels round it: same values to bf16 precision, not the same bits). "exact" computes 1/rms in a first
+# pass over the row and rounds each normalised element like rms_norm, as the unfused kernels do.
+NORM_LATE = os.environ.get("LLM_CORE_GEMV_NORM", "late") != "exact"
 PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "4")) * (1 << 20))
 
 
@@ -87,6 +93,7 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     NORM: tl.constexpr,  # y = rms_norm(x) W^T: the norm applied to x as it is loaded
+    NORM_LATE: tl.constexpr,  # (NORM, SPLIT_K == 1) y = rstd * sum(w * g * x): rstd from the same loop
     RESIDUAL: tl.constexpr,  # out = residual + (all-reduced over WORLD ranks) y
     WORLD: tl.constexpr,
     SPLIT_K: tl.constexpr,
@@ -119,8 +126,10 @@ def _gemv_kernel(
             if SILU:
                 _prefetch_l2(rows + N.to(tl.int64) * K + kk[None, :])
         gdc_wait()  # x and the output buffers belong to the previous kernels' stream order
-    if NORM:
+    if NORM and not NORM_LATE:
         rstd = _rstd(x_ptr, K, eps, BLOCK_K)  # the whole row: every program (and split) computes it
+    if NORM_LATE:
+        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
 
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     if SILU:
@@ -130,14 +139,19 @@ def _gemv_kernel(
         if EVEN_K:
             x = tl.load(x_ptr + k).to(tl.float32)
             if NORM:
-                x = _normed(x, tl.load(norm_w_ptr + k).to(tl.float32), rstd, dtype)
+                g = tl.load(norm_w_ptr + k).to(tl.float32)
             w_mask = col_mask[:, None]
         else:
             k_mask = k < k_end
             x = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
             if NORM:
-                x = _normed(x, tl.load(norm_w_ptr + k, mask=k_mask, other=0.0).to(tl.float32), rstd, dtype)
+                g = tl.load(norm_w_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
             w_mask = col_mask[:, None] & k_mask[None, :]
+        if NORM_LATE:
+            squares += x * x
+            x = g * x
+        elif NORM:
+            x = _normed(x, g, rstd, dtype)
         w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
         acc += w.to(tl.float32) * x[None, :]
         if SILU:
@@ -145,6 +159,11 @@ def _gemv_kernel(
             acc_up += u.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)  # [BLOCK_N]
     y_up = tl.sum(acc_up, axis=1) if SILU else y
+    if NORM_LATE:
+        rstd = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
+        y = y * rstd
+        if SILU:
+            y_up = y_up * rstd
 
     if SPLIT_K > 1:
         # Partial sums out; the last program of this column block adds them in split order.
@@ -220,7 +239,8 @@ def _launch(x, weight, bias, out_cols: int, silu: bool, config, norm=None, resid
         x, weight, bias if bias is not None else out, out, part, counts, norm_weight,
         residual if residual is not None else out, stage_ptrs, flag_ptrs, epochs, rank,
         out_cols, k, k_per_split, prefetch_programs, eps,
-        HAS_BIAS=bias is not None, SILU=silu, NORM=norm is not None, RESIDUAL=residual is not None, WORLD=world,
+        HAS_BIAS=bias is not None, SILU=silu, NORM=norm is not None,
+        NORM_LATE=norm is not None and NORM_LATE and split_k == 1, RESIDUAL=residual is not None, WORLD=world,
         SPLIT_K=split_k, EVEN_K=split_k * k_per_split == k, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages,
         PDL=pdl, PREFETCH_LINES=triton.next_power_of_2(triton.cdiv(row_bytes, 128)), num_warps=num_warps,
         **({"launch_pdl": True} if pdl else {}),
