@@ -32,10 +32,10 @@ FUSED_MAX_ROWS = 64
 # Row-parallel weight shapes (call sites) whose one-row projection may all-reduce in the GEMV's epilogue
 # (linear_add): a Llama layer has two, o_proj and down_proj; each needs buffers of its own.
 ROW_SITES = 4
-# LLM_CORE_ROW_ALL_REDUCE=1 turns that on (and with it the one-row layer form at tp > 1, models/llama.py).
-# Off by default until measured on two GPUs: its kernel tests pass with the ranks simulated on one device,
-# but no two-GPU machine was lent when it was written (benchmarks/RESULTS.md, session 5).
-ROW_ALL_REDUCE = os.environ.get("LLM_CORE_ROW_ALL_REDUCE", "0") == "1"
+# On with the one-row layer form (LLM_CORE_ROW_FUSION=1, ops/torch_ops.py), which at tp > 1 needs it.
+# Its kernel tests pass with the ranks simulated on one device (interpreter); no two-GPU machine was lent
+# when it was written (benchmarks/RESULTS.md, session 5), hence off by default.
+ROW_ALL_REDUCE = os.environ.get("LLM_CORE_ROW_FUSION", "0") == "1"
 ONE_SHOT_DTYPES = (torch.bfloat16, torch.float32)  # what torch's CUDA one-shot kernel dispatches (not fp16)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the fused kernel: any of them
 

@@ -15,15 +15,17 @@ import os
 
 import torch
 
-# LLM_CORE_ROW_FUSION=0: one-row steps take the layer form of several rows too (A/B measurements).
-ROW_FUSION = os.environ.get("LLM_CORE_ROW_FUSION", "1") != "0"
+# LLM_CORE_ROW_FUSION=1: one-row steps take the fused layer form (row_fusion). Off by default: on one H200
+# it measured no faster than the unfused form at tp=1 (benchmarks/RESULTS.md, session 5), and its tp > 1
+# part, the all-reduce in the GEMV's epilogue, has not yet run on two GPUs.
+ROW_FUSION = os.environ.get("LLM_CORE_ROW_FUSION", "0") == "1"
 
 
 def row_fusion(num_tokens: int) -> bool:
     """Whether a forward of `num_tokens` rows takes the one-row layer form: each RMSNorm inside the linear op
     after it (rms_norm_linear*), the residual add (and a tensor-parallel all-reduce) inside the row-parallel
     projection before it (linear_add). Here the fused ops are the unfused ones composed, so both forms give
-    the same bits; on CPU this keeps the one-row form covered by every test that decodes one sequence."""
+    the same bits."""
     return num_tokens == 1 and ROW_FUSION
 
 
