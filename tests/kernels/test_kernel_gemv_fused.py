@@ -9,6 +9,8 @@ buffers beforehand; a broken handshake spins forever, so these tests carry a tim
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from kernel_inputs import DEVICE, ON_GPU, assert_rows_close
@@ -150,6 +152,10 @@ class SimulatedRanks:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_linear_all_reduce_add(world, dtype, config) -> None:
+    if ON_GPU and os.environ.get("PYTEST_XDIST_WORKER"):
+        # On one H200 each case passed alone and the set stalled under 6 parallel workers (session 5, not yet
+        # understood: benchmarks/RESULTS.md); a stalled GPU would hold up every other test. Run it alone.
+        pytest.skip("GPU: run without xdist (scripts/device/gpu_row_fusion_tp2.sh)")
     n, k = SHAPES[1] if ON_GPU else SHAPES[0]
     config = _config(config, n, k)
     ranks = SimulatedRanks(world, n, max_blocks=n, dtype=dtype)
