@@ -15,7 +15,7 @@ Epilogues: the bias; `linear_silu_and_mul`, for [gate | up] weights, returns sil
 (the gate and up rows of a column block are computed by the same program, rounded to the activation dtype
 as a separate GEMM would, then combined like `silu_and_mul`); `linear_add` adds the residual, and
 `linear_all_reduce_add` (tensor parallelism) first all-reduces each column block with the same block of
-the other ranks (_gemv_parts._residual_epilogue), so a row-parallel projection leaves the summed residual
+the other ranks (_gemv_kernel._residual_epilogue), so a row-parallel projection leaves the summed residual
 stream. Prologue: `rms_norm_linear*` read the residual stream and apply the RMSNorm as they load it. A
 decode layer at batch 1 is then qkv (norm inside), rotary + KV store, attention, o (+ all-reduce +
 residual), gate_up (norm + SiLU-and-mul inside), down (+ all-reduce + residual): no norm or all-reduce
@@ -37,10 +37,9 @@ from dataclasses import dataclass
 
 import torch
 import triton
-import triton.language as tl
 
-from llm_core.kernels._checks import check_device, check_float, gdc_launch_dependents, gdc_wait, pdl_enabled
-from llm_core.kernels._gemv_parts import _epilogue, _normed, _prefetch_l2, _residual_epilogue, _rstd
+from llm_core.kernels._checks import check_device, check_float, pdl_enabled
+from llm_core.kernels._gemv_kernel import _gemv_kernel
 from llm_core.kernels.gemv_tuning import _WORKSPACE, config_key, gemv_config
 from llm_core.kernels.rms_norm import rms_norm
 from llm_core.kernels.silu_and_mul import silu_and_mul
@@ -69,130 +68,6 @@ ENABLED = os.environ.get("LLM_CORE_GEMV", "1") != "0"
 # pass over the row and rounds each normalised element like rms_norm, as the unfused kernels do.
 NORM_LATE = os.environ.get("LLM_CORE_GEMV_NORM", "late") != "exact"
 PREFETCH_BYTES = int(float(os.environ.get("LLM_CORE_GEMV_PREFETCH_MB", "4")) * (1 << 20))
-
-
-@triton.jit
-def _gemv_kernel(
-    x_ptr,  # [K]: one row (with NORM the residual stream, normalised here)
-    w_ptr,  # [N_W, K] contiguous: N_W = N, or 2 N with SILU ([gate | up])
-    b_ptr,  # [N_W] or dummy
-    out_ptr,  # [N]
-    part_ptr,  # [SPLIT_K (x 2 with SILU), N] fp32 workspace (SPLIT_K > 1)
-    count_ptr,  # [cdiv(N, BLOCK_N)] int32, zero between calls (SPLIT_K > 1)
-    norm_w_ptr,  # [K] RMSNorm weight (NORM)
-    residual_ptr,  # [N] (RESIDUAL)
-    stage_ptrs,  # [WORLD] int64 (RESIDUAL, WORLD > 1): see _gemv_parts._residual_epilogue
-    flag_ptrs,  # [WORLD] int64
-    epochs_ptr,  # [cdiv(N, BLOCK_N)] int64
-    rank,
-    N,
-    K,
-    K_PER_SPLIT,  # multiple of BLOCK_K
-    PREFETCH_PROGRAMS,  # column blocks below this prefetch their weights into L2 before the PDL wait
-    eps,
-    HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr,
-    NORM: tl.constexpr,  # y = rms_norm(x) W^T: the norm applied to x as it is loaded
-    NORM_LATE: tl.constexpr,  # (NORM, SPLIT_K == 1) y = rstd * sum(w * g * x): rstd from the same loop
-    RESIDUAL: tl.constexpr,  # out = residual + (all-reduced over WORLD ranks) y
-    WORLD: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr,  # K == SPLIT_K * K_PER_SPLIT: no masks along K (16-byte loads)
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
-    PDL: tl.constexpr,  # launched with launch_pdl: prefetch weights, then wait for the previous kernel
-    PREFETCH_LINES: tl.constexpr,  # power of 2 >= this split's 128-byte lines per weight row
-):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    dtype = x_ptr.dtype.element_ty
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    ks = tl.arange(0, BLOCK_K)
-    w_rows = w_ptr + cols.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
-    if SILU:
-        up_rows = w_rows + N.to(tl.int64) * K
-    k_begin = pid_k * K_PER_SPLIT
-    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
-    if PDL:
-        gdc_launch_dependents()
-        if pid_n < PREFETCH_PROGRAMS:
-            # The weights do not depend on the previous kernel: pull this program's rows into L2 while it runs.
-            line_elems = 128 // w_ptr.dtype.element_ty.primitive_bitwidth * 8
-            kk = tl.minimum(k_begin + tl.arange(0, PREFETCH_LINES) * line_elems, k_end - 1)
-            rows = w_ptr + tl.minimum(cols, N - 1).to(tl.int64)[:, None] * K
-            _prefetch_l2(rows + kk[None, :])
-            if SILU:
-                _prefetch_l2(rows + N.to(tl.int64) * K + kk[None, :])
-        gdc_wait()  # x and the output buffers belong to the previous kernels' stream order
-    if NORM and not NORM_LATE:
-        rstd = _rstd(x_ptr, K, eps, BLOCK_K)  # the whole row: every program (and split) computes it
-    if NORM_LATE:
-        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
-
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    if SILU:
-        acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        k = k0 + ks
-        if EVEN_K:
-            x = tl.load(x_ptr + k).to(tl.float32)
-            if NORM:
-                g = tl.load(norm_w_ptr + k).to(tl.float32)
-            w_mask = col_mask[:, None]
-        else:
-            k_mask = k < k_end
-            x = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            if NORM:
-                g = tl.load(norm_w_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            w_mask = col_mask[:, None] & k_mask[None, :]
-        if NORM_LATE:
-            squares += x * x
-            x = g * x
-        elif NORM:
-            x = _normed(x, g, rstd, dtype)
-        w = tl.load(w_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-        acc += w.to(tl.float32) * x[None, :]
-        if SILU:
-            u = tl.load(up_rows + k[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-            acc_up += u.to(tl.float32) * x[None, :]
-    y = tl.sum(acc, axis=1)  # [BLOCK_N]
-    y_up = tl.sum(acc_up, axis=1) if SILU else y
-    if NORM_LATE:
-        rstd = tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-        y = y * rstd
-        if SILU:
-            y_up = y_up * rstd
-
-    if SPLIT_K > 1:
-        # Partial sums out; the last program of this column block adds them in split order.
-        tl.store(part_ptr + pid_k * N + cols, y, mask=col_mask)
-        if SILU:
-            tl.store(part_ptr + (SPLIT_K + pid_k) * N + cols, y_up, mask=col_mask)
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            y = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            y_up = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for s in range(SPLIT_K):
-                y += tl.load(part_ptr + s * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
-                if SILU:
-                    y_up += tl.load(part_ptr + (SPLIT_K + s) * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call (graph replays included)
-            if RESIDUAL:
-                _residual_epilogue(
-                    y, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
-                    HAS_BIAS, WORLD,
-                )  # fmt: skip
-            else:
-                _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
-    elif RESIDUAL:
-        _residual_epilogue(
-            y, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
-            HAS_BIAS, WORLD,
-        )  # fmt: skip
-    else:
-        _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """The GEMV's fused forms against the unfused ops: RMSNorm in the prologue, the residual add and the
-tensor-parallel all-reduce in the epilogue (kernels/gemv.py, kernels/_gemv_parts.py).
+tensor-parallel all-reduce in the epilogue (kernels/gemv.py, kernels/_gemv_kernel.py).
 
 The all-reduce's ranks are simulated one after another on one device, as in
 test_kernel_all_reduce_norm.py: before rank q runs, the ranks above it have not run yet, so their pushed
