@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._checks import gdc_launch_dependents, gdc_wait
+from llm_core.kernels._peer_sum import peer_sum
 
 
 @triton.jit
@@ -72,6 +73,21 @@ def _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
+def _finish(
+    y, y_up, b_ptr, residual_ptr, out_ptr, cols, col_mask, block, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, RESIDUAL: tl.constexpr, WORLD: tl.constexpr,
+):  # fmt: skip
+    # The epilogue of one column block's finished sums (the last split's program with split-K).
+    if RESIDUAL:
+        _residual_epilogue(
+            y, b_ptr, residual_ptr, out_ptr, cols, col_mask, block, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
+            HAS_BIAS, WORLD,
+        )  # fmt: skip
+    else:
+        _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
+
+
+@triton.jit
 def _residual_epilogue(
     y,  # [BLOCK_N] fp32: this rank's product for the block
     b_ptr,
@@ -96,29 +112,7 @@ def _residual_epilogue(
         epoch = tl.load(epochs_ptr + block) + 1
         tl.store(epochs_ptr + block, epoch)
         slot = (epoch % 2) * WORLD * N + cols  # + source rank * N
-        for peer in tl.static_range(WORLD):
-            buffer = tl.load(stage_ptrs + peer).to(tl.pointer_type(dtype))
-            tl.store(buffer + slot + rank * N, part, mask=col_mask)
-        tl.debug_barrier()  # the whole block is pushed before the signal releases it
-        for peer in tl.static_range(WORLD):
-            if peer != rank:
-                peer_flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int64))
-                tl.atomic_xchg(peer_flags + block * WORLD + rank, epoch, sem="release", scope="sys")
-        own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int64))
-        for peer in tl.static_range(WORLD):
-            if peer != rank:
-                flag = own_flags + block * WORLD + peer
-                while tl.load(flag, volatile=True) < epoch:
-                    pass
-                tl.atomic_add(flag, 0, sem="acquire", scope="sys")  # the reads below come after the peer's stores
-        tl.debug_barrier()
-        total = tl.zeros_like(y)
-        own_buffer = tl.load(stage_ptrs + rank).to(tl.pointer_type(dtype))
-        for peer in tl.static_range(WORLD):  # rank order: the same sum on every rank
-            # .cg: from L2, where the peers' stores landed, never a stale L1 line of an earlier call
-            total += tl.load(own_buffer + slot + peer * N, mask=col_mask, other=0.0, cache_modifier=".cg").to(
-                tl.float32
-            )
+        total = peer_sum(part, slot, col_mask, stage_ptrs, flag_ptrs, block, epoch, rank, N, WORLD)
         part = total.to(dtype)
     res = tl.load(residual_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + cols, (part.to(tl.float32) + res).to(dtype), mask=col_mask)
@@ -232,17 +226,12 @@ def _gemv_kernel(
                 if SILU:
                     y_up += tl.load(part_ptr + (SPLIT_K + s) * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call (graph replays included)
-            if RESIDUAL:
-                _residual_epilogue(
-                    y, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
-                    HAS_BIAS, WORLD,
-                )  # fmt: skip
-            else:
-                _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
-    elif RESIDUAL:
-        _residual_epilogue(
-            y, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank, N,
-            HAS_BIAS, WORLD,
-        )  # fmt: skip
+            _finish(
+                y, y_up, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank,
+                N, HAS_BIAS, SILU, RESIDUAL, WORLD,
+            )  # fmt: skip
     else:
-        _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
+        _finish(
+            y, y_up, b_ptr, residual_ptr, out_ptr, cols, col_mask, pid_n, stage_ptrs, flag_ptrs, epochs_ptr, rank,
+            N, HAS_BIAS, SILU, RESIDUAL, WORLD,
+        )  # fmt: skip

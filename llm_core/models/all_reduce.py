@@ -17,11 +17,12 @@ its epilogue and adds the residual (kernels/gemv.py linear_all_reduce_add), over
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import torch
 import torch.distributed as dist
+
+from llm_core.ops.torch_ops import ROW_FUSION
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
 # Fused all-reduce + RMSNorm up to this many rows (its buffers are sized for them). H200 x2, [rows, 4096]
@@ -32,10 +33,6 @@ FUSED_MAX_ROWS = 64
 # Row-parallel weight shapes (call sites) whose one-row projection may all-reduce in the GEMV's epilogue
 # (linear_add): a Llama layer has two, o_proj and down_proj; each needs buffers of its own.
 ROW_SITES = 4
-# On with the one-row layer form (LLM_CORE_ROW_FUSION=1, ops/torch_ops.py), which at tp > 1 needs it.
-# Its kernel tests pass with the ranks simulated on one device (interpreter); no two-GPU machine was lent
-# when it was written (benchmarks/RESULTS.md, session 5), hence off by default.
-ROW_ALL_REDUCE = os.environ.get("LLM_CORE_ROW_FUSION", "0") == "1"
 ONE_SHOT_DTYPES = (torch.bfloat16, torch.float32)  # what torch's CUDA one-shot kernel dispatches (not fp16)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the fused kernel: any of them
 
@@ -91,8 +88,10 @@ class SymmMemAllReduce:
             dtype=torch.int64, device=device,
         )  # fmt: skip
         self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
-        self.row_all_reduce = ROW_ALL_REDUCE  # linear_add (benchmarks switch it)
-        self._row_sites = self._make_row_sites(symm_mem, device) if ROW_ALL_REDUCE else []
+        # linear_add: with the one-row layer form (LLM_CORE_ROW_FUSION=1), which at tp > 1 needs it; not yet
+        # run on two GPUs (benchmarks/RESULTS.md, session 5), hence off with that form by default.
+        self.row_all_reduce = ROW_FUSION
+        self._row_sites = self._make_row_sites(symm_mem, device) if ROW_FUSION else []
         self._row_site_of: dict[tuple[int, int], object] = {}
 
     def _make_row_sites(self, symm_mem, device: torch.device) -> list:

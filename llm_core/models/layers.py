@@ -60,20 +60,14 @@ class TensorParallel:
         the CPU (the same collectives either way), or the all-reduce inside the GEMV (fast_all_reduce)."""
         if self.size == 1 or not x.is_cuda:
             return True
-        return self.fast_all_reduce is not None and getattr(self.fast_all_reduce, "row_all_reduce", False)
+        return self.fast_all_reduce is not None and self.fast_all_reduce.row_all_reduce
 
-    def linear_add(self, ops, x: torch.Tensor, weight: torch.Tensor, bias, residual: torch.Tensor) -> torch.Tensor:
-        """residual + all_reduce(ops.linear(x, weight)) + bias: a row-parallel projection that leaves the summed
-        residual stream, the all-reduce inside the GEMV's epilogue where the small-tensor path can
-        (kernels/gemv.py linear_all_reduce_add; one row, no bias)."""
-        if self.size == 1:
-            return ops.linear_add(x, weight, residual, bias)
-        if bias is None and self.fast_all_reduce is not None and x.is_cuda:
-            out = self.fast_all_reduce.linear_add(x, weight, residual)
-            if out is not None:
-                return out
-        out = self.all_reduce(ops.linear(x, weight))
-        return (out if bias is None else out + bias) + residual
+    def fused_linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
+        """residual + all_reduce(x weight^T) in one GEMV, the all-reduce in its epilogue (kernels/gemv.py
+        linear_all_reduce_add; one row), or None where the small-tensor path cannot."""
+        if self.fast_all_reduce is None or not x.is_cuda:
+            return None
+        return self.fast_all_reduce.linear_add(x, weight, residual)
 
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         # [..., N] per rank -> [..., size * N], rank order
@@ -230,7 +224,13 @@ class RowParallelLinear(nn.Module):
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
         """residual + forward(x): the summed residual stream (one kernel for one row on GPUs)."""
-        return self.tp.linear_add(ops, x, self.weight, self.bias, residual)
+        if self.tp.size == 1:
+            return ops.linear_add(x, self.weight, residual, self.bias)
+        if self.bias is None:
+            fused = self.tp.fused_linear_add(x, self.weight, residual)
+            if fused is not None:
+                return fused
+        return self.forward(x, ops=ops) + residual
 
 
 def _vocab_shard(vocab_size: int, tp: TensorParallel) -> tuple[int, int, int]:

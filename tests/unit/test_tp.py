@@ -45,7 +45,7 @@ def test_tp2_llava_matches_tp1(tiny_llava):
 def test_tp2_one_row_form_matches_tp1(tiny_model_factory, monkeypatch):
     # One sequence decodes one row per step: with LLM_CORE_ROW_FUSION=1 (read by each spawned worker) the
     # layers take the one-row form, whose row-parallel projections all-reduce (gloo) and add the residual
-    # themselves (TensorParallel.linear_add). Same greedy tokens as the default form and as tp=1.
+    # themselves (RowParallelLinear.forward_add). Same greedy tokens as the default form and as tp=1.
     monkeypatch.setenv("LLM_CORE_ROW_FUSION", "1")
     model_dir = str(tiny_model_factory("qwen2"))
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
