@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(model_dir: str, device: str, max_prefill_tokens: int, prompt_len: int, decode_tokens: int) -> dict:
-    from llm_core import Engine, EngineConfig, SamplingParams
+    from llm_core import Engine, SamplingParams
+    from llm_core.config import engine_config_from_env
 
-    config = EngineConfig(
+    config = engine_config_from_env(
         model_dir=model_dir, device=device, dtype="float32", max_prefill_tokens=max_prefill_tokens,
         max_model_len=prompt_len + decode_tokens + 8,
     )  # fmt: skip

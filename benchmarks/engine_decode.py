@@ -71,7 +71,8 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from llm_core import Engine, EngineConfig
+    from llm_core import Engine
+    from llm_core.config import engine_config_from_env
     from llm_core.testing.tiny_model import make_tiny_model
 
     rows = []
@@ -84,7 +85,7 @@ def main() -> int:
             Path(tmp, "config.json").write_text(json.dumps(LLAMA3_8B))
         max_batch = max(args.batch)
         for tp in args.tp:
-            config = EngineConfig(
+            config = engine_config_from_env(
                 model_dir=model_dir, device=args.device, tp=tp, dtype=dtype, load_format=load_format,
                 max_running_requests=max_batch, max_model_len=args.prompt_len + args.new_tokens + 8,
                 max_total_tokens=max_batch * (args.prompt_len + args.new_tokens + 8),

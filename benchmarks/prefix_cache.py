@@ -24,9 +24,10 @@ from benchmarks.chunked_prefill import cpu_bench_model  # noqa: E402
 
 
 def run(model_dir: str, device: str, prefix_cache: bool, system: list[int], tails: list[list[int]]) -> dict:
-    from llm_core import Engine, EngineConfig, SamplingParams
+    from llm_core import Engine, SamplingParams
+    from llm_core.config import engine_config_from_env
 
-    config = EngineConfig(
+    config = engine_config_from_env(
         model_dir=model_dir, device=device, dtype="float32", prefix_cache=prefix_cache,
         max_model_len=len(system) + max(map(len, tails)) + 16,
     )  # fmt: skip

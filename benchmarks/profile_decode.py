@@ -32,7 +32,7 @@ from benchmarks.tp_decode import LLAMA3_8B  # noqa: E402
 
 
 def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> None:
-    from llm_core.config import EngineConfig
+    from llm_core.config import engine_config_from_env
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
     if tp > 1:
@@ -42,7 +42,7 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         )  # fmt: skip
     lines = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}; tp={tp}, rank 0 profiled", ""]
     max_batch, ctx = max(args.batch), args.ctx
-    cfg = EngineConfig(
+    cfg = engine_config_from_env(
         model_dir=model_dir, device="cuda", dtype="bfloat16", load_format="dummy", tp=tp,
         max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
     )  # fmt: skip

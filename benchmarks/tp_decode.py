@@ -74,10 +74,10 @@ def _rank(
     import dataclasses
     import importlib
 
-    from llm_core.config import EngineConfig
+    from llm_core.config import engine_config_from_env
     from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
 
-    if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
+    if stacks_every := float(os.environ.get("LLM_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)
 
     if two_kernel_rotary:  # the layer's rotary + KV store as two kernels again (the baseline of the fused op)
@@ -100,7 +100,7 @@ def _rank(
             device_id=torch.device("cuda", rank),
         )
     max_batch = max(batches)
-    cfg = EngineConfig(
+    cfg = engine_config_from_env(
         model_dir=model_dir,
         device="cuda",
         tp=tp,
@@ -110,7 +110,6 @@ def _rank(
         max_running_requests=max_batch,
         max_model_len=ctx + 8,
         cuda_graph=any(m.startswith("graph") for m in modes),
-        cuda_graph_tp=True,
         symm_mem_all_reduce=True,  # the *_nccl modes switch it off
     )
     runner = ModelRunner(cfg, rank, dist.group.WORLD if tp > 1 else None)
@@ -202,7 +201,7 @@ def _rank(
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     fn()
                 row[f"allreduce_{name}_graph_ms_per_step"] = round(_time_cuda(graph.replay, iters), 3)
-        if rank == 0 and save_logits:  # to compare runs of different settings (e.g. LLM_CORE_PDL=0)
+        if rank == 0 and save_logits:  # to compare runs of different settings (e.g. LLM_PDL=0)
             path = Path(save_logits)
             saved = torch.load(path) if path.exists() else {}
             saved.update({f"tp{tp}_b{batch}_{m}": t.cpu() for m, t in logits.items()})

@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from llm_core import Engine, EngineConfig, SamplingParams
+from llm_core import Engine, SamplingParams
+from llm_core.config import engine_config_from_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true", help="print text as it is generated (first prompt)")
     args = ap.parse_args(argv)
 
-    config = EngineConfig(
+    config = engine_config_from_env(
         model_dir=args.model_dir,
         device=args.device,
         tp=args.tp,

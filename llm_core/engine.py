@@ -31,7 +31,6 @@ from llm_core.worker.process import worker_main
 from llm_core.worker.scheduler_loop import AddCommand
 
 log = logging.getLogger("llm_core")
-_START_TIMEOUT_S = float(os.environ.get("LLM_CORE_START_TIMEOUT", "600"))
 
 
 class EngineDeadError(RuntimeError):
@@ -63,12 +62,13 @@ class _Workers:
             self.conns.append(ours)
             self.procs.append(proc)
         self.conn = self.conns[0]
+        self.start_timeout_s = cfg.start_timeout_s
         self._kill_lock = threading.Lock()
         self._killed = False
         self.num_slots = self._wait_ready()
 
     def _wait_ready(self) -> int:
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         slots = 0
         for rank, conn in enumerate(self.conns):
             while not conn.poll(0.2):

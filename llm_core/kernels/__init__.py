@@ -7,44 +7,27 @@ run on CPU tensors (tests/kernels).
 
 from __future__ import annotations
 
-from llm_core.kernels import gemv
+from llm_core.kernels._checks import configure
 from llm_core.kernels.decode_attention import decode_attention
-from llm_core.kernels.gemv import (
-    linear,
-    linear_add,
-    linear_silu_and_mul,
-    rms_norm_linear,
-    rms_norm_linear_silu_and_mul,
-)
+from llm_core.kernels.gemv import linear, linear_silu_and_mul
 from llm_core.kernels.inject_image_embeds import inject_image_embeds
 from llm_core.kernels.prefill_attention import prefill_attention
 from llm_core.kernels.rms_norm import add_rms_norm, rms_norm
 from llm_core.kernels.rotary import apply_rotary, rotary_store_kv
 from llm_core.kernels.silu_and_mul import silu_and_mul
 from llm_core.kernels.store_kv import store_kv
-from llm_core.ops.torch_ops import ROW_FUSION
-
-
-def row_fusion(num_tokens: int) -> bool:
-    """The model's one-row layer form (torch_ops.row_fusion) where the GEMV takes the row: norms, residual
-    adds and all-reduces inside the projections' kernels."""
-    return num_tokens == 1 and ROW_FUSION and gemv.ENABLED
-
 
 __all__ = [
     "add_rms_norm",
     "apply_rotary",
+    "configure",
     "decode_attention",
     "inject_image_embeds",
     "linear",
-    "linear_add",
     "linear_silu_and_mul",
     "prefill_attention",
     "rms_norm",
-    "rms_norm_linear",
-    "rms_norm_linear_silu_and_mul",
     "rotary_store_kv",
-    "row_fusion",
     "silu_and_mul",
     "store_kv",
 ]

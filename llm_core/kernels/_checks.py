@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass(slots=True)
+class KernelSwitches:
+    """The kernels' switches (EngineConfig's gemv, pdl, pdl_followers, gemv_prefetch_mb), set once per process
+    by `configure` before the first launch."""
+
+    gemv: bool = True  # batch-1 linear layers on kernels/gemv.py (else cuBLAS)
+    pdl: bool = True  # programmatic dependent launch on Hopper
+    pdl_followers: bool = True  # PDL for the kernels after a GEMV too
+    gemv_prefetch_bytes: int = 4 << 20  # weight bytes each GEMV may prefetch into L2 under PDL
+
+
+SWITCHES = KernelSwitches()
+
+
+def configure(*, gemv: bool, pdl: bool, pdl_followers: bool, gemv_prefetch_mb: float) -> None:
+    SWITCHES.gemv, SWITCHES.pdl, SWITCHES.pdl_followers = gemv, pdl, pdl_followers
+    SWITCHES.gemv_prefetch_bytes = int(gemv_prefetch_mb * (1 << 20))
+    _pdl_supported.cache_clear()
+    pdl_follower_options.cache_clear()
 
 
 def interpreting() -> bool:
@@ -62,8 +84,8 @@ def check_attention_inputs(
 # it reads x or writes anything. The kernels that run before a GEMV in a decode step (the norms, the
 # fused all-reduce + norm, the decode-attention reduce) signal `griddepcontrol.launch_dependents` at
 # their start so the GEMV can be scheduled that early; the signal changes nothing else (the wait is for
-# completion). The kernels after a GEMV are PDL-launched as well (pdl_follower_options). LLM_CORE_PDL=0
-# turns all of it off. Not under the interpreter.
+# completion). The kernels after a GEMV are PDL-launched as well (pdl_follower_options). SWITCHES.pdl
+# (EngineConfig.pdl) turns all of it off. Not under the interpreter.
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # an older triton: no PDL
@@ -72,7 +94,7 @@ except ImportError:  # an older triton: no PDL
 
 @functools.cache
 def _pdl_supported(device_index: int) -> bool:
-    if interpreting() or os.environ.get("LLM_CORE_PDL", "1") == "0" or gdc_wait is None:
+    if interpreting() or not SWITCHES.pdl or gdc_wait is None:
         return False
     try:
         from triton.backends.nvidia.compiler import CUDAOptions
@@ -91,8 +113,8 @@ def pdl_enabled(device: torch.device) -> bool:
 def pdl_follower_options(device: torch.device) -> dict:
     """Launch options of the kernels that follow a GEMV (norms, the fused all-reduce + norm, rotary + KV
     store): with PDL they are launched early too, so their launch overlaps the GEMV's tail, and wait at the
-    top of their body (`PDL` constexpr) before any memory access. LLM_CORE_PDL_FOLLOWERS=0: only the GEMV."""
-    on = pdl_enabled(device) and os.environ.get("LLM_CORE_PDL_FOLLOWERS", "1") != "0"
+    top of their body (`PDL` constexpr) before any memory access. SWITCHES.pdl_followers off: only the GEMV."""
+    on = pdl_enabled(device) and SWITCHES.pdl_followers
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 

@@ -34,7 +34,6 @@ from llm_core.kernels._checks import (
     pdl_follower_options,
     pdl_prologue,
 )
-from llm_core.kernels._peer_sum import peer_sum
 
 
 @triton.jit
@@ -67,7 +66,31 @@ def _all_reduce_add_rms_norm_kernel(
     tl.store(epochs_ptr + row, epoch)
     x = tl.load(x_ptr + row64 * x_row_stride + cols, mask=mask, other=0.0)
     slot = (epoch % 2) * WORLD * rank_stride + row64 * hidden + cols  # + source rank * rank_stride
-    total = peer_sum(x, slot, mask, buffer_ptrs, flag_ptrs, row, epoch, rank, rank_stride, WORLD)
+    for peer in tl.static_range(WORLD):
+        buffer = tl.load(buffer_ptrs + peer).to(tl.pointer_type(x.dtype))
+        tl.store(buffer + slot + rank * rank_stride, x, mask=mask)
+    tl.debug_barrier()  # every thread's part of the row is pushed before the signal releases it
+
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            peer_flags = tl.load(flag_ptrs + peer).to(tl.pointer_type(tl.int64))
+            tl.atomic_xchg(peer_flags + row * WORLD + rank, epoch, sem="release", scope="sys")
+    own_flags = tl.load(flag_ptrs + rank).to(tl.pointer_type(tl.int64))
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            flag = own_flags + row * WORLD + peer
+            while tl.load(flag, volatile=True) < epoch:
+                pass
+            tl.atomic_add(flag, 0, sem="acquire", scope="sys")  # orders the reads below after the peer's stores
+    tl.debug_barrier()
+
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    own_buffer = tl.load(buffer_ptrs + rank).to(tl.pointer_type(x.dtype))
+    for peer in tl.static_range(WORLD):  # rank order: the same sum on every rank
+        # .cg: from L2, where the peers' stores landed, never a stale L1 line of an earlier call
+        total += tl.load(own_buffer + slot + peer * rank_stride, mask=mask, other=0.0, cache_modifier=".cg").to(
+            tl.float32
+        )
     res = tl.load(residual_ptr + row64 * residual_row_stride + cols, mask=mask, other=0.0)
     # Rounded like the unfused path: all_reduce -> x.dtype, then `x + residual` -> x.dtype.
     summed = (total.to(x.dtype).to(tl.float32) + res.to(tl.float32)).to(x.dtype)

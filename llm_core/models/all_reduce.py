@@ -9,9 +9,7 @@ NCCL, which is bandwidth-optimal there.
 
 `add_rms_norm` goes one step further for the all-reduces of row-parallel projections: the sum, the
 residual add and the RMSNorm after it in one Triton kernel (kernels/all_reduce_norm.py) over a
-second, double staging buffer and our own flags; `linear_add` (one row) does without a kernel for
-the all-reduce at all: the GEMV of the projection reduces each block of its output with the peers in
-its epilogue and adds the residual (kernels/gemv.py linear_all_reduce_add), over buffers of a third kind.
+second, double staging buffer and our own flags.
 """
 
 from __future__ import annotations
@@ -22,17 +20,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from llm_core.ops.torch_ops import ROW_FUSION
-
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
 # Fused all-reduce + RMSNorm up to this many rows (its buffers are sized for them). H200 x2, [rows, 4096]
 # bf16 in a graph: 5.2 us at 1 row to 8.2 us at 64, 1.5x faster than the one-shot all-reduce + norm at
 # every row count measured (benchmarks/all_reduce.py; raw/2026-11-22_h200x2_push_all_reduce.md). Larger
 # batches (not measured) take the one-shot + norm path up to 1 MiB, then NCCL.
 FUSED_MAX_ROWS = 64
-# Row-parallel weight shapes (call sites) whose one-row projection may all-reduce in the GEMV's epilogue
-# (linear_add): a Llama layer has two, o_proj and down_proj; each needs buffers of its own.
-ROW_SITES = 4
 ONE_SHOT_DTYPES = (torch.bfloat16, torch.float32)  # what torch's CUDA one-shot kernel dispatches (not fp16)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # the fused kernel: any of them
 
@@ -88,41 +81,6 @@ class SymmMemAllReduce:
             dtype=torch.int64, device=device,
         )  # fmt: skip
         self.backend = symm_mem.get_backend(device) if hasattr(symm_mem, "get_backend") else "CUDA"
-        # linear_add: with the one-row layer form (LLM_CORE_ROW_FUSION=1), which at tp > 1 needs it; not yet
-        # run on two GPUs (benchmarks/RESULTS.md, session 5), hence off with that form by default.
-        self.row_all_reduce = ROW_FUSION
-        self._row_sites = self._make_row_sites(symm_mem, device) if ROW_FUSION else []
-        self._row_site_of: dict[tuple[int, int], object] = {}
-
-    def _make_row_sites(self, symm_mem, device: torch.device) -> list:
-        # Per site: a double staging buffer [2, world, hidden], flags [hidden blocks, world] (blocks of at
-        # least one column), call counts per block. Made here, before any graph capture (rendezvous is collective).
-        from llm_core.kernels.gemv import RowReduce
-
-        hidden, world = self.hidden_size, self.world
-        stage = symm_mem.empty(ROW_SITES * 2 * world * hidden, dtype=self.dtype, device=device)
-        flags = symm_mem.empty(ROW_SITES * hidden * world, dtype=torch.int64, device=device)
-        flags.zero_()
-        epochs = torch.zeros((ROW_SITES, hidden), dtype=torch.int64, device=device)
-        torch.cuda.synchronize(device)
-        stage_handle = symm_mem.rendezvous(stage, self.group_name)
-        flags_handle = symm_mem.rendezvous(flags, self.group_name)
-        stage_bases = [stage_handle.get_buffer(r, stage.shape, self.dtype).data_ptr() for r in range(world)]
-        flag_bases = [flags_handle.get_buffer(r, flags.shape, torch.int64).data_ptr() for r in range(world)]
-        self._row_buffers = (stage, flags)  # keep the mappings alive
-        sites = []
-        for i in range(ROW_SITES):
-            stage_offset = i * 2 * world * hidden * self.dtype.itemsize
-            flag_offset = i * hidden * world * 8
-            sites.append(
-                RowReduce(
-                    stage_ptrs=torch.tensor([b + stage_offset for b in stage_bases], dtype=torch.int64, device=device),
-                    flag_ptrs=torch.tensor([b + flag_offset for b in flag_bases], dtype=torch.int64, device=device),
-                    epochs=epochs[i],
-                    rank=self.rank,
-                )
-            )
-        return sites
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         # The op wants the local input aligned like the staging view (offset 0 of the buffer).
@@ -145,23 +103,6 @@ class SymmMemAllReduce:
         if x.shape[1] != self.hidden_size or x.shape[0] > self.fused_max_rows:
             return None
         return self._fused_kernel(x, residual, weight, eps, self.stage_ptrs, self.flag_ptrs, self.epochs, self.rank)
-
-    def linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
-        """residual + sum_ranks(x weight^T) for one row, the all-reduce inside the GEMV, or None where the
-        caller should all-reduce (every rank decides alike: by shape, in the same call order)."""
-        if not (self.enabled and self.fuse_norm and self.row_all_reduce and self._row_sites):
-            return None
-        if x.dtype != self.dtype or weight.shape[0] != self.hidden_size:
-            return None
-        shape = (weight.shape[0], weight.shape[1])
-        site = self._row_site_of.get(shape)
-        if site is None:
-            if len(self._row_site_of) == len(self._row_sites):
-                return None
-            site = self._row_site_of[shape] = self._row_sites[len(self._row_site_of)]
-        from llm_core.kernels.gemv import linear_all_reduce_add
-
-        return linear_all_reduce_add(x, weight, residual, site)
 
 
 def _agree(ok: bool, group, device: torch.device) -> bool:

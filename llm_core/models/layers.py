@@ -55,20 +55,6 @@ class TensorParallel:
             x = self.all_reduce(x)
         return ops.add_rms_norm(x, residual, weight, eps)
 
-    def takes_row_form(self, x: torch.Tensor) -> bool:
-        """Whether the one-row layer form (ops.row_fusion) costs this group no extra kernel: one rank, gloo on
-        the CPU (the same collectives either way), or the all-reduce inside the GEMV (fast_all_reduce)."""
-        if self.size == 1 or not x.is_cuda:
-            return True
-        return self.fast_all_reduce is not None and self.fast_all_reduce.row_all_reduce
-
-    def fused_linear_add(self, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor | None:
-        """residual + all_reduce(x weight^T) in one GEMV, the all-reduce in its epilogue (kernels/gemv.py
-        linear_all_reduce_add; one row), or None where the small-tensor path cannot."""
-        if self.fast_all_reduce is None or not x.is_cuda:
-            return None
-        return self.fast_all_reduce.linear_add(x, weight, residual)
-
     def all_gather_last_dim(self, x: torch.Tensor) -> torch.Tensor:
         # [..., N] per rank -> [..., size * N], rank order
         if self.size == 1:
@@ -160,11 +146,8 @@ class QKVParallelLinear(nn.Module):
         with torch.no_grad():
             _copy(param.data[offset : offset + size], source[start : start + size])
 
-    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
-        # [T, hidden] -> [T, (num_heads + 2 * num_kv_heads) * head_dim] of this rank.
-        # norm (an RMSNorm: .weight, .eps): x is the residual stream, normalised inside the op (one row).
-        if norm is not None:
-            return ops.rms_norm_linear(x, norm.weight, norm.eps, self.weight, self.bias)
+    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        # [T, hidden] -> [T, (num_heads + 2 * num_kv_heads) * head_dim] of this rank
         return ops.linear(x, self.weight, self.bias)
 
 
@@ -189,10 +172,8 @@ class MergedGateUpLinear(nn.Module):
     def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)  # [T, 2 * intermediate / tp]
 
-    def forward_silu_and_mul(self, x: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
-        # silu(gate) * up: [T, intermediate / tp] (one kernel for decode-sized T on GPUs); norm as in QKV
-        if norm is not None:
-            return ops.rms_norm_linear_silu_and_mul(x, norm.weight, norm.eps, self.weight, self.bias)
+    def forward_silu_and_mul(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        # silu(gate) * up: [T, intermediate / tp] (one kernel for decode-sized T on GPUs)
         return ops.linear_silu_and_mul(x, self.weight, self.bias)
 
 
@@ -221,16 +202,6 @@ class RowParallelLinear(nn.Module):
             return out
         out = self.tp.all_reduce(out)
         return out if self.bias is None else out + self.bias
-
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
-        """residual + forward(x): the summed residual stream (one kernel for one row on GPUs)."""
-        if self.tp.size == 1:
-            return ops.linear_add(x, self.weight, residual, self.bias)
-        if self.bias is None:
-            fused = self.tp.fused_linear_add(x, self.weight, residual)
-            if fused is not None:
-                return fused
-        return self.forward(x, ops=ops) + residual
 
 
 def _vocab_shard(vocab_size: int, tp: TensorParallel) -> tuple[int, int, int]:
@@ -288,11 +259,7 @@ class ParallelLMHead(nn.Module):
     def weight_loader(self, param: nn.Parameter, source: WeightSource) -> None:
         _load_vocab_rows(param, source, self.vocab_start, self.num_rows)
 
-    def forward(self, hidden: torch.Tensor, ops: ModuleType = torch_ops, norm=None) -> torch.Tensor:
-        # [B, hidden] -> [B, vocab] in the model dtype; norm: the final RMSNorm inside the op (one row)
-        if norm is not None:
-            logits = ops.rms_norm_linear(hidden, norm.weight, norm.eps, self.weight)
-        else:
-            logits = ops.linear(hidden, self.weight)
-        logits = self.tp.all_gather_last_dim(logits)
+    def forward(self, hidden: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
+        # [B, hidden] -> [B, vocab] in the model dtype
+        logits = self.tp.all_gather_last_dim(ops.linear(hidden, self.weight))
         return logits[:, : self.vocab_size]

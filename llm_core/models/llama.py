@@ -88,21 +88,12 @@ class LlamaAttention(nn.Module):
         self.defer_reduce = tp.size > 1 and not cfg.o_proj_bias
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        batch: ForwardBatch,
-        kv: KVCache,
-        ops: ModuleType,
-        cos_sin: torch.Tensor,
-        norm: RMSNorm | None = None,
-        residual: torch.Tensor | None = None,
+        self, hidden: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, cos_sin: torch.Tensor
     ) -> torch.Tensor:
-        # One-row form (LlamaDecoderLayer.forward_row): norm is the input norm, applied inside the qkv op to the
-        # residual stream `hidden`, and the result is `residual` + this block's output, summed over ranks.
         num_tokens = hidden.shape[0]
         # Views into the packed projection (row stride (Hq + 2 Hk) * D): every op takes token and head
         # strides, so no copies (3 per layer and step at batch > 1 in benchmarks/raw/*_profile_decode.md).
-        q, k, v = self.qkv_proj(hidden, ops, norm).split(self.qkv_proj.output_sizes, dim=-1)
+        q, k, v = self.qkv_proj(hidden, ops).split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)  # [T, Hq, D]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
@@ -122,8 +113,6 @@ class LlamaAttention(nn.Module):
             )  # fmt: skip
         # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
         out = out.view(num_tokens, self.num_heads * self.head_dim)
-        if residual is not None:
-            return self.o_proj.forward_add(out, residual, ops)
         return self.o_proj(out, reduce=not self.defer_reduce, ops=ops)
 
 
@@ -134,15 +123,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device)
         self.defer_reduce = tp.size > 1 and not cfg.mlp_bias  # the next norm all-reduces (fused)
 
-    def forward(
-        self, x: torch.Tensor, ops: ModuleType, norm: RMSNorm | None = None, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce;
-        # one-row form as in LlamaAttention: x is the residual stream, the result residual + this block's output.
-        act = self.gate_up_proj.forward_silu_and_mul(x, ops, norm)
-        if residual is not None:
-            return self.down_proj.forward_add(act, residual, ops)
-        return self.down_proj(act, reduce=not self.defer_reduce, ops=ops)
+    def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, ops), reduce=not self.defer_reduce, ops=ops)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -160,12 +143,6 @@ class LlamaDecoderLayer(nn.Module):
         hidden = self.self_attn(hidden, batch, kv, ops, cos_sin)
         hidden, residual = self.post_attention_layernorm(ops, hidden, residual, reduce=self.self_attn.defer_reduce)
         return self.mlp(hidden, ops), residual
-
-    def forward_row(self, hidden, batch, kv, ops, cos_sin) -> torch.Tensor:
-        """One row (ops.row_fusion): hidden [1, H] is the residual stream, summed over ranks, in and out. Each
-        norm runs inside the projection after it, each residual add and all-reduce inside the one before it."""
-        hidden = self.self_attn(hidden, batch, kv, ops, cos_sin, norm=self.input_layernorm, residual=hidden)
-        return self.mlp(hidden, ops, norm=self.post_attention_layernorm, residual=hidden)
 
 
 class LlamaModel(nn.Module):
@@ -202,11 +179,6 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
         hidden = self.embed(batch, ops)  # [T, hidden]
-        # One row, hence one sequence: its logits row is row 0.
-        if ops.row_fusion(hidden.shape[0]) and self.model.embed_tokens.tp.takes_row_form(hidden):
-            for layer in self.model.layers:
-                hidden = layer.forward_row(hidden, batch, kv, ops, self.cos_sin)
-            return self.lm_head(hidden, ops, norm=self.model.norm).float()  # [1, vocab]
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)

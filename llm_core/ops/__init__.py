@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
 import torch
@@ -20,10 +19,6 @@ OP_NAMES = (
     "silu_and_mul",
     "linear",
     "linear_silu_and_mul",
-    "rms_norm_linear",
-    "rms_norm_linear_silu_and_mul",
-    "linear_add",
-    "row_fusion",
     "inject_image_embeds",
 )
 
@@ -31,9 +26,9 @@ OP_NAMES = (
 def select_ops(device: torch.device, force_torch: bool = False) -> ModuleType:
     """Return the module that implements OP_NAMES for `device`.
 
-    `force_torch` (or LLM_CORE_FORCE_TORCH=1) keeps the torch path on a GPU for A/B checks.
+    `force_torch` (EngineConfig.force_torch_ops) keeps the torch path on a GPU for A/B checks.
     """
-    if force_torch or os.environ.get("LLM_CORE_FORCE_TORCH") == "1" or device.type != "cuda":
+    if force_torch or device.type != "cuda":
         return torch_ops
     from llm_core import kernels
 

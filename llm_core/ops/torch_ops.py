@@ -11,22 +11,7 @@ Layout conventions (token-granular KV cache, DESIGN §3):
 
 from __future__ import annotations
 
-import os
-
 import torch
-
-# LLM_CORE_ROW_FUSION=1: one-row steps take the fused layer form (row_fusion). Off by default: on one H200
-# it measured no faster than the unfused form at tp=1 (benchmarks/RESULTS.md, session 5), and its tp > 1
-# part, the all-reduce in the GEMV's epilogue, has not yet run on two GPUs.
-ROW_FUSION = os.environ.get("LLM_CORE_ROW_FUSION", "0") == "1"
-
-
-def row_fusion(num_tokens: int) -> bool:
-    """Whether a forward of `num_tokens` rows takes the one-row layer form: each RMSNorm inside the linear op
-    after it (rms_norm_linear*), the residual add (and a tensor-parallel all-reduce) inside the row-parallel
-    projection before it (linear_add). Here the fused ops are the unfused ones composed, so both forms give
-    the same bits."""
-    return num_tokens == 1 and ROW_FUSION
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -181,27 +166,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def linear_silu_and_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     # weight: [2 I, K] = [gate | up] rows -> silu_and_mul(linear(x, weight, bias)): [T, I]
     return silu_and_mul(linear(x, weight, bias))
-
-
-def rms_norm_linear(
-    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    # x: [T, K] (the residual stream) -> linear(rms_norm(x), weight, bias): [T, N]
-    return linear(rms_norm(x, norm_weight, eps), weight, bias)
-
-
-def rms_norm_linear_silu_and_mul(
-    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    # x: [T, K] -> linear_silu_and_mul(rms_norm(x), weight, bias): [T, I]
-    return linear_silu_and_mul(rms_norm(x, norm_weight, eps), weight, bias)
-
-
-def linear_add(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    # residual [T, N] + linear(x, weight, bias), the product rounded before the add
-    return linear(x, weight, bias) + residual
 
 
 def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor) -> None:

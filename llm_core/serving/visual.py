@@ -22,8 +22,8 @@ class VisualService:
 
             from llm_core.models import VisionEncoder
 
-            dtype = getattr(torch, settings.torch_dtype_name)
-            self.encoder = VisionEncoder.from_pretrained(settings.model_dir, settings.device, dtype)
+            dtype = getattr(torch, settings.engine.torch_dtype_name)
+            self.encoder = VisionEncoder.from_pretrained(settings.model_dir, settings.engine.device, dtype)
         self.cache = EmbeddingCache(settings.visual_cache_size)
         self.sink = sink
         self.counters = CounterTracker(sink)

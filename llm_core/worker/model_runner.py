@@ -59,9 +59,7 @@ class ModelRunner:
             self.device = torch.device("cuda", rank)
         else:
             self.device = torch.device("cpu")
-            torch.set_num_threads(
-                int(os.environ.get("LLM_CORE_CPU_THREADS", max(1, (os.cpu_count() or 2) // (2 * cfg.tp))))
-            )
+            torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 2) // (2 * cfg.tp)))
         self.dtype = torch_dtype(cfg.torch_dtype_name)
         torch.manual_seed(cfg.seed)
         # Small all-reduces (decode) through symmetric memory at tp > 1 on CUDA; None: NCCL only.
@@ -78,15 +76,14 @@ class ModelRunner:
         load_weights(self.model, cfg.model_dir, cfg.load_format)
         self.model.eval()
         self.ops = select_ops(self.device, cfg.force_torch_ops)
+        if self.ops is not torch_ops:
+            self.ops.configure(
+                gemv=cfg.gemv, pdl=cfg.pdl, pdl_followers=cfg.pdl_followers, gemv_prefetch_mb=cfg.gemv_prefetch_mb
+            )
         self.image_token_index = self.model_config.image_token_index
         self.kv: KVCache | None = None
         # Decode steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
-        self.use_cuda_graph = (
-            cfg.cuda_graph
-            and (cfg.tp == 1 or cfg.cuda_graph_tp)
-            and self.device.type == "cuda"
-            and self.ops is not torch_ops
-        )
+        self.use_cuda_graph = cfg.cuda_graph and self.device.type == "cuda" and self.ops is not torch_ops
         self.graph_runner: DecodeGraphRunner | None = None
         self.graph_failed = False
 

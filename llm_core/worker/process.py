@@ -55,8 +55,8 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when we stop
     faulthandler.enable()  # a crash in native code (CUDA, NCCL) still leaves the Python stack in the log
-    if stacks_every := float(os.environ.get("LLM_CORE_DUMP_STACKS_S", "0")):  # debugging hangs
-        faulthandler.dump_traceback_later(stacks_every, repeat=True)
+    if cfg.dump_stacks_s:  # debugging hangs
+        faulthandler.dump_traceback_later(cfg.dump_stacks_s, repeat=True)
     tokenizer = load_tokenizer_in_background(cfg.model_dir) if rank == 0 else None  # while the weights load
     try:
         tp_group, cpu_group = _init_distributed(cfg, rank)

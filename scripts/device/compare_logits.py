@@ -1,4 +1,4 @@
-"""Compare two logits files written by `benchmarks/tp_decode.py --save-logits` (e.g. LLM_CORE_PDL on/off).
+"""Compare two logits files written by `benchmarks/tp_decode.py --save-logits` (e.g. LLM_PDL on/off).
 
 python scripts/device/compare_logits.py a.pt b.pt    -> one line per common key; exit 1 if any differs
 """

@@ -80,7 +80,7 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
         t0 = time.perf_counter()
         outs = engine.generate([c[0] for c in cases], params, image_embeds=embeds)
         elapsed = time.perf_counter() - t0
-        # Each prompt alone: decode at batch 1, the one-row layer form (norms, residual adds in the GEMV).
+        # Each prompt alone: decode at batch 1 (the GEMV path).
         single = [
             engine.generate([ids], params, image_embeds=[e])[0] for (ids, _), e in zip(cases, embeds, strict=True)
         ]

@@ -5,7 +5,7 @@
 # Every step tees into $OUT, so a step cut off by its time limit still leaves what it printed.
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-export LLM_CORE_DUMP_STACKS_S="${LLM_CORE_DUMP_STACKS_S:-45}"  # Python stacks of every rank while it runs long
+export LLM_DUMP_STACKS_S="${LLM_DUMP_STACKS_S:-45}"  # Python stacks of every rank while it runs long
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpus.txt"

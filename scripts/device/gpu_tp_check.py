@@ -16,7 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from llm_core import Engine, EngineConfig, SamplingParams  # noqa: E402
+from llm_core import Engine, SamplingParams
+from llm_core.config import engine_config_from_env  # noqa: E402
 from llm_core.testing.tiny_model import make_tiny_model  # noqa: E402
 
 PROMPTS = [[3, 4, 5, 6, 7], [9] * 13, [20, 21], list(range(30, 70))]
@@ -25,7 +26,7 @@ PARAMS = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
 
 def run(model_dir: str, label: str, **overrides) -> list[list[int]] | str:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = EngineConfig(model_dir=model_dir, device=device, dtype="float32", cuda_graph=True, **overrides)
+    cfg = engine_config_from_env(model_dir=model_dir, device=device, dtype="float32", cuda_graph=True, **overrides)
     start = time.monotonic()
     with Engine(cfg) as engine:
         started = time.monotonic()
@@ -59,7 +60,7 @@ def main() -> int:
             model_dir = str(make_tiny_model(Path(tmp) / f"{arch}-{len(models)}", arch, **overrides))
             models.append((arch, overrides, model_dir))
             tp1 = run(model_dir, f"{arch} {overrides} tp1", tp=1)
-            tp2 = run(model_dir, f"{arch} {overrides} tp2", tp=2, cuda_graph_tp=True, symm_mem_all_reduce=False)
+            tp2 = run(model_dir, f"{arch} {overrides} tp2", tp=2, symm_mem_all_reduce=False)
             results.append({"arch": arch, **overrides, "identical": isinstance(tp1, list) and tp1 == tp2})
             print(json.dumps(results[-1]), flush=True)
         ok = all(r["identical"] for r in results)
@@ -67,7 +68,7 @@ def main() -> int:
         if args.symm_mem:
             arch, overrides, model_dir = models[0]
             tp1 = run(model_dir, f"{arch} tp1 (again)", tp=1)
-            symm = run(model_dir, f"{arch} tp2 symm_mem", tp=2, cuda_graph_tp=True, symm_mem_all_reduce=True)
+            symm = run(model_dir, f"{arch} tp2 symm_mem", tp=2, symm_mem_all_reduce=True)
             same = isinstance(tp1, list) and tp1 == symm
             print(f"SYMM MEM: {'identical to tp1' if same else f'NOT identical: {str(symm)[:300]}'}")
     return 0 if ok else 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_inputs import DEVICE, ON_GPU, assert_rows_close
 
-from llm_core.kernels import gemv, gemv_tuning
+from llm_core.kernels import gemv
 from llm_core.ops import torch_ops
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
@@ -111,7 +111,7 @@ def test_split_k_deterministic() -> None:
 
 
 def _tuned_tables():
-    return sorted(gemv_tuning._CONFIG_DIR.glob("gemv_*.json"))
+    return sorted(gemv._CONFIG_DIR.glob("gemv_*.json"))
 
 
 @pytest.mark.parametrize("path", _tuned_tables(), ids=lambda p: p.name)

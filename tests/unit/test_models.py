@@ -326,33 +326,3 @@ def test_linear_layers_go_through_ops(tmp_path):
         ("linear", (hidden, inter)),
     ]
     assert calls == per_layer * TEXT["num_hidden_layers"] + [("linear", (TEXT["vocab_size"], hidden))]
-
-
-def test_one_row_form_matches_and_fuses(tmp_path):
-    # A one-row decode step takes the fused layer form (ops.row_fusion): each norm inside the projection after
-    # it, each residual add inside the row-parallel projection before it. Same logits as the layer form of
-    # several rows, and exactly those ops are called.
-    from types import SimpleNamespace
-
-    save_text_model(tmp_path, "llama")
-    prompt, calls = PROMPTS[0], []
-
-    def run(row_fusion: bool) -> torch.Tensor:
-        runner = load_ours(tmp_path)
-        ops = SimpleNamespace(**{n: getattr(torch_ops, n) for n in dir(torch_ops) if not n.startswith("_")})
-        ops.row_fusion = lambda num_tokens: row_fusion and num_tokens == 1
-        for name in ("linear", "linear_silu_and_mul", "rms_norm_linear", "rms_norm_linear_silu_and_mul",
-                     "linear_add", "rms_norm", "add_rms_norm"):  # fmt: skip
-            setattr(ops, name, lambda *a, _n=name, **kw: calls.append(_n) or getattr(torch_ops, _n)(*a, **kw))
-        model = runner.model
-        runner.model = lambda batch, kv, _ops: model(batch, kv, ops)
-        runner.step([0], [prompt])
-        calls.clear()
-        return runner.step([0], [[prompt[-1]]], is_prefill=False)
-
-    unfused = run(False)
-    assert "add_rms_norm" in calls and "rms_norm_linear" not in calls
-    fused = run(True)
-    per_layer = ["rms_norm_linear", "linear_add", "rms_norm_linear_silu_and_mul", "linear_add"]
-    assert calls == per_layer * TEXT["num_hidden_layers"] + ["rms_norm_linear"]
-    torch.testing.assert_close(fused, unfused, atol=0, rtol=0)

@@ -100,19 +100,21 @@ def test_settings_env_overrides_parameters(tiny_llama, tiny_qwen2):
     )
     params = model_parameters(config)
     settings = load_settings(params, env={})
-    assert settings.model_dir == tiny_llama and settings.max_total_tokens is None and settings.device == "cpu"
+    assert settings.model_dir == tiny_llama and settings.engine.max_total_tokens is None
+    assert settings.engine.device == "cpu"
     settings = load_settings(
         params, env={"LLM_MODEL_DIR": str(tiny_qwen2), "LLM_TP": "2", "LLM_MAX_TOTAL_TOKENS": "4096"}
     )
-    assert settings.model_dir == tiny_qwen2 and settings.tp == 2 and settings.max_total_tokens == 4096
-    assert settings.engine_config().max_total_tokens == 4096
+    assert settings.model_dir == tiny_qwen2 and settings.engine.tp == 2 and settings.engine.max_total_tokens == 4096
+    switches = load_settings(params, env={"LLM_GEMV": "0", "LLM_CPU_THREADS": "3"}).engine
+    assert not switches.gemv and switches.cpu_threads == 3 and settings.engine.gemv
     with pytest.raises(ValueError, match="LLM_TP"):
         load_settings(params, env={"LLM_TP": "two"})
-    assert settings.engine_config().cuda_graph and settings.engine_config().symm_mem_all_reduce
-    assert load_settings(params, env={"LLM_MAX_PREFILL_TOKENS": "512"}).engine_config().max_prefill_tokens == 512
-    off = load_settings(params, env={"LLM_CUDA_GRAPH": "0", "LLM_SYMM_MEM_ALL_REDUCE": "false"}).engine_config()
-    assert not off.cuda_graph and not off.symm_mem_all_reduce and settings.engine_config().prefix_cache
-    assert not load_settings(params, env={"LLM_PREFIX_CACHE": "0"}).engine_config().prefix_cache
+    assert settings.engine.cuda_graph and settings.engine.symm_mem_all_reduce
+    assert load_settings(params, env={"LLM_MAX_PREFILL_TOKENS": "512"}).engine.max_prefill_tokens == 512
+    off = load_settings(params, env={"LLM_CUDA_GRAPH": "0", "LLM_SYMM_MEM_ALL_REDUCE": "false"}).engine
+    assert not off.cuda_graph and not off.symm_mem_all_reduce and settings.engine.prefix_cache
+    assert not load_settings(params, env={"LLM_PREFIX_CACHE": "0"}).engine.prefix_cache
     with pytest.raises(ValueError, match="LLM_CUDA_GRAPH"):
         load_settings(params, env={"LLM_CUDA_GRAPH": "maybe"})
     with pytest.raises(FileNotFoundError):

@@ -40,20 +40,3 @@ def test_tp2_llava_matches_tp1(tiny_llava):
             params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
             outs[tp] = engine.generate([ids], params, image_embeds=[embeds])[0].token_ids
     assert outs[1] == outs[2]
-
-
-def test_tp2_one_row_form_matches_tp1(tiny_model_factory, monkeypatch):
-    # One sequence decodes one row per step: with LLM_CORE_ROW_FUSION=1 (read by each spawned worker) the
-    # layers take the one-row form, whose row-parallel projections all-reduce (gloo) and add the residual
-    # themselves (RowParallelLinear.forward_add). Same greedy tokens as the default form and as tp=1.
-    monkeypatch.setenv("LLM_CORE_ROW_FUSION", "1")
-    model_dir = str(tiny_model_factory("qwen2"))
-    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
-    outs = {}
-    for tp in (1, 2):
-        with Engine(EngineConfig(model_dir=model_dir, tp=tp, dtype="float32")) as engine:
-            outs[tp] = engine.generate([[3, 4, 5, 6, 7]], params)[0].token_ids
-    monkeypatch.setenv("LLM_CORE_ROW_FUSION", "0")
-    with Engine(EngineConfig(model_dir=model_dir, tp=2, dtype="float32")) as engine:
-        outs["default"] = engine.generate([[3, 4, 5, 6, 7]], params)[0].token_ids
-    assert outs[1] == outs[2] == outs["default"]

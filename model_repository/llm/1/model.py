@@ -64,7 +64,7 @@ class TritonPythonModel:
         exit_with_parent()
         settings = load_settings(model_parameters(args["model_config"]))
         self.inputs = input_names(json.loads(args["model_config"]))
-        self.engine = Engine(settings.engine_config())
+        self.engine = Engine(settings.engine)
         metrics = EngineMetrics(PbMetricsSink(pb_utils, LLM_METRICS))
         self.service = LlmService(self.engine, _Transport(), metrics, settings.default_max_tokens)
         self.service.start()

@@ -29,7 +29,7 @@ class TritonPythonModel:
         settings = load_settings(model_parameters(args["model_config"]))
         tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         self.preprocessor = Preprocessor(
-            settings.model_dir, tokenizer, settings.default_max_tokens, settings.max_model_len
+            settings.model_dir, tokenizer, settings.default_max_tokens, settings.engine.max_model_len
         )
         self.inputs = input_names(json.loads(args["model_config"]))
 
