@@ -75,7 +75,8 @@ def _rank(
     import importlib
 
     from llm_core.config import engine_config_from_env
-    from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+    from llm_core.worker.batch import SeqInput, StepInput
+    from llm_core.worker.model_runner import ModelRunner
 
     if stacks_every := float(os.environ.get("LLM_DUMP_STACKS_S", "0")):  # debugging hangs
         faulthandler.dump_traceback_later(stacks_every, repeat=True)

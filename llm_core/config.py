@@ -30,6 +30,9 @@ class EngineConfig:
     seed: int = 0
     # Router policy
     decode_steps_per_prefill: int = 4  # run a prefill at most every N decode steps while decoding
+    # Mixed steps: a prefill due while requests decode carries them along (one token each) and at most this
+    # many prefill tokens; 0: prefill and decode steps stay separate.
+    mixed_prefill_tokens: int = 2048
     optimistic_admission: bool = False  # estimate remaining output instead of max_tokens
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
     # Keep finished requests' tokens in the KV pool (a radix tree, evicted LRU when slots run short)
@@ -41,6 +44,9 @@ class EngineConfig:
     # decode steps replay graphs captured per batch-size bucket, at every tp.
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
+    # Before the engine reports ready, compile every Triton kernel variant a step can launch (a few prefill
+    # shapes) and capture every decode-graph bucket, so no request pays for compilation.
+    warmup: bool = True
     # tp > 1 on CUDA: small all-reduces over symmetric memory (NVLink P2P) instead of NCCL (models/all_reduce.py):
     # those of o_proj/down_proj (up to 64 rows) fused with the residual add and RMSNorm in one kernel, the other
     # ones up to 1 MiB (bf16/fp32) through torch's one-shot kernel; larger ones (prefill) through NCCL. Bit-identical
@@ -75,6 +81,8 @@ class EngineConfig:
             raise ValueError("max_running_requests and max_prefill_tokens must be >= 1")
         if self.decode_steps_per_prefill < 1:
             raise ValueError("decode_steps_per_prefill must be >= 1")
+        if self.mixed_prefill_tokens < 0:
+            raise ValueError(f"mixed_prefill_tokens must be >= 0, got {self.mixed_prefill_tokens}")
         if self.cuda_graph_max_batch < 1:
             raise ValueError(f"cuda_graph_max_batch must be >= 1, got {self.cuda_graph_max_batch}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
@@ -101,11 +109,14 @@ ENV_VARS = {
     "max_model_len": "LLM_MAX_MODEL_LEN",
     "max_running_requests": "LLM_MAX_RUNNING",
     "max_prefill_tokens": "LLM_MAX_PREFILL_TOKENS",
+    "decode_steps_per_prefill": "LLM_DECODE_STEPS_PER_PREFILL",
+    "mixed_prefill_tokens": "LLM_MIXED_PREFILL_TOKENS",
     "mem_fraction": "LLM_MEM_FRACTION",
     "prefix_cache": "LLM_PREFIX_CACHE",
     "force_torch_ops": "LLM_FORCE_TORCH_OPS",
     "cuda_graph": "LLM_CUDA_GRAPH",
     "cuda_graph_max_batch": "LLM_CUDA_GRAPH_MAX_BATCH",
+    "warmup": "LLM_WARMUP",
     "symm_mem_all_reduce": "LLM_SYMM_MEM_ALL_REDUCE",
     "gemv": "LLM_GEMV",
     "pdl": "LLM_PDL",

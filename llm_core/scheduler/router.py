@@ -15,6 +15,11 @@ than what is left of that budget is admitted (all its slots allocated at once) a
 chunks over several prefill steps, oldest first, before any new admission; only its last chunk
 samples. Decode steps of the other requests run in between, so a long prompt never stalls them
 for more than one chunk. Image prompts too: a chunk may start or end inside an image's tokens.
+
+Mixed steps (mixed_prefill_tokens > 0): when a prefill is due while other requests decode, the
+decoding requests ride along in the same forward as the prefill work, one token each, and that
+prefill work is capped at mixed_prefill_tokens, so a decode step never waits for a whole
+max_prefill_tokens prefill. A step with nothing to decode prefills up to max_prefill_tokens.
 """
 
 from __future__ import annotations
@@ -89,12 +94,15 @@ class ScheduledSeq:
 
 @dataclass(slots=True)
 class Batch:
-    kind: Literal["prefill", "decode"]
+    """decode: one new token per seq; prefill: prompt chunks; mixed: the decode seqs first, then chunks."""
+
+    kind: Literal["prefill", "decode", "mixed"]
     seqs: list[ScheduledSeq]
 
     @property
     def is_prefill(self) -> bool:
-        return self.kind == "prefill"
+        """Runs the prefill forward (packed queries of any length): prefill and mixed steps."""
+        return self.kind != "decode"
 
     @property
     def num_tokens(self) -> int:
@@ -131,12 +139,15 @@ class Router:
         optimistic: bool = False,
         optimistic_ratio: float = 0.5,
         prefix_cache: bool = False,
+        mixed_prefill_tokens: int = 0,
     ):
         for name, value in (("max_prefill_tokens", max_prefill_tokens), ("max_model_len", max_model_len)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if decode_steps_per_prefill < 0:
             raise ValueError(f"decode_steps_per_prefill must be >= 0, got {decode_steps_per_prefill}")
+        if mixed_prefill_tokens < 0:
+            raise ValueError(f"mixed_prefill_tokens must be >= 0, got {mixed_prefill_tokens}")
         if not 0.0 < optimistic_ratio <= 1.0:
             raise ValueError(f"optimistic_ratio must be in (0, 1], got {optimistic_ratio}")
         self.slot_allocator = SlotAllocator(num_slots)
@@ -145,6 +156,7 @@ class Router:
         self.max_prefill_tokens = max_prefill_tokens
         self.max_model_len = max_model_len
         self.decode_steps_per_prefill = decode_steps_per_prefill
+        self.mixed_prefill_tokens = min(mixed_prefill_tokens, max_prefill_tokens)
         self.optimistic = optimistic
         self.optimistic_ratio = optimistic_ratio
         self.waiting: deque[Request] = deque()  # read-only for callers
@@ -224,14 +236,17 @@ class Router:
     # --- scheduling ----------------------------------------------------------------------
     def schedule(self) -> Batch | None:
         """Prefill (continue chunked prompts, then admit new work) when nothing can decode or
-        every `decode_steps_per_prefill` decode steps; otherwise decode every request that has
-        finished its prefill. None when idle."""
+        every `decode_steps_per_prefill` decode steps, with the decoding requests riding along
+        when mixed steps are on; otherwise decode every request that has finished its prefill.
+        None when idle."""
         decodable = self._decodable()  # one pass over the running requests per step
         prefilling = len(decodable) < len(self.running)
         if (self.waiting or prefilling) and (
             not decodable or self._decodes_since_prefill >= self.decode_steps_per_prefill
         ):
-            batch = self._schedule_prefill()
+            if decodable and self.mixed_prefill_tokens:
+                return self._schedule_mixed(decodable)
+            batch = self._schedule_prefill(self.max_prefill_tokens)
             if batch is not None:
                 self._decodes_since_prefill = 0
                 return batch
@@ -240,14 +255,28 @@ class Router:
             if batch.seqs:
                 self._decodes_since_prefill += 1
                 return batch
-            batch = self._schedule_prefill()  # every decodable request was paused
+            batch = self._schedule_prefill(self.max_prefill_tokens)  # every decodable request was paused
             if batch is not None:
                 self._decodes_since_prefill = 0
             return batch
         return None
 
-    def _schedule_prefill(self) -> Batch | None:
-        budget = self.max_prefill_tokens
+    def _schedule_mixed(self, decodable: list[Request]) -> Batch | None:
+        """One decode token for every decodable request, then up to mixed_prefill_tokens of prefill.
+        The decode slots are allocated first (pausing if they run short), so admission sees them held."""
+        decode = self._schedule_decode(decodable)
+        prefill = self._schedule_prefill(self.mixed_prefill_tokens)
+        if prefill is None:
+            if decode.seqs:
+                self._decodes_since_prefill += 1
+                return decode
+            return None
+        self._decodes_since_prefill = 0
+        if not decode.seqs:
+            return prefill
+        return Batch("mixed", decode.seqs + prefill.seqs)
+
+    def _schedule_prefill(self, budget: int) -> Batch | None:
         seqs = []
         for req in self.running.values():  # chunks of admitted prompts first, oldest first
             if budget <= 0:
@@ -310,6 +339,9 @@ class Router:
         return delays, ahead
 
     def _delay(self, tokens_ahead: int) -> int:
+        # A mixed step decodes too, and may carry as little as mixed_prefill_tokens of prefill.
+        if self.mixed_prefill_tokens:
+            return (self.decode_steps_per_prefill + 1) * math.ceil(tokens_ahead / self.mixed_prefill_tokens)
         return self.decode_steps_per_prefill * math.ceil(tokens_ahead / self.max_prefill_tokens)
 
     def _admit(self, token_budget: int) -> list[tuple[Request, CacheNode | None, list[int]]]:

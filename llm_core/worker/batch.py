@@ -1,10 +1,32 @@
-"""Device-side inputs of one forward step and the token KV cache the model reads and writes."""
+"""The inputs of one forward step (host-side StepInput, device-side ForwardBatch) and the token KV cache the
+model reads and writes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+
+@dataclass(slots=True)
+class SeqInput:
+    """One sequence of a step, as plain data (it crosses process boundaries between ranks)."""
+
+    row: int
+    prefix_len: int
+    new_token_ids: list[int]
+    new_slots: list[int]
+    num_prompt_tokens: int = 0
+    image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
+    cached_slots: list[int] | None = None  # prefix-cache hit: slots of positions 0..prefix_len-1
+    image_row_start: int = 0  # image tokens of the prompt before prefix_len (rows of image_embeds)
+
+
+@dataclass(slots=True)
+class StepInput:
+    is_prefill: bool
+    seqs: list[SeqInput] = field(default_factory=list)
 
 
 @dataclass(slots=True)

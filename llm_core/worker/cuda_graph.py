@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_core.worker.batch import ForwardBatch, KVCache
+from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput
 
 MIN_CONTEXT_BUCKET = 4096
 NUM_FIELDS = 7  # rows of the static input buffer, see FIELDS
@@ -83,8 +83,6 @@ def pad_decode_step(step, bucket: int, dummy_row: int, dummy_slot: int):
     A dummy sequence is row `dummy_row`, prefix 0, one new token (id 0) stored to `dummy_slot`:
     seq_len 1, so it reads only req_to_slot[dummy_row, 0], which stays `dummy_slot`.
     """
-    from llm_core.worker.model_runner import SeqInput, StepInput  # runtime import: no cycle
-
     assert not step.is_prefill and len(step.seqs) <= bucket, (step.is_prefill, len(step.seqs), bucket)
     pad = [SeqInput(dummy_row, 0, [0], [dummy_slot]) for _ in range(bucket - len(step.seqs))]
     return StepInput(is_prefill=False, seqs=list(step.seqs) + pad)

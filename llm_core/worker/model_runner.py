@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+import time
 import traceback
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -15,31 +14,13 @@ from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.models.all_reduce import create_symm_mem_all_reduce
 from llm_core.ops import select_ops, torch_ops
-from llm_core.worker.batch import ForwardBatch, KVCache
+from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput
 from llm_core.worker.cuda_graph import DecodeGraphRunner
+from llm_core.worker.warmup import warmup_steps
 
+log = logging.getLogger("llm_core.worker")
 _GIB = 1 << 30
 _CPU_KV_BUDGET = 2 * _GIB  # default KV pool on CPU when max_total_tokens is not given
-
-
-@dataclass(slots=True)
-class SeqInput:
-    """One sequence of a step, as plain data (it crosses process boundaries between ranks)."""
-
-    row: int
-    prefix_len: int
-    new_token_ids: list[int]
-    new_slots: list[int]
-    num_prompt_tokens: int = 0
-    image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
-    cached_slots: list[int] | None = None  # prefix-cache hit: slots of positions 0..prefix_len-1
-    image_row_start: int = 0  # image tokens of the prompt before prefix_len (rows of image_embeds)
-
-
-@dataclass(slots=True)
-class StepInput:
-    is_prefill: bool
-    seqs: list[SeqInput] = field(default_factory=list)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -86,6 +67,7 @@ class ModelRunner:
         self.use_cuda_graph = cfg.cuda_graph and self.device.type == "cuda" and self.ops is not torch_ops
         self.graph_runner: DecodeGraphRunner | None = None
         self.graph_failed = False
+        self.warmup_s = 0.0
 
     # --- KV pool -------------------------------------------------------------------------
     def kv_heads_per_rank(self) -> int:
@@ -129,6 +111,29 @@ class ModelRunner:
             max_batch=min(self.cfg.cuda_graph_max_batch, self.cfg.max_running_requests),
             max_model_len=self.max_model_len,
         )  # fmt: skip
+
+    def warm_up(self, force: bool = False) -> None:
+        """Compile every Triton kernel variant a step can launch and capture every decode graph, so that
+        the first requests after ready pay for neither (worker/warmup.py). CUDA with the Triton ops (and
+        cfg.warmup) only, unless `force` (tests: the same steps through the torch ops)."""
+        if not force and (not self.cfg.warmup or self.ops is torch_ops):
+            return
+        t0 = time.perf_counter()
+        mc = self.model_config
+        steps = warmup_steps(
+            self.kv.num_slots, self.cfg.max_running_requests, self.max_model_len,
+            mc.image_token_index, mc.num_image_tokens, mc.hidden_size,
+        )  # fmt: skip
+        for step in steps:
+            self.forward(step)
+        if self.graph_runner is not None and self.use_cuda_graph:
+            self.graph_runner.capture_all()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmup_s = time.perf_counter() - t0
+        graphs = self.graph_runner.num_graphs if self.graph_runner is not None else 0
+        log.info("rank %d warm: %d prefill shapes, %d decode graphs in %.1f s", self.rank, len(steps), graphs,
+                 self.warmup_s)  # fmt: skip
 
     # --- forward -------------------------------------------------------------------------
     def prepare(self, step: StepInput) -> ForwardBatch:
@@ -212,8 +217,8 @@ class ModelRunner:
             try:
                 return graphs.forward(step)
             except Exception:  # a capture that fails leaves the eager path working
-                print(f"[llm_core] rank {self.rank}: CUDA graph decode failed, running eagerly from now on:\n"
-                      f"{traceback.format_exc()}", file=sys.stderr, flush=True)  # fmt: skip
+                log.error("rank %d: CUDA graph decode failed, running eagerly from now on:\n%s", self.rank,
+                          traceback.format_exc())  # fmt: skip
                 self.use_cuda_graph = False
                 self.graph_failed = True
         batch = self.prepare(step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,8 @@ from llm_core.config import EngineConfig
 from llm_core.detokenizer import load_tokenizer_in_background
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.scheduler import Router
-from llm_core.worker.model_runner import ModelRunner, StepInput
+from llm_core.worker.batch import StepInput
+from llm_core.worker.model_runner import ModelRunner
 from llm_core.worker.scheduler_loop import AddCommand, SchedulerLoop
 
 
@@ -55,6 +57,7 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine decides when we stop
     faulthandler.enable()  # a crash in native code (CUDA, NCCL) still leaves the Python stack in the log
+    logging.basicConfig(level=logging.INFO, format=f"[llm_core rank {rank}] %(levelname)s %(message)s")
     if cfg.dump_stacks_s:  # debugging hangs
         faulthandler.dump_traceback_later(cfg.dump_stacks_s, repeat=True)
     tokenizer = load_tokenizer_in_background(cfg.model_dir) if rank == 0 else None  # while the weights load
@@ -65,6 +68,7 @@ def worker_main(rank: int, cfg: EngineConfig, conn, parent_pid: int) -> None:
         if num_slots < 1:
             raise RuntimeError("no device memory left for the KV cache (raise mem_fraction?)")
         runner.allocate_kv(num_slots)
+        runner.warm_up()
         tokenizer = tokenizer.result() if tokenizer is not None else None
     except BaseException:
         conn.send(("fatal", rank, traceback.format_exc()))
@@ -115,6 +119,7 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         max_prefill_tokens=cfg.max_prefill_tokens,
         max_model_len=runner.max_model_len,
         decode_steps_per_prefill=cfg.decode_steps_per_prefill,
+        mixed_prefill_tokens=cfg.mixed_prefill_tokens,
         optimistic=cfg.optimistic_admission,
         optimistic_ratio=cfg.optimistic_ratio,
         prefix_cache=cfg.prefix_cache,

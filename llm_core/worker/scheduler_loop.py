@@ -17,7 +17,9 @@ from llm_core.outputs import StreamChunk
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
 from llm_core.scheduler import Request, Router
 from llm_core.scheduler.prefix_cache import image_cache_keys
-from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+from llm_core.worker.batch import SeqInput, StepInput
+from llm_core.worker.model_runner import ModelRunner
+from llm_core.worker.timeline import StepTimeline
 
 
 @dataclass(slots=True)
@@ -50,7 +52,11 @@ class SchedulerLoop:
         self.eos_ids = tuple(runner.model_config.eos_token_ids)
         self.tracked: dict[str, _Tracked] = {}
         self.counters = {"prompt_tokens_total": 0, "generation_tokens_total": 0, "requests_finished": 0}
+        self.startup = {"warmup_s": round(runner.warmup_s, 3)}
+        if runner.graph_runner is not None:
+            self.startup["cuda_graphs"] = runner.graph_runner.num_graphs
         self.dirty = True  # stats changed since last report
+        self.timeline = StepTimeline(runner.device)
 
     # --- commands ------------------------------------------------------------------------
     def add(self, cmd: AddCommand) -> None:
@@ -95,29 +101,20 @@ class SchedulerLoop:
 
     # --- one step ------------------------------------------------------------------------
     def step(self) -> None:
+        timeline = self.timeline
+        timeline.begin()
         batch = self.router.schedule()
         if batch is None:
             if self.dirty:
                 self.send(("stats", self.stats()))
                 self.dirty = False
             return
-        step = StepInput(is_prefill=batch.kind == "prefill")
-        for seq in batch.seqs:
-            req = seq.request
-            step.seqs.append(
-                SeqInput(
-                    seq.row,
-                    seq.prefix_len,
-                    list(seq.new_token_ids),
-                    list(seq.new_slots),
-                    len(req.prompt_ids),
-                    req.image_embeds if step.is_prefill else None,
-                    list(seq.cached_slots) if seq.cached_slots else None,
-                    self._image_rows_before(req, seq.prefix_len) if step.is_prefill else 0,
-                )
-            )
+        step = StepInput(is_prefill=batch.is_prefill, seqs=[self._seq_input(seq) for seq in batch.seqs])
+        timeline.mark("schedule")
         self.broadcast(step)
+        timeline.gpu_start()
         logits = self.runner.forward(step)
+        timeline.gpu_end()
         # A prefill chunk that is not its request's last samples nothing.
         rows = [i for i, seq in enumerate(batch.seqs) if seq.samples]
         sampling = [batch.seqs[i] for i in rows]
@@ -125,15 +122,36 @@ class SchedulerLoop:
         if sampling:
             if len(sampling) < len(batch.seqs):
                 logits = logits[rows]
-            result = self.sampler(logits, [self._sampling_input(seq.request) for seq in sampling])
+            inputs = [self._sampling_input(seq.request) for seq in sampling]
+            timeline.mark("launch")
+            result = self.sampler(logits, inputs)  # the ids come back to the host: waits for the GPU
+            timeline.mark("wait")
             for i, seq in enumerate(sampling):
                 logprob = result.logprobs[i] if result.logprobs is not None else None
                 chunk = self._on_token(seq.request, result.token_ids[i], logprob)
                 if chunk is not None:
                     chunks.append(chunk)
+        else:
+            timeline.mark("launch")
         self.counters["generation_tokens_total"] += len(sampling)
         self.dirty = False
         self.send(("outputs", chunks, self.stats()))
+        timeline.mark("output")
+        timeline.end(batch.kind, len(step.seqs), batch.num_tokens, busy=self.has_work())
+
+    def _seq_input(self, seq) -> SeqInput:
+        req = seq.request
+        in_prompt = seq.prefix_len < len(req.prompt_ids)  # a prompt chunk: it may hold image tokens
+        return SeqInput(
+            seq.row,
+            seq.prefix_len,
+            list(seq.new_token_ids),
+            list(seq.new_slots),
+            len(req.prompt_ids),
+            req.image_embeds if in_prompt else None,
+            list(seq.cached_slots) if seq.cached_slots else None,
+            self._image_rows_before(req, seq.prefix_len) if in_prompt else 0,
+        )
 
     def _image_rows_before(self, req: Request, position: int) -> int:
         if req.image_embeds is None or position == 0:
@@ -202,4 +220,4 @@ class SchedulerLoop:
         return StreamChunk(request_id, [], "error", error=message, time=time.monotonic())
 
     def stats(self) -> dict:
-        return {**self.router.stats(), **self.counters}
+        return {**self.router.stats(), **self.counters, **self.startup, **self.timeline.summary()}

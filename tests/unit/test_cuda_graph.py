@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llm_core.config import EngineConfig
+from llm_core.worker.batch import SeqInput, StepInput
 from llm_core.worker.cuda_graph import (
     DecodeGraphRunner,
     batch_buckets,
@@ -20,7 +21,7 @@ from llm_core.worker.cuda_graph import (
     is_plain_decode,
     pad_decode_step,
 )
-from llm_core.worker.model_runner import ModelRunner, SeqInput, StepInput
+from llm_core.worker.model_runner import ModelRunner
 
 
 def test_batch_buckets() -> None:

@@ -1,0 +1,99 @@
+"""Where the rank-0 loop's time goes: one record per step, summed per step kind.
+
+A step of the loop is: schedule (router + step inputs), launch (input staging and the forward's kernel
+launches, or a CUDA graph replay), wait (until the GPU is done: the sampled ids come back), output (tokens
+into requests, stop checks, chunks sent to the engine). The time between the end of one step and the
+start of the next is spent reading commands (`between`, while requests are in flight) or idle (nothing
+to run). On CUDA the forward is bracketed by two events, so the
+GPU time of each step is known too; their elapsed time is read after the step's sync, never forcing one.
+
+`summary()` gives totals per kind ("decode", "prefill", "mixed") in the engine's stats, as flat keys
+`step_<kind>_<field>` (counts, rows, tokens and seconds), plus `step_between_s` and `step_idle_s`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import torch
+
+PHASES = ("schedule", "launch", "wait", "output")
+
+
+@dataclass(slots=True)
+class KindTotals:
+    steps: int = 0
+    rows: int = 0  # sequences
+    tokens: int = 0  # new tokens computed
+    schedule_s: float = 0.0
+    launch_s: float = 0.0
+    wait_s: float = 0.0
+    output_s: float = 0.0
+    gpu_s: float = 0.0  # CUDA events around the forward (0 on CPU)
+    wall_s: float = 0.0
+
+
+class StepTimeline:
+    """Records the phases of each step; `begin` ... `mark(phase)` ... `end(kind, rows, tokens)`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, KindTotals] = {}
+        self.idle_s = 0.0
+        self.between_s = 0.0
+        self._busy = False  # requests were in flight when the last step ended
+        self._last_end = time.perf_counter()
+        self._t0 = self._mark = self._last_end
+        self._phases = dict.fromkeys(PHASES, 0.0)
+        if self.cuda:
+            self._gpu_start = torch.cuda.Event(enable_timing=True)
+            self._gpu_end = torch.cuda.Event(enable_timing=True)
+
+    def begin(self) -> None:
+        now = time.perf_counter()
+        if self._busy:
+            self.between_s += now - self._last_end
+        else:
+            self.idle_s += now - self._last_end
+        self._t0 = self._mark = now
+
+    def mark(self, phase: str) -> None:
+        """The time since the previous mark (or begin) was spent in `phase`."""
+        now = time.perf_counter()
+        self._phases[phase] += now - self._mark
+        self._mark = now
+
+    def gpu_start(self) -> None:
+        if self.cuda:
+            self._gpu_start.record()
+
+    def gpu_end(self) -> None:
+        if self.cuda:
+            self._gpu_end.record()
+
+    def end(self, kind: str, rows: int, tokens: int, busy: bool) -> None:
+        """After the step's outputs are sent (its GPU work is complete by then); busy: work remains."""
+        now = time.perf_counter()
+        self._busy = busy
+        totals = self.totals.get(kind)
+        if totals is None:
+            totals = self.totals[kind] = KindTotals()
+        totals.steps += 1
+        totals.rows += rows
+        totals.tokens += tokens
+        for phase in PHASES:
+            setattr(totals, f"{phase}_s", getattr(totals, f"{phase}_s") + self._phases[phase])
+            self._phases[phase] = 0.0
+        if self.cuda:
+            totals.gpu_s += self._gpu_start.elapsed_time(self._gpu_end) / 1000.0
+        totals.wall_s += now - self._t0
+        self._last_end = now
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {"step_idle_s": round(self.idle_s, 6), "step_between_s": round(self.between_s, 6)}
+        for kind, totals in self.totals.items():
+            for f in fields(KindTotals):
+                value = getattr(totals, f.name)
+                out[f"step_{kind}_{f.name}"] = round(value, 6) if isinstance(value, float) else value
+        return out
