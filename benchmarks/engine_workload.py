@@ -63,6 +63,7 @@ def run_workload(engine, name: str, vocab: int, scale: float, seed: int = 0) -> 
     ]
     q: queue.Queue = queue.Queue()
     sent: dict[str, float] = {}
+    expected: dict[str, int] = {}
     first: dict[str, float] = {}
     records = []
     before = engine.stats()
@@ -73,6 +74,7 @@ def run_workload(engine, name: str, vocab: int, scale: float, seed: int = 0) -> 
         params = SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True)
         rid = engine.add_request(prompt, params, output_queue=q)
         sent[rid] = time.perf_counter()
+        expected[rid] = out_len
 
     pending = list(reversed(jobs))
     for _ in range(min(clients, len(pending))):
@@ -89,6 +91,8 @@ def run_workload(engine, name: str, vocab: int, scale: float, seed: int = 0) -> 
         counts[rid] = counts.get(rid, 0) + len(chunk.token_ids)
         if chunk.finished:
             n = counts[rid]
+            if n != expected[rid] or chunk.finish_reason != "length":
+                raise RuntimeError(f"{rid}: {n} tokens ({chunk.finish_reason}), expected {expected[rid]}")
             records.append((first[rid] - sent[rid], (now - first[rid]) / (n - 1) if n > 1 else None, n))
             if pending:
                 send(pending.pop())

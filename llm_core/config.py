@@ -33,6 +33,9 @@ class EngineConfig:
     # Mixed steps: a prefill due while requests decode carries them along (one token each) and at most this
     # many prefill tokens; 0: prefill and decode steps stay separate.
     mixed_prefill_tokens: int = 2048
+    # Overlapped loop: the host schedules and queues step N+1 while the device runs step N (the sampled ids
+    # stay on the device). tp == 1 with exact admission; elsewhere each step is finished before the next.
+    overlap_schedule: bool = True
     optimistic_admission: bool = False  # estimate remaining output instead of max_tokens
     optimistic_ratio: float = 0.5  # fraction of max_tokens assumed when optimistic
     # Keep finished requests' tokens in the KV pool (a radix tree, evicted LRU when slots run short)
@@ -93,6 +96,12 @@ class EngineConfig:
             raise ValueError("model_dir is required (a Hugging Face model directory)")
 
     @property
+    def overlaps_steps(self) -> bool:
+        """Whether the rank-0 loop overlaps steps: not at tp > 1 (the other ranks would need the device ids)
+        nor with optimistic admission (a pause would re-queue a request whose last id is not seen yet)."""
+        return self.overlap_schedule and self.tp == 1 and not self.optimistic_admission
+
+    @property
     def torch_dtype_name(self) -> str:
         if self.dtype != "auto":
             return self.dtype
@@ -111,6 +120,7 @@ ENV_VARS = {
     "max_prefill_tokens": "LLM_MAX_PREFILL_TOKENS",
     "decode_steps_per_prefill": "LLM_DECODE_STEPS_PER_PREFILL",
     "mixed_prefill_tokens": "LLM_MIXED_PREFILL_TOKENS",
+    "overlap_schedule": "LLM_OVERLAP_SCHEDULE",
     "mem_fraction": "LLM_MEM_FRACTION",
     "prefix_cache": "LLM_PREFIX_CACHE",
     "force_torch_ops": "LLM_FORCE_TORCH_OPS",

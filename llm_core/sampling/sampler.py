@@ -21,6 +21,10 @@ O(new tokens) per step; without one they are rebuilt from the token lists.
 
 Logprobs are those of the raw model distribution, log_softmax(logits), at the chosen token
 (as in vLLM); they are computed only when some row asks for them.
+
+`Sampler.sample` leaves its results on the logits' device and never waits for the device (small
+host lists go up through pinned memory), so the rank-0 loop can queue the next step before the ids
+come back; calling the sampler returns them as host lists.
 """
 
 from __future__ import annotations
@@ -73,6 +77,22 @@ class SampleResult:
     logprobs: list[float] | None  # per row; 0.0 for rows that did not ask, None if none asked
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceSample:
+    """`Sampler.sample`'s results, still on the logits' device."""
+
+    token_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor | None  # [B] fp32 (0.0 for rows that did not ask), None if none asked
+
+
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list on `device` without waiting for the device's queue (pinned, non-blocking copy)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
     """The per-request generator for `SamplingInput.generator` (None when unseeded)."""
     if seed is None:
@@ -88,6 +108,11 @@ class Sampler:
         self._generators: dict[torch.device, torch.Generator] = {}
 
     def __call__(self, logits: torch.Tensor, inputs: list[SamplingInput]) -> SampleResult:
+        result = self.sample(logits, inputs)
+        logprobs = result.logprobs.tolist() if result.logprobs is not None else None
+        return SampleResult(result.token_ids.tolist(), logprobs)
+
+    def sample(self, logits: torch.Tensor, inputs: list[SamplingInput]) -> DeviceSample:
         # logits: [B, V] fp32, one row per input.
         assert logits.dim() == 2 and logits.shape[0] == len(inputs), (logits.shape, len(inputs))
         assert logits.dtype == torch.float32, logits.dtype
@@ -100,17 +125,16 @@ class Sampler:
         token_ids = logits.argmax(dim=-1)  # [B]; kept for greedy rows
         sampled_rows = [i for i, inp in enumerate(inputs) if not inp.params.greedy]
         if sampled_rows:
-            rows = torch.tensor(sampled_rows, device=logits.device)
+            rows = to_device(sampled_rows, torch.int64, logits.device)
             probs = _filtered_probs(logits[rows], [inputs[i].params for i in sampled_rows])
             q = self._exponentials(probs.shape[1], [inputs[i].generator for i in sampled_rows], logits.device)
             token_ids[rows] = (probs / q).argmax(dim=-1)
 
-        chosen = token_ids.tolist()
         if logprobs is None:
-            return SampleResult(chosen, None)
-        picked = logprobs.gather(1, token_ids[:, None]).squeeze(1).tolist()
-        asked = [inp.params.logprobs for inp in inputs]
-        return SampleResult(chosen, [lp if ask else 0.0 for lp, ask in zip(picked, asked, strict=True)])
+            return DeviceSample(token_ids, None)
+        picked = logprobs.gather(1, token_ids[:, None]).squeeze(1)
+        asked = to_device([bool(inp.params.logprobs) for inp in inputs], torch.bool, logits.device)
+        return DeviceSample(token_ids, torch.where(asked, picked, torch.zeros_like(picked)))
 
     def _exponentials(
         self, vocab_size: int, generators: list[torch.Generator | None], device: torch.device
@@ -122,10 +146,11 @@ class Sampler:
         for i, g in enumerate(generators):
             if g is not None:
                 q[i].exponential_(generator=g)
-        if shared:
-            q[shared] = torch.empty(len(shared), vocab_size, device=device).exponential_(
-                generator=self._shared_generator(device)
-            )
+        if len(shared) == len(generators):
+            q.exponential_(generator=self._shared_generator(device))
+        elif shared:
+            draws = torch.empty(len(shared), vocab_size, device=device)
+            q[to_device(shared, torch.int64, device)] = draws.exponential_(generator=self._shared_generator(device))
         # Exp(1) may return exactly 0 on some backends: probs / 0 would be inf (or NaN).
         return q.clamp_(min=torch.finfo(q.dtype).tiny)
 
@@ -152,7 +177,7 @@ def _apply_min_tokens(logits: torch.Tensor, inputs: list[SamplingInput]) -> torc
     if not rows:
         return logits
     logits = logits.clone()
-    index = (torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device))
+    index = (to_device(rows, torch.int64, logits.device), to_device(cols, torch.int64, logits.device))
     logits[index] = float("-inf")
     return logits
 
@@ -211,15 +236,15 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
     device = logits.device
     vocab_size = logits.shape[1]
     # The floor only keeps logits / temperature finite; below it sampling is argmax anyway.
-    temperature = torch.tensor([max(p.temperature, 1e-6) for p in params], device=device)[:, None]
+    temperature = to_device([max(p.temperature, 1e-6) for p in params], torch.float32, device)[:, None]
     logits = logits / temperature
     if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
         sorted_logits, order = logits.sort(dim=-1, descending=True)  # [S, V]
-        top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab_size for p in params], device=device)
+        top_k = to_device([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64, device)
         rank = torch.arange(vocab_size, device=device)
         sorted_logits = sorted_logits.masked_fill(rank[None, :] >= top_k[:, None], float("-inf"))
         if any(p.top_p < 1.0 for p in params):
-            top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
+            top_p = to_device([p.top_p for p in params], torch.float32, device)[:, None]
             sorted_probs = sorted_logits.softmax(dim=-1)
             mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [S, V], 0 at rank 0
             drop = (mass_before >= top_p) & (top_p < 1.0)
@@ -227,7 +252,7 @@ def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch
         logits = torch.empty_like(logits).scatter_(1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
     if any(p.min_p > 0.0 for p in params):
-        min_p = torch.tensor([p.min_p for p in params], device=device)[:, None]
+        min_p = to_device([p.min_p for p in params], torch.float32, device)[:, None]
         threshold = min_p * probs.max(dim=-1, keepdim=True).values
         probs = probs.masked_fill(probs < threshold, 0.0)
     return probs

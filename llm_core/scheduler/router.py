@@ -125,7 +125,8 @@ class Router:
         every waiting one (paused requests go back to the front of `waiting`);
       - exact budgets (optimistic=False): the running set satisfies fits(), so a decode step
         never lacks slots and nothing is ever paused. A prefilling request counts with its
-        budget plus the decode steps it may still wait for its chunks (_prefill_delays);
+        budget plus the decode steps it may still wait for its chunks (_prefill_delays), and
+        every request with `lookahead` more steps of life (finish() may come that much later);
       - once every request has finished or been aborted, all slots and rows are free.
     """
 
@@ -140,6 +141,7 @@ class Router:
         optimistic_ratio: float = 0.5,
         prefix_cache: bool = False,
         mixed_prefill_tokens: int = 0,
+        lookahead: int = 0,
     ):
         for name, value in (("max_prefill_tokens", max_prefill_tokens), ("max_model_len", max_model_len)):
             if value < 1:
@@ -157,6 +159,9 @@ class Router:
         self.max_model_len = max_model_len
         self.decode_steps_per_prefill = decode_steps_per_prefill
         self.mixed_prefill_tokens = min(mixed_prefill_tokens, max_prefill_tokens)
+        # Steps a request may keep its slots after its last decode step: 1 when the caller learns the sampled
+        # ids one step late (the overlapped loop), so finish() comes one step after the step that ends it.
+        self.lookahead = lookahead
         self.optimistic = optimistic
         self.optimistic_ratio = optimistic_ratio
         self.waiting: deque[Request] = deque()  # read-only for callers
@@ -184,10 +189,13 @@ class Router:
             raise ValueError(f"append_token: request {req.request_id!r} is {req.status.value}")
         req.output_ids.append(token_id)
 
-    def finish(self, req: Request, reason: str) -> None:
-        """Free the slots and row of a running request and forget it."""
+    def finish(self, req: Request, reason: str, num_output: int | None = None) -> None:
+        """Free the slots and row of a running request and forget it. `num_output`: its output ends there
+        (the scheduler loop may already have appended an id sampled past the finish)."""
         if self.running.get(req.request_id) is not req:
             raise ValueError(f"finish: request {req.request_id!r} is not running")
+        if num_output is not None:
+            del req.output_ids[num_output:]
         del self.running[req.request_id]
         del self._live[req.request_id]
         if self.cache is not None:
@@ -240,7 +248,7 @@ class Router:
         when mixed steps are on; otherwise decode every request that has finished its prefill.
         None when idle."""
         decodable = self._decodable()  # one pass over the running requests per step
-        prefilling = len(decodable) < len(self.running)
+        prefilling = any(r.is_prefilling for r in self.running.values())
         if (self.waiting or prefilling) and (
             not decodable or self._decodes_since_prefill >= self.decode_steps_per_prefill
         ):
@@ -356,7 +364,11 @@ class Router:
         Returns (request, locked cache node or None, cached slots) in admission order."""
         delays, ahead = self._prefill_delays()
         entries = sorted(
-            (-(self._budget(r) + delays.get(r.request_id, 0)), len(r.slots) - r.num_cached, self._budget(r))
+            (
+                -(self._budget(r) + delays.get(r.request_id, 0) + self.lookahead),
+                len(r.slots) - r.num_cached,
+                self._budget(r),
+            )  # fmt: skip
             for r in self.running.values()
         )
         cache = self.cache
@@ -371,7 +383,7 @@ class Router:
             n = req.num_tokens - len(cached)  # tokens to prefill
             rest = n - min(n, token_budget)
             grows = self._budget(req)
-            candidate = (-(grows + (self._delay(ahead + rest) if rest else 0)), n, grows)
+            candidate = (-(grows + (self._delay(ahead + rest) if rest else 0) + self.lookahead), n, grows)
             bisect.insort(entries, candidate)
             locked = 0 if cache is None else cache.num_locked + (cache.unlocked_on_path(node) if node else 0)
             if _peak(entries) + locked > self.num_slots:
@@ -385,7 +397,13 @@ class Router:
         return admitted
 
     def _decodable(self) -> list[Request]:
-        return [r for r in self.running.values() if not r.is_prefilling]
+        """Running requests past their prefill with tokens to go. A request at its budget or at the context
+        end is only waiting for finish() (its last id is still on the device, in the overlapped loop)."""
+        limit = self.max_model_len
+        return [
+            r for r in self.running.values()
+            if not r.is_prefilling and r.remaining_budget > 0 and r.num_tokens < limit
+        ]  # fmt: skip
 
     def _schedule_decode(self, reqs: list[Request]) -> Batch:
         """Decode `reqs` (the running requests past their prefill), pausing the newest first if

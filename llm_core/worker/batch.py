@@ -29,6 +29,24 @@ class StepInput:
     seqs: list[SeqInput] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenFeed:
+    """Input ids still on the device: the step's packed new tokens at `positions` take `token_ids`
+    (sampled by the step before, not yet seen by the host). The host lists hold a placeholder there."""
+
+    positions: torch.Tensor  # [M] int64, indices into the step's packed tokens
+    token_ids: torch.Tensor  # [M] int64
+
+
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` on `device`: on CUDA a non-blocking copy from pinned memory, which does not wait for the
+    work already queued on the device (a pageable copy would)."""
+    host = torch.from_numpy(array)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass(slots=True)
 class KVCache:
     """Token-granular KV storage of one rank (DESIGN §3 "TokenAttention").

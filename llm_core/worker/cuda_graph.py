@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput
+from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed
 
 MIN_CONTEXT_BUCKET = 4096
 NUM_FIELDS = 7  # rows of the static input buffer, see FIELDS
@@ -149,10 +149,12 @@ class DecodeGraphRunner:
         assert kv.req_to_slot.is_contiguous() and self.row_stride >= max_model_len
         max_bs = self.batch_buckets[-1]
         pinned = self.device.type == "cuda"
-        self._host = torch.empty(NUM_FIELDS * max_bs, dtype=torch.int64, pin_memory=pinned)
-        self._host_np = self._host.numpy()
+        # Two pinned staging buffers, used in turn: the copy of one may still be queued behind the step
+        # before (the loop queues a step before the previous one is done).
+        self._host = [torch.empty(NUM_FIELDS * max_bs, dtype=torch.int64, pin_memory=pinned) for _ in range(2)]
         self._inputs = torch.zeros(NUM_FIELDS * max_bs, dtype=torch.int64, device=self.device)
-        self._copied = torch.cuda.Event() if pinned else None  # the last staging copy is done
+        self._copied = [torch.cuda.Event() if pinned else None for _ in range(2)]  # each buffer's last copy done
+        self._turn = 0
         self.logits = torch.zeros((max_bs, vocab_size), dtype=torch.float32, device=self.device)
         # Every tensor a graph reads must outlive it: these are sliced per bucket, never freed.
         self._arange32 = torch.arange(max_bs + 1, dtype=torch.int32, device=self.device)  # query_start_loc
@@ -177,8 +179,9 @@ class DecodeGraphRunner:
     def can_run(self, step) -> bool:
         return self.buckets_for(step) is not None
 
-    def forward(self, step) -> torch.Tensor:
-        """[B, vocab] fp32 logits of a decode step; a view valid until the next forward call."""
+    def forward(self, step: StepInput, feed: TokenFeed | None = None) -> torch.Tensor:
+        """[B, vocab] fp32 logits of a decode step; a view valid until the next forward call. `feed`: input
+        ids still on the device (sampled by the previous step), written over the staged ones."""
         buckets = self.buckets_for(step)
         assert buckets is not None, "not a step for the graph runner (check can_run)"
         bs, ctx = buckets
@@ -186,6 +189,8 @@ class DecodeGraphRunner:
         if entry is None:
             entry = self._entries[buckets] = self._make_entry(bs, ctx)
         self.stage(decode_arrays(step.seqs, bs, self.dummy_row, self.dummy_slot, self.row_stride))
+        if feed is not None:  # row 0 of the static buffer: the input ids
+            self._inputs[:bs].index_copy_(0, feed.positions, feed.token_ids)
         entry.run()
         return self.logits[: len(step.seqs)]
 
@@ -200,12 +205,14 @@ class DecodeGraphRunner:
     def stage(self, arrays: np.ndarray) -> None:
         """Copy [NUM_FIELDS, bs] int64 inputs into the static device buffer (one copy)."""
         k = arrays.size
-        if self._copied is not None:
-            self._copied.synchronize()  # the pinned buffer is free again
-        self._host_np[:k] = arrays.reshape(-1)
-        self._inputs[:k].copy_(self._host[:k], non_blocking=True)
-        if self._copied is not None:
-            self._copied.record()
+        self._turn ^= 1
+        host, copied = self._host[self._turn], self._copied[self._turn]
+        if copied is not None:
+            copied.synchronize()  # this buffer's previous copy (two steps ago) is done: free again
+        host.numpy()[:k] = arrays.reshape(-1)
+        self._inputs[:k].copy_(host[:k], non_blocking=True)
+        if copied is not None:
+            copied.record()
 
     def _run_static(self, bs: int, ctx: int, query_start_loc: torch.Tensor, logits_indices: torch.Tensor) -> None:
         """The captured work: one decode step of bucket (bs, ctx) from the static buffers."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 import traceback
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -14,7 +16,7 @@ from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.models.all_reduce import create_symm_mem_all_reduce
 from llm_core.ops import select_ops, torch_ops
-from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput
+from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device
 from llm_core.worker.cuda_graph import DecodeGraphRunner
 from llm_core.worker.warmup import warmup_steps
 
@@ -136,10 +138,13 @@ class ModelRunner:
                  self.warmup_s)  # fmt: skip
 
     # --- forward -------------------------------------------------------------------------
-    def prepare(self, step: StepInput) -> ForwardBatch:
+    def prepare(self, step: StepInput, feed: TokenFeed | None = None) -> ForwardBatch:
+        """The device inputs of an eager step: one host-to-device copy from pinned memory, no wait for
+        the device's queue (the previous step may still run). `feed` overwrites some input ids on the device."""
         input_ids: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
+        token_rows: list[int] = []  # request row of each new token
         rows: list[int] = []
         cached_rows: list[int] = []  # prefix-cache hits: their rows, positions and slots
         cached_positions: list[int] = []
@@ -147,7 +152,7 @@ class ModelRunner:
         prefix_lens: list[int] = []
         seq_lens: list[int] = []
         starts = [0]
-        image_rows: list[torch.Tensor] = []
+        image_rows: list[np.ndarray] = []
         image_positions: list[int] = []
         for seq in step.seqs:
             n = len(seq.new_token_ids)
@@ -155,6 +160,7 @@ class ModelRunner:
             input_ids += seq.new_token_ids
             positions += range(seq.prefix_len, seq.prefix_len + n)
             out_slots += seq.new_slots
+            token_rows += [seq.row] * n
             rows.append(seq.row)
             if seq.cached_slots:
                 cached_rows += [seq.row] * len(seq.cached_slots)
@@ -163,39 +169,44 @@ class ModelRunner:
             prefix_lens.append(seq.prefix_len)
             seq_lens.append(seq.prefix_len + n)
             starts.append(base + n)
-            if seq.image_embeds is not None and step.is_prefill:
+            if seq.image_embeds is not None:
                 idx, pos = self._image_positions(seq)
                 if idx:
-                    image_rows.append(torch.from_numpy(seq.image_embeds[idx]))
+                    image_rows.append(seq.image_embeds[idx])
                     image_positions += [base + p for p in pos]
-        dev = self.device
-        to_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)  # noqa: E731
-        positions_t = torch.tensor(positions, dtype=torch.int64, device=dev)
-        out_slots_t = to_i32(out_slots)
-        starts_t = to_i32(starts)
-        rows_t = to_i32(rows)
+        num_tokens, num_seqs = len(input_ids), len(rows)
+        # One int64 array, sliced on the device: per token, per prefix-cache entry, per sequence, per image row.
+        parts = (input_ids, positions, out_slots, token_rows, cached_rows, cached_positions, cached_slots,
+                 rows, prefix_lens, seq_lens, starts, [s - 1 for s in starts[1:]], image_positions)  # fmt: skip
+        sizes = [len(p) for p in parts]
+        flat = host_to_device(np.fromiter(itertools.chain(*parts), dtype=np.int64, count=sum(sizes)), self.device)
+        (ids_t, positions_t, out_slots_t, token_rows_t, cached_rows_t, cached_positions_t, cached_slots_t,
+         rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t) = flat.split(sizes)  # fmt: skip
+        if feed is not None:
+            ids_t = ids_t.index_copy(0, feed.positions, feed.token_ids)
+        out_slots_t = out_slots_t.to(torch.int32)
         # Record where each new token's KV lives: req_to_slot[row, position] = slot.
-        rows_per_token = torch.repeat_interleave(rows_t.long(), starts_t.diff().long())
-        self.kv.req_to_slot[rows_per_token, positions_t] = out_slots_t
+        self.kv.req_to_slot[token_rows_t, positions_t] = out_slots_t
         if cached_slots:  # and where the shared prefix of a prefix-cache hit lives
-            index = (torch.tensor(cached_rows, device=dev), torch.tensor(cached_positions, device=dev))
-            self.kv.req_to_slot[index] = to_i32(cached_slots)
+            self.kv.req_to_slot[cached_rows_t, cached_positions_t] = cached_slots_t.to(torch.int32)
         batch = ForwardBatch(
             is_prefill=step.is_prefill,
-            input_ids=torch.tensor(input_ids, dtype=torch.int64, device=dev),
+            input_ids=ids_t,
             positions=positions_t,
             out_slots=out_slots_t,
-            req_rows=rows_t,
-            prefix_lens=to_i32(prefix_lens),
-            seq_lens=to_i32(seq_lens),
-            query_start_loc=starts_t,
-            logits_indices=(starts_t[1:] - 1).long(),
-            max_query_len=max(s - e for s, e in zip(starts[1:], starts[:-1], strict=True)),
+            req_rows=rows_t.to(torch.int32),
+            prefix_lens=prefix_lens_t.to(torch.int32),
+            seq_lens=seq_lens_t.to(torch.int32),
+            query_start_loc=starts_t.to(torch.int32),
+            logits_indices=logits_t,
+            max_query_len=max(e - s for s, e in zip(starts[:-1], starts[1:], strict=True)),
             max_seq_len=max(seq_lens),
         )
+        assert num_tokens == len(out_slots) and num_seqs >= 1, (num_tokens, len(out_slots), num_seqs)
         if image_rows:
-            batch.image_embeds = torch.cat(image_rows).to(dev, self.dtype)
-            batch.image_positions = torch.tensor(image_positions, dtype=torch.int64, device=dev)
+            embeds = host_to_device(np.concatenate(image_rows).astype(np.float32, copy=False), self.device)
+            batch.image_embeds = embeds.to(self.dtype)
+            batch.image_positions = image_positions_t
         return batch
 
     def _image_positions(self, seq: SeqInput) -> tuple[list[int], list[int]]:
@@ -210,16 +221,17 @@ class ModelRunner:
         return [seq.image_row_start + k for k in range(len(offsets))], offsets
 
     @torch.inference_mode()
-    def forward(self, step: StepInput) -> torch.Tensor:
-        """[B, vocab] fp32 logits; from a CUDA graph, a view valid until the next forward."""
+    def forward(self, step: StepInput, feed: TokenFeed | None = None) -> torch.Tensor:
+        """[B, vocab] fp32 logits; from a CUDA graph, a view valid until the next forward. Queued on the
+        device, not waited for. `feed`: input ids that are still on the device (sampled by the previous step)."""
         graphs = self.graph_runner
         if self.use_cuda_graph and graphs is not None and graphs.can_run(step):
             try:
-                return graphs.forward(step)
+                return graphs.forward(step, feed)
             except Exception:  # a capture that fails leaves the eager path working
                 log.error("rank %d: CUDA graph decode failed, running eagerly from now on:\n%s", self.rank,
                           traceback.format_exc())  # fmt: skip
                 self.use_cuda_graph = False
                 self.graph_failed = True
-        batch = self.prepare(step)
+        batch = self.prepare(step, feed)
         return self.model(batch, self.kv, self.ops)  # [B, vocab] fp32

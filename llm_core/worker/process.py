@@ -120,12 +120,13 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         max_model_len=runner.max_model_len,
         decode_steps_per_prefill=cfg.decode_steps_per_prefill,
         mixed_prefill_tokens=cfg.mixed_prefill_tokens,
+        lookahead=1 if cfg.overlaps_steps else 0,
         optimistic=cfg.optimistic_admission,
         optimistic_ratio=cfg.optimistic_ratio,
         prefix_cache=cfg.prefix_cache,
     )
     broadcast = _broadcaster(cpu_group)
-    loop = SchedulerLoop(runner, router, tokenizer, conn.send, broadcast)
+    loop = SchedulerLoop(runner, router, tokenizer, conn.send, broadcast, overlap=cfg.overlaps_steps)
     conn.send(("ready", 0, num_slots))
     try:
         while True:

@@ -15,11 +15,16 @@ import torch
 from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
+from llm_core.sampling.sampler import to_device
 from llm_core.scheduler import Request, Router
 from llm_core.scheduler.prefix_cache import image_cache_keys
-from llm_core.worker.batch import SeqInput, StepInput
+from llm_core.scheduler.router import Batch
+from llm_core.worker.batch import SeqInput, StepInput, TokenFeed
 from llm_core.worker.model_runner import ModelRunner
-from llm_core.worker.timeline import StepTimeline
+from llm_core.worker.timeline import GpuSpan, StepTimeline
+
+# An output id the host has not seen yet: sampled by a step still queued on the device.
+PLACEHOLDER = -1
 
 
 @dataclass(slots=True)
@@ -41,8 +46,31 @@ class _Tracked:
     penalty_counts: PenaltyCounts | None = None  # device token counts, for requests with penalties
 
 
+@dataclass(slots=True)
+class _Launched:
+    """A step queued on the device whose sampled ids the host has not read yet."""
+
+    kind: str
+    gpu: GpuSpan | None
+    sampled: list[tuple[Request, int]] = field(default_factory=list)  # (request, index in its output_ids)
+    row_of: dict[str, int] = field(default_factory=dict)  # request_id -> its row of device_ids
+    device_ids: torch.Tensor | None = None  # [S] int64 on the device
+    host_ids: torch.Tensor | None = None  # [S] int64, filled by a non-blocking copy
+    host_logprobs: torch.Tensor | None = None  # [S] fp32, likewise
+    copied: torch.cuda.Event | None = None  # both copies are done
+    needs_sync: bool = False  # a row has penalties: its ids are needed before the next step is sampled
+
+
 class SchedulerLoop:
-    def __init__(self, runner: ModelRunner, router: Router, tokenizer, send: Callable, broadcast: Callable):
+    def __init__(
+        self,
+        runner: ModelRunner,
+        router: Router,
+        tokenizer,
+        send: Callable,
+        broadcast: Callable,
+        overlap: bool = False,
+    ):
         self.runner = runner
         self.router = router
         self.tokenizer = tokenizer
@@ -57,6 +85,8 @@ class SchedulerLoop:
             self.startup["cuda_graphs"] = runner.graph_runner.num_graphs
         self.dirty = True  # stats changed since last report
         self.timeline = StepTimeline(runner.device)
+        self.overlap = overlap  # queue step N+1 before reading step N's ids (see step())
+        self.launched: _Launched | None = None
 
     # --- commands ------------------------------------------------------------------------
     def add(self, cmd: AddCommand) -> None:
@@ -97,47 +127,130 @@ class SchedulerLoop:
         self.send(("outputs", [StreamChunk(request_id, [], "abort", time=time.monotonic())], self.stats()))
 
     def has_work(self) -> bool:
-        return bool(self.tracked)
+        return bool(self.tracked) or self.launched is not None
 
-    # --- one step ------------------------------------------------------------------------
+    # --- one iteration ---------------------------------------------------------------------
     def step(self) -> None:
+        """Schedule and queue the next step on the device, then finish the step queued before it.
+
+        With `overlap`, the device runs step N while the host schedules and queues step N+1: the ids
+        sampled by N stay on the device and are fed into N+1's inputs (`TokenFeed`); the host appends
+        a PLACEHOLDER for each and fills it in when N's ids come back, after N+1 is queued. A request
+        that N finishes (eos, stop) has been scheduled into N+1 too: its extra token is dropped. Requests
+        whose rows need penalties are finished before the next step is scheduled (their counts need
+        the ids). Without `overlap` every step is finished before the next is scheduled.
+        """
         timeline = self.timeline
         timeline.begin()
+        prev, self.launched = self.launched, None
+        chunks: list[StreamChunk] = []
+        done: _Launched | None = None
+        if prev is not None and prev.needs_sync:
+            chunks += self._complete(prev)
+            done, prev = prev, None
         batch = self.router.schedule()
         if batch is None:
-            if self.dirty:
-                self.send(("stats", self.stats()))
-                self.dirty = False
+            if prev is not None:
+                chunks += self._complete(prev)
+                done = prev
+            if done is None:
+                if self.dirty:
+                    self.send(("stats", self.stats()))
+                    self.dirty = False
+                return
+            self.send(("outputs", chunks, self.stats()))
+            timeline.mark("output")
+            timeline.end("drain", 0, 0, busy=self.has_work(), gpu=done.gpu, gpu_kind=done.kind)
             return
         step = StepInput(is_prefill=batch.is_prefill, seqs=[self._seq_input(seq) for seq in batch.seqs])
+        feed = self._feed(batch, prev)
         timeline.mark("schedule")
         self.broadcast(step)
-        timeline.gpu_start()
-        logits = self.runner.forward(step)
-        timeline.gpu_end()
-        # A prefill chunk that is not its request's last samples nothing.
-        rows = [i for i, seq in enumerate(batch.seqs) if seq.samples]
-        sampling = [batch.seqs[i] for i in rows]
-        chunks = []
-        if sampling:
-            if len(sampling) < len(batch.seqs):
-                logits = logits[rows]
-            inputs = [self._sampling_input(seq.request) for seq in sampling]
-            timeline.mark("launch")
-            result = self.sampler(logits, inputs)  # the ids come back to the host: waits for the GPU
-            timeline.mark("wait")
-            for i, seq in enumerate(sampling):
-                logprob = result.logprobs[i] if result.logprobs is not None else None
-                chunk = self._on_token(seq.request, result.token_ids[i], logprob)
-                if chunk is not None:
-                    chunks.append(chunk)
+        launched = self._launch(batch, step, feed)
+        timeline.mark("launch")
+        if prev is not None:
+            chunks += self._complete(prev)
+            done = prev
+        if self.overlap:
+            self.launched = launched
         else:
-            timeline.mark("launch")
-        self.counters["generation_tokens_total"] += len(sampling)
+            chunks += self._complete(launched)
+            done = launched
         self.dirty = False
         self.send(("outputs", chunks, self.stats()))
         timeline.mark("output")
-        timeline.end(batch.kind, len(step.seqs), batch.num_tokens, busy=self.has_work())
+        gpu, gpu_kind = (done.gpu, done.kind) if done is not None else (None, batch.kind)
+        timeline.end(batch.kind, len(step.seqs), batch.num_tokens, busy=self.has_work(), gpu=gpu, gpu_kind=gpu_kind)
+
+    def _launch(self, batch: Batch, step: StepInput, feed: TokenFeed | None) -> _Launched:
+        """Queue the forward and the sampling of `batch` on the device and a copy of the ids to the host."""
+        device = self.runner.device
+        gpu = self.timeline.gpu_span()
+        if gpu is not None:
+            gpu.start.record()
+        logits = self.runner.forward(step, feed)
+        rows = [i for i, seq in enumerate(batch.seqs) if seq.samples]  # a prompt's last chunk, or decode
+        launched = _Launched(batch.kind, gpu)
+        if rows:
+            if len(rows) < len(batch.seqs):
+                logits = logits.index_select(0, to_device(rows, torch.int64, device))
+            reqs = [batch.seqs[i].request for i in rows]
+            result = self.sampler.sample(logits, [self._sampling_input(req) for req in reqs])
+            launched.device_ids = result.token_ids
+            launched.host_ids = result.token_ids.to("cpu", non_blocking=True)  # pinned on CUDA
+            if result.logprobs is not None:
+                launched.host_logprobs = result.logprobs.to("cpu", non_blocking=True)
+            if device.type == "cuda":
+                launched.copied = torch.cuda.Event()
+                launched.copied.record()
+            for i, req in enumerate(reqs):
+                launched.sampled.append((req, len(req.output_ids)))
+                launched.row_of[req.request_id] = i
+                self.router.append_token(req, PLACEHOLDER)
+                launched.needs_sync |= req.params.needs_penalties
+        if gpu is not None:
+            gpu.stop.record()
+        return launched
+
+    def _feed(self, batch: Batch, prev: _Launched | None) -> TokenFeed | None:
+        """Where `batch` takes an id that `prev` sampled and the host has not seen (decode rows)."""
+        if prev is None or not prev.row_of:
+            return None
+        positions: list[int] = []
+        rows: list[int] = []
+        offset = 0
+        for seq in batch.seqs:
+            if seq.new_token_ids[-1] == PLACEHOLDER:
+                assert len(seq.new_token_ids) == 1, "only a decode row starts from an unseen id"
+                positions.append(offset)
+                rows.append(prev.row_of[seq.request.request_id])
+            offset += len(seq.new_token_ids)
+        if not positions:
+            return None
+        device = self.runner.device
+        token_ids = prev.device_ids.index_select(0, to_device(rows, torch.int64, device))
+        return TokenFeed(to_device(positions, torch.int64, device), token_ids)
+
+    def _complete(self, launched: _Launched) -> list[StreamChunk]:
+        """Wait for a launched step's ids and turn them into chunks (placeholders filled, finishes applied)."""
+        if launched.copied is not None:
+            launched.copied.synchronize()
+        self.timeline.mark("wait")
+        chunks = []
+        if launched.sampled:
+            token_ids = launched.host_ids.tolist()
+            logprobs = launched.host_logprobs.tolist() if launched.host_logprobs is not None else None
+            for i, (req, index) in enumerate(launched.sampled):
+                tracked = self.tracked.get(req.request_id)
+                if tracked is None or tracked.request is not req:
+                    continue  # aborted, or finished by the step before (this was its dropped extra token)
+                req.output_ids[index] = token_ids[i]
+                chunk = self._on_token(tracked, index, token_ids[i], logprobs[i] if logprobs is not None else None)
+                if chunk is not None:
+                    chunks.append(chunk)
+                self.counters["generation_tokens_total"] += 1
+        self.timeline.mark("output")
+        return chunks
 
     def _seq_input(self, seq) -> SeqInput:
         req = seq.request
@@ -165,11 +278,11 @@ class SchedulerLoop:
             req.params, req.prompt_ids, req.output_ids, self.eos_ids, tracked.generator, tracked.penalty_counts
         )
 
-    def _on_token(self, req: Request, token: int, logprob: float | None) -> StreamChunk | None:
-        tracked = self.tracked[req.request_id]
-        self.router.append_token(req, token)
+    def _on_token(self, tracked: _Tracked, index: int, token: int, logprob: float | None) -> StreamChunk | None:
+        """Output id `index` of a request is `token` (already in its output_ids): stop checks, finish, chunk."""
+        req = tracked.request
         params = req.params
-        reason = self._finish_reason(req, token)
+        reason = self._finish_reason(req, index + 1, token)
         trim = 0
         if tracked.stop_checker is not None:
             released = tracked.stop_checker.push(token)
@@ -184,7 +297,7 @@ class SchedulerLoop:
         else:
             new_ids = [token]
         if reason is not None:
-            self.router.finish(req, reason)
+            self.router.finish(req, reason, num_output=index + 1)  # drops an id sampled past the finish
             del self.tracked[req.request_id]
             self.counters["requests_finished"] += 1
         elif not new_ids:
@@ -204,9 +317,9 @@ class SchedulerLoop:
             time=time.monotonic(),
         )
 
-    def _finish_reason(self, req: Request, token: int) -> str | None:
+    def _finish_reason(self, req: Request, num_out: int, token: int) -> str | None:
+        """Why a request ends with its num_out-th output id, `token` (None: it goes on)."""
         params = req.params
-        num_out = len(req.output_ids)
         if num_out >= params.min_tokens:
             if token in params.stop_token_ids:
                 return "stop"

@@ -1,11 +1,11 @@
 """Where the rank-0 loop's time goes: one record per step, summed per step kind.
 
-A step of the loop is: schedule (router + step inputs), launch (input staging and the forward's kernel
-launches, or a CUDA graph replay), wait (until the GPU is done: the sampled ids come back), output (tokens
-into requests, stop checks, chunks sent to the engine). The time between the end of one step and the
-start of the next is spent reading commands (`between`, while requests are in flight) or idle (nothing
-to run). On CUDA the forward is bracketed by two events, so the
-GPU time of each step is known too; their elapsed time is read after the step's sync, never forcing one.
+An iteration of the loop is: schedule (router + step inputs), launch (input staging and the forward's
+kernel launches or CUDA graph replay, and the sampling, all queued on the device), wait (until the ids of
+the step before come back: with the overlapped loop the device already has this step queued), output
+(those ids into requests, stop checks, chunks sent to the engine). The time between iterations is spent
+reading commands (`between`, while requests are in flight) or idle (nothing to run). On CUDA each step's
+device work is bracketed by two events (`GpuSpan`); their elapsed time is read once the step is done.
 
 `summary()` gives totals per kind ("decode", "prefill", "mixed") in the engine's stats, as flat keys
 `step_<kind>_<field>` (counts, rows, tokens and seconds), plus `step_between_s` and `step_idle_s`.
@@ -34,6 +34,19 @@ class KindTotals:
     wall_s: float = 0.0
 
 
+class GpuSpan:
+    """Events recorded before and after a step's device work; read once that work is done."""
+
+    __slots__ = ("start", "stop")
+
+    def __init__(self) -> None:
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.stop = torch.cuda.Event(enable_timing=True)
+
+    def seconds(self) -> float:
+        return self.start.elapsed_time(self.stop) / 1000.0
+
+
 class StepTimeline:
     """Records the phases of each step; `begin` ... `mark(phase)` ... `end(kind, rows, tokens)`."""
 
@@ -46,9 +59,6 @@ class StepTimeline:
         self._last_end = time.perf_counter()
         self._t0 = self._mark = self._last_end
         self._phases = dict.fromkeys(PHASES, 0.0)
-        if self.cuda:
-            self._gpu_start = torch.cuda.Event(enable_timing=True)
-            self._gpu_end = torch.cuda.Event(enable_timing=True)
 
     def begin(self) -> None:
         now = time.perf_counter()
@@ -64,31 +74,34 @@ class StepTimeline:
         self._phases[phase] += now - self._mark
         self._mark = now
 
-    def gpu_start(self) -> None:
-        if self.cuda:
-            self._gpu_start.record()
+    def gpu_span(self) -> GpuSpan | None:
+        """Two timing events for one step's device work (None on the CPU)."""
+        return GpuSpan() if self.cuda else None
 
-    def gpu_end(self) -> None:
-        if self.cuda:
-            self._gpu_end.record()
-
-    def end(self, kind: str, rows: int, tokens: int, busy: bool) -> None:
-        """After the step's outputs are sent (its GPU work is complete by then); busy: work remains."""
+    def end(
+        self, kind: str, rows: int, tokens: int, busy: bool, gpu: GpuSpan | None = None, gpu_kind: str = ""
+    ) -> None:
+        """After the iteration's outputs are sent; `kind`, `rows`, `tokens`: of the step it launched; `gpu`: the
+        span of the step it completed (done by now), of kind `gpu_kind`; busy: work remains."""
         now = time.perf_counter()
         self._busy = busy
-        totals = self.totals.get(kind)
-        if totals is None:
-            totals = self.totals[kind] = KindTotals()
+        totals = self._kind(kind)
         totals.steps += 1
         totals.rows += rows
         totals.tokens += tokens
         for phase in PHASES:
             setattr(totals, f"{phase}_s", getattr(totals, f"{phase}_s") + self._phases[phase])
             self._phases[phase] = 0.0
-        if self.cuda:
-            totals.gpu_s += self._gpu_start.elapsed_time(self._gpu_end) / 1000.0
+        if gpu is not None:
+            self._kind(gpu_kind or kind).gpu_s += gpu.seconds()
         totals.wall_s += now - self._t0
         self._last_end = now
+
+    def _kind(self, kind: str) -> KindTotals:
+        totals = self.totals.get(kind)
+        if totals is None:
+            totals = self.totals[kind] = KindTotals()
+        return totals
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {"step_idle_s": round(self.idle_s, 6), "step_between_s": round(self.between_s, 6)}

@@ -185,13 +185,24 @@ def head_admissible(router: Router) -> bool:
     prefill in itself and the requests before it)."""
     if not router.waiting or router.row_allocator.num_free == 0:
         return False
-    tokens, ahead, delays = router.max_prefill_tokens, 0, {}
+    # A mixed step (decoding requests present) allocates their decode slots first and prefills at most
+    # mixed_prefill_tokens; with mixed steps on, a prefilling request waits (dspp + 1) decode steps per
+    # mixed_prefill_tokens tokens ahead of it.
+    decoding = {r.request_id for r in decodable(router)}
+    mixed = bool(router.mixed_prefill_tokens and decoding)
+    tokens, ahead, delays = router.mixed_prefill_tokens if mixed else router.max_prefill_tokens, 0, {}
+
+    def delay(tokens_ahead: int) -> int:
+        if router.mixed_prefill_tokens:
+            return (router.decode_steps_per_prefill + 1) * math.ceil(tokens_ahead / router.mixed_prefill_tokens)
+        return router.decode_steps_per_prefill * math.ceil(tokens_ahead / router.max_prefill_tokens)
+
     for r in router.running.values():
         if r.is_prefilling:
             rest = r.prefill_len - r.num_computed - min(r.prefill_len - r.num_computed, max(tokens, 0))
             tokens -= r.prefill_len - r.num_computed - rest
             ahead += rest
-            delays[r.request_id] = router.decode_steps_per_prefill * math.ceil(ahead / router.max_prefill_tokens)
+            delays[r.request_id] = delay(ahead)
     if tokens <= 0:
         return False
     head = router.waiting[0]
@@ -200,13 +211,23 @@ def head_admissible(router: Router) -> bool:
         node, cached = router.cache.match(head.all_ids[: head.num_tokens - 1])
     todo = head.num_tokens - len(cached)
     rest = todo - min(todo, tokens)
-    head_delay = router.decode_steps_per_prefill * math.ceil((ahead + rest) / router.max_prefill_tokens) if rest else 0
+    head_delay = delay(ahead + rest) if rest else 0
     running = list(router.running.values())
-    held = [len(r.slots) - r.num_cached for r in running] + [todo]
+    held = [len(r.slots) - r.num_cached + (mixed and r.request_id in decoding) for r in running] + [todo]
     grows = [budget(router, r) for r in running] + [budget(router, head)]
-    lives = [budget(router, r) + delays.get(r.request_id, 0) for r in running] + [grows[-1] + head_delay]
+    lives = [budget(router, r) + delays.get(r.request_id, 0) + router.lookahead for r in running]
+    lives.append(grows[-1] + head_delay + router.lookahead)
     locked = router.cache.num_locked + (router.cache.unlocked_on_path(node) if cached else 0) if router.cache else 0
     return fits(held, lives, router.num_slots - locked, growth=grows)
+
+
+def decodable(router: Router) -> list[Request]:
+    """Running requests that a decode step takes: past their prefill, with tokens to go (a request at its
+    budget waits for finish() in the overlapped loop, its last id not seen yet)."""
+    return [
+        r for r in router.running.values()
+        if not r.is_prefilling and r.remaining_budget > 0 and r.num_tokens < router.max_model_len
+    ]  # fmt: skip
 
 
 def check_batch(
@@ -228,23 +249,35 @@ def check_batch(
         assert req.num_computed == seq.prefix_len + n
         assert seq.new_token_ids == req.all_ids[seq.prefix_len : seq.prefix_len + n]
         assert seq.samples == (req.num_computed == req.num_tokens), "only the last chunk samples"
-    if batch.kind == "prefill":
+    if batch.kind == "mixed":  # the decode rows first, then at most mixed_prefill_tokens of prefill
+        assert policy_allows_prefill and router.mixed_prefill_tokens and num_decodable_before
+        num_decode = sum(s.request not in prefilling_before and s.request not in waiting_before for s in batch.seqs)
+        assert num_decode == num_decodable_before or paused_now, (num_decode, num_decodable_before)
+        for seq in batch.seqs[:num_decode]:
+            assert seq.new_token_ids == [seq.request.output_ids[-1]]
+        prefill = batch.seqs[num_decode:]
+        assert prefill and sum(len(s.new_token_ids) for s in prefill) <= router.mixed_prefill_tokens
+    else:
+        prefill = batch.seqs
+    if batch.kind != "decode":
         assert policy_allows_prefill or paused_now  # (every decodable request paused: prefill instead)
-        assert batch.num_tokens <= router.max_prefill_tokens
+        assert batch.kind == "mixed" or not (router.mixed_prefill_tokens and num_decodable_before) or paused_now
+        assert sum(len(s.new_token_ids) for s in prefill) <= router.max_prefill_tokens
         # Chunks of prompts admitted earlier come first, oldest first, then new requests in FCFS order.
-        k = sum(seq.request in prefilling_before for seq in batch.seqs)
-        assert [s.request for s in batch.seqs[:k]] == prefilling_before[:k]
-        assert all(s.samples for s in batch.seqs[: k - 1])  # an older prompt finishes before a newer chunk
-        new = [s.request for s in batch.seqs[k:]]
+        k = sum(seq.request in prefilling_before for seq in prefill)
+        assert [s.request for s in prefill[:k]] == prefilling_before[:k]
+        assert all(s.samples for s in prefill[: k - 1])  # an older prompt finishes before a newer chunk
+        new = [s.request for s in prefill[k:]]
         assert new == waiting_before[: len(new)]
-        for seq in batch.seqs[k:]:
+        for seq in prefill[k:]:
             assert seq.prefix_len == seq.request.num_cached  # 0 without a prefix-cache hit
             assert list(seq.cached_slots) == seq.request.slots[: seq.prefix_len]
             # A paused request resumes before any request that arrived after it.
             assert not any(r.is_paused and r.arrival < seq.request.arrival for r in router.waiting)
     else:
-        assert not (policy_allows_prefill and (head_fit_before or prefilling_before))
-        assert len(batch.seqs) == sum(not r.is_prefilling for r in router.running.values())
+        # (a mixed step pauses before it prefills: what was paused may leave nothing to prefill)
+        assert not (policy_allows_prefill and (head_fit_before or prefilling_before)) or paused_now
+        assert len(batch.seqs) == num_decodable_before or paused_now
         for seq in batch.seqs:
             assert seq.new_token_ids == [seq.request.output_ids[-1]]
     assert len(router.running) <= router.row_allocator.size
@@ -262,14 +295,21 @@ def pick_abort_target(router: Router, where: str, i: int) -> str | None:
     return pool[i % len(pool)] if pool else None
 
 
-def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int]] = ()) -> SimResult:
-    """aborts: (step, where, i); an abort stays pending from `step` until it finds a target."""
+def simulate(
+    router: Router, specs: list[Spec], aborts: list[tuple[int, str, int]] = (), overlap: bool = False
+) -> SimResult:
+    """aborts: (step, where, i); an abort stays pending from `step` until it finds a target.
+
+    overlap: as the overlapped scheduler loop drives the router: a step's sampled ids are appended as
+    placeholders and become known only after the next step was scheduled; a request that finishes on
+    such an id may already be in that next step (its extra id is dropped by finish(num_output=...))."""
     pending_aborts = sorted(aborts)
     result = SimResult()
     order = sorted(range(len(specs)), key=lambda i: specs[i].arrival_step)
     next_spec, step, decodes_since_prefill = 0, 0, 0
     last_step = max(s.arrival_step for s in specs) + 1
-    while next_spec < len(order) or router.has_work() or step <= last_step:
+    in_flight: list[tuple[Request, int, int]] = []  # (request, index in output_ids, its id) not yet seen
+    while next_spec < len(order) or router.has_work() or step <= last_step or in_flight:
         assert step < 5000, "no progress"
         while next_spec < len(order) and specs[order[next_spec]].arrival_step <= step:
             i = order[next_spec]
@@ -289,12 +329,14 @@ def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int
         check_invariants(router)
         waiting_before = list(router.waiting)
         prefilling_before = [r for r in router.running.values() if r.is_prefilling]
-        num_decodable_before = len(router.running) - len(prefilling_before)
+        num_decodable_before = len(decodable(router))
         head_fit_before, pauses_before = head_admissible(router), router.total_pauses
         batch = router.schedule()
         step += 1
+        resolve, in_flight = in_flight, []
         if batch is None:
-            assert not router.has_work()
+            resolve_ids(router, specs, resolve, result)
+            assert in_flight or resolve or not router.has_work()
             continue
         check_batch(
             router, batch, waiting_before, prefilling_before, num_decodable_before, decodes_since_prefill,
@@ -303,18 +345,17 @@ def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int
         decodes_since_prefill = 0 if batch.is_prefill else decodes_since_prefill + 1
         result.kinds.append(batch.kind)
         result.max_running = max(result.max_running, len(router.running))
+        sampled = []
         for seq in batch.seqs:
             req = seq.request
-            if not seq.samples:
-                continue
-            router.append_token(req, fake_token(req))
-            spec = specs[int(req.request_id[1:])]
-            n = len(req.output_ids)
-            reason = "length" if n == spec.max_tokens else "stop" if n == spec.eos_after else None
-            if reason is not None:
-                router.finish(req, reason)
-                result.reasons[req.request_id] = reason
-                result.outputs[req.request_id] = list(req.output_ids)
+            if seq.samples:
+                sampled.append((req, len(req.output_ids), fake_token(req)))
+                router.append_token(req, PLACEHOLDER if overlap else sampled[-1][2])
+        resolve_ids(router, specs, resolve, result)  # the previous step's ids, after this one is queued
+        if overlap:
+            in_flight = sampled
+        else:
+            resolve_ids(router, specs, sampled, result)
         check_invariants(router)
     cached = cache_slots(router)
     assert router.slot_allocator.num_free + len(cached) == router.num_slots
@@ -323,6 +364,24 @@ def simulate(router: Router, specs: list[Spec], aborts: list[tuple[int, str, int
     assert not router.waiting and not router.running
     assert len(result.reasons) == len(specs)  # every request finished or was aborted
     return result
+
+
+PLACEHOLDER = -1
+
+
+def resolve_ids(router: Router, specs: list[Spec], sampled: list[tuple[Request, int, int]], result: SimResult) -> None:
+    """The ids of a step become known: fill them in, finish requests that end on them."""
+    for req, index, token in sampled:
+        if req.status is not RequestStatus.RUNNING:
+            continue  # aborted, or finished on an earlier id (this one is dropped)
+        req.output_ids[index] = token
+        spec = specs[int(req.request_id[1:])]
+        n = index + 1
+        reason = "length" if n == spec.max_tokens else "stop" if n == spec.eos_after else None
+        if reason is not None:
+            router.finish(req, reason, num_output=n)
+            result.reasons[req.request_id] = reason
+            result.outputs[req.request_id] = list(req.output_ids)
 
 
 def expected_output(i: int, spec: Spec) -> list[int]:
@@ -353,16 +412,17 @@ def workloads(draw, max_pool: int = 80, max_arrival: int = 30, crowded: bool = F
         max_model_len=num_slots + draw(st.integers(0, 4)),
         decode_steps_per_prefill=draw(st.integers(0, 5)),
         prefix_cache=draw(st.booleans()),
+        mixed_prefill_tokens=draw(st.sampled_from([0, 0, 1, 8, 64])),
     )
     return config, specs
 
 
 @SETTINGS
-@given(workloads())
-def test_exact_budgets_never_pause_and_every_request_finishes(workload):
+@given(workloads(), st.booleans())
+def test_exact_budgets_never_pause_and_every_request_finishes(workload, overlap):
     config, specs = workload
-    router = Router(**config)
-    result = simulate(router, specs)
+    router = Router(**config, lookahead=int(overlap))
+    result = simulate(router, specs, overlap=overlap)
     assert router.total_pauses == 0
     for i, spec in enumerate(specs):
         assert result.outputs[f"r{i}"] == expected_output(i, spec)
@@ -389,9 +449,11 @@ def test_optimistic_mode_pauses_but_produces_the_same_tokens(workload, ratio):
     ),
 )
 def test_aborts_at_any_point_free_everything(workload, optimistic, abort_list):
+    # Optimistic: the plain loop; exact budgets: the overlapped loop (aborts land while a step's ids are unseen).
     config, specs = workload
-    router = Router(**config, optimistic=optimistic, optimistic_ratio=0.2)
-    simulate(router, specs, [(step, where, i % len(specs)) for step, where, i in abort_list])
+    router = Router(**config, optimistic=optimistic, optimistic_ratio=0.2, lookahead=int(not optimistic))
+    aborts = [(step, where, i % len(specs)) for step, where, i in abort_list]
+    simulate(router, specs, aborts, overlap=not optimistic)
     assert router.abort("r0") is None  # already gone
 
 
