@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import sys
 import tempfile
@@ -165,17 +166,36 @@ def main() -> int:
         t0 = time.perf_counter()
         with Engine(config) as engine:
             ready_s = time.perf_counter() - t0
+            ready_at = time.time()
             result = {"label": args.label, "config": {k: v for k, v in asdict(config).items() if k != "model_dir"}}
             result["start_to_ready_s"] = round(ready_s, 2)
             result["first_requests"] = first_requests(engine, vocab)
+            result["first_requests"]["kernels_compiled"] = compiled_since(ready_at)
             result["startup"] = {k: engine.stats().get(k) for k in ("warmup_s", "cuda_graphs")}
             for name in args.workloads:
                 result[name] = run_workload(engine, name, vocab, args.scale)
                 print(json.dumps({"label": args.label, **result[name]}), flush=True)
-    print(json.dumps({k: result[k] for k in ("label", "start_to_ready_s", "first_requests", "startup")}), flush=True)
+            result["kernels_compiled_after_ready"] = compiled_since(ready_at)
+    keys = ("label", "start_to_ready_s", "first_requests", "startup", "kernels_compiled_after_ready")
+    print(json.dumps({k: result[k] for k in keys}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def compiled_since(start: float) -> list[str]:
+    """Triton kernels compiled since `start` (epoch seconds): the metadata files the compiler wrote to its
+    cache. After ready this should stay empty (the engine's warm-up compiles everything a step launches)."""
+    cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    names = []
+    for meta in cache.glob("*/*.json"):
+        if meta.name.startswith("__grp__") or meta.stat().st_mtime <= start:
+            continue
+        try:
+            names.append(json.loads(meta.read_text()).get("name", meta.stem))
+        except (OSError, ValueError):
+            names.append(meta.stem)
+    return sorted(names)
 
 
 def first_requests(engine, vocab: int) -> dict:

@@ -100,7 +100,9 @@ class LlamaAttention(nn.Module):
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
         # q rotated in place; the rotated k and v go straight into their cache slots (one kernel).
         ops.rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_slots)
-        if batch.is_prefill:
+        if batch.is_prefill and batch.num_decode:  # a mixed step: decode rows first, then prompt chunks
+            out = self._mixed_attention(q, kv, batch, ops)
+        elif batch.is_prefill:
             out = ops.prefill_attention(
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.prefix_lens, batch.seq_lens,
                 batch.query_start_loc, batch.max_query_len, self.sm_scale,
@@ -114,6 +116,21 @@ class LlamaAttention(nn.Module):
         # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
         out = out.view(num_tokens, self.num_heads * self.head_dim)
         return self.o_proj(out, reduce=not self.defer_reduce, ops=ops)
+
+    def _mixed_attention(self, q: torch.Tensor, kv: KVCache, batch: ForwardBatch, ops: ModuleType) -> torch.Tensor:
+        """q: [T, Hq, D], the first d tokens one decode row each: those through the decode kernel (split over
+        the context), the prompt chunks after them through the prefill kernel. Returns [T, Hq, D]."""
+        d = batch.num_decode
+        k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
+        decode = ops.decode_attention(
+            q[:d], k_cache, v_cache, kv.req_to_slot, batch.req_rows[:d], batch.seq_lens[:d],
+            batch.decode_max_seq_len, self.sm_scale,
+        )  # fmt: skip
+        prefill = ops.prefill_attention(
+            q[d:], k_cache, v_cache, kv.req_to_slot, batch.req_rows[d:], batch.prefix_lens[d:], batch.seq_lens[d:],
+            batch.query_start_loc[d:] - d, batch.max_query_len, self.sm_scale,
+        )  # fmt: skip
+        return torch.cat([decode, prefill])
 
 
 class LlamaMLP(nn.Module):

@@ -25,6 +25,7 @@ max_prefill_tokens prefill. A step with nothing to decode prefills up to max_pre
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -42,19 +43,26 @@ def _peak(entries: list[tuple[int, int, int]]) -> int:
     Request i holds a_i slots now, grows by at most one slot per decode step and by at most
     g_i <= L_i slots in all, and has freed everything after L_i decode steps. Usage only grows
     between finishes, so the peak is reached just before some request k finishes:
-    max_k (sum_{i<=k} a_i + sum_{i<=k} min(L_k, g_i)). Requests with g_i == L_i (all of them
-    unless some still wait for prefill chunks) contribute L_k each to the second sum.
+    max_k (sum_{i<=k} a_i + sum_{i<=k} min(L_k, g_i)).
+
+    O(n log n): going down the lifetimes, a g_i below the current L_k counts g_i (kept in a heap of
+    the largest first), one at or above it counts L_k; a g_i moves from the first kind to the second
+    once, when L_k falls to it.
     """
-    peak = held = full = 0
-    capped: list[int] = []  # g_i of requests that grow less than they live (prefilling ones)
+    peak = held = below_sum = at_or_above = 0
+    below: list[int] = []  # -g_i of the requests so far whose g_i < the current lifetime
     for neg_life, a, growth in entries:
         life = -neg_life
         held += a
         if growth >= life:
-            full += 1
+            at_or_above += 1
         else:
-            capped.append(growth)
-        value = held + full * life + sum(min(life, g) for g in capped)
+            heapq.heappush(below, -growth)
+            below_sum += growth
+        while below and -below[0] >= life:
+            below_sum += heapq.heappop(below)
+            at_or_above += 1
+        value = held + below_sum + at_or_above * life
         if value > peak:
             peak = value
     return peak
@@ -98,6 +106,7 @@ class Batch:
 
     kind: Literal["prefill", "decode", "mixed"]
     seqs: list[ScheduledSeq]
+    num_decode: int = 0  # mixed: the first num_decode seqs are decode rows (one new token each)
 
     @property
     def is_prefill(self) -> bool:
@@ -282,7 +291,7 @@ class Router:
         self._decodes_since_prefill = 0
         if not decode.seqs:
             return prefill
-        return Batch("mixed", decode.seqs + prefill.seqs)
+        return Batch("mixed", decode.seqs + prefill.seqs, num_decode=len(decode.seqs))
 
     def _schedule_prefill(self, budget: int) -> Batch | None:
         seqs = []

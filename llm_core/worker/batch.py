@@ -25,8 +25,9 @@ class SeqInput:
 
 @dataclass(slots=True)
 class StepInput:
-    is_prefill: bool
+    is_prefill: bool  # the prefill forward (packed queries of any length): prefill and mixed steps
     seqs: list[SeqInput] = field(default_factory=list)
+    num_decode: int = 0  # a mixed step: its first num_decode seqs are decode rows (one new token each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,10 @@ class ForwardBatch:
     max_seq_len: int
     image_embeds: torch.Tensor | None = None  # [N, hidden] rows replacing image tokens
     image_positions: torch.Tensor | None = None  # [N] int64, indices in T of image tokens
+    # Mixed steps: the first num_decode sequences are decode rows (one token each); their attention runs
+    # the decode kernel, with this bound for its split grid (a context bucket, as in the decode graphs).
+    num_decode: int = 0
+    decode_max_seq_len: int = 0
 
     @property
     def num_seqs(self) -> int:

@@ -4,7 +4,7 @@ A Llama-3-8B decode step launches ~600 kernels; launched from Python it is bound
 overhead (16 ms at batch 1 on an H200 against ~3.7 ms of weight reads). `DecodeGraphRunner`
 captures the whole decode forward once per (batch bucket, context bucket) and replays it:
 
-* Batch buckets 1, 2, 4, ..., max_batch: a batch of B sequences runs in the smallest bucket
+* Batch buckets 1, 2, 4, 8, 16, 32, 48, ..., max_batch: a batch of B sequences runs in the smallest bucket
   >= B, padded with dummy sequences: request row `max_reqs` (the KVCache padding row), one new
   token at position 0 stored to the dummy slot `num_slots`, seq_len 1 (it reads only that
   slot, since unused req_to_slot entries point at it). Padded rows cost a few GEMM rows.
@@ -47,14 +47,23 @@ FIELDS = ("input_ids", "positions", "table_index", "out_slots", "req_rows", "pre
 _I32_FROM = 3  # FIELDS[3:] are int32 in the ForwardBatch
 
 
+BATCH_STEP = 16  # batch buckets above 16 rows are this far apart
+
+
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """1, 2, 4, ... below max_batch, then max_batch itself."""
+    """1, 2, 4, 8, 16, then every BATCH_STEP rows below max_batch, then max_batch itself. A step runs padded to
+    its bucket: past 16 rows the padding stays under BATCH_STEP rows, where doubling buckets would run a batch
+    of 130 as 256 (a decode GEMM of 256 rows is no longer bound by the weight reads alone on an H200)."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     out, b = [], 1
-    while b < max_batch:
+    while b < min(max_batch, BATCH_STEP):
         out.append(b)
         b *= 2
+    b = BATCH_STEP
+    while b < max_batch:
+        out.append(b)
+        b += BATCH_STEP
     out.append(max_batch)
     return tuple(out)
 

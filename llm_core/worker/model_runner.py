@@ -17,7 +17,7 @@ from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.models.all_reduce import create_symm_mem_all_reduce
 from llm_core.ops import select_ops, torch_ops
 from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device
-from llm_core.worker.cuda_graph import DecodeGraphRunner
+from llm_core.worker.cuda_graph import DecodeGraphRunner, bucket_for, context_buckets
 from llm_core.worker.warmup import warmup_steps
 
 log = logging.getLogger("llm_core.worker")
@@ -37,6 +37,7 @@ class ModelRunner:
         self.rank = rank
         self.model_config = load_model_config(cfg.model_dir)
         self.max_model_len = cfg.max_model_len or self.model_config.max_position_embeddings
+        self.context_buckets = context_buckets(self.max_model_len)  # decode kernels' split grids (and graphs)
         if cfg.device == "cuda":
             torch.cuda.set_device(rank)
             self.device = torch.device("cuda", rank)
@@ -203,6 +204,11 @@ class ModelRunner:
             max_seq_len=max(seq_lens),
         )
         assert num_tokens == len(out_slots) and num_seqs >= 1, (num_tokens, len(out_slots), num_seqs)
+        if step.num_decode:
+            assert step.is_prefill and starts[step.num_decode] == step.num_decode, "decode rows come first"
+            batch.num_decode = step.num_decode
+            longest = max(seq_lens[: step.num_decode])
+            batch.decode_max_seq_len = bucket_for(longest, self.context_buckets) or longest
         if image_rows:
             embeds = host_to_device(np.concatenate(image_rows).astype(np.float32, copy=False), self.device)
             batch.image_embeds = embeds.to(self.dtype)

@@ -162,7 +162,8 @@ class SchedulerLoop:
             timeline.mark("output")
             timeline.end("drain", 0, 0, busy=self.has_work(), gpu=done.gpu, gpu_kind=done.kind)
             return
-        step = StepInput(is_prefill=batch.is_prefill, seqs=[self._seq_input(seq) for seq in batch.seqs])
+        seqs = [self._seq_input(seq) for seq in batch.seqs]
+        step = StepInput(is_prefill=batch.is_prefill, seqs=seqs, num_decode=batch.num_decode)
         feed = self._feed(batch, prev)
         timeline.mark("schedule")
         self.broadcast(step)

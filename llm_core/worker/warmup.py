@@ -51,7 +51,10 @@ def warmup_steps(
             seqs.append(SeqInput(row, prefix_len, [1 + (row + i) % 7 for i in range(n)], list(range(slot, slot + n))))
             slot += n
         if len(seqs) == len(shape):
-            steps.append(StepInput(is_prefill=True, seqs=seqs))
+            # Leading one-token rows with a prefix, then a chunk: a mixed step's decode rows.
+            leading = next((i for i, (p, n) in enumerate(shape) if not (p > 0 and n == 1)), len(shape))
+            num_decode = leading if 0 < leading < len(shape) else 0
+            steps.append(StepInput(is_prefill=True, seqs=seqs, num_decode=num_decode))
     n = (num_image_tokens or 0) + 2
     if image_token is not None and num_image_tokens and n <= min(num_slots, max_model_len):
         ids = [1] + [image_token] * num_image_tokens + [1]

@@ -27,8 +27,10 @@ from llm_core.worker.model_runner import ModelRunner
 def test_batch_buckets() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(8) == (1, 2, 4, 8)
-    assert batch_buckets(256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
-    assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 64, 100)
+    assert batch_buckets(16) == (1, 2, 4, 8, 16)
+    assert batch_buckets(256) == (1, 2, 4, 8, 16) + tuple(range(32, 257, 16))
+    assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 100)
+    assert batch_buckets(12) == (1, 2, 4, 8, 12)
     with pytest.raises(ValueError):
         batch_buckets(0)
 
@@ -42,7 +44,7 @@ def test_context_buckets() -> None:
 
 @pytest.mark.parametrize(
     ("n", "expected"),
-    [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (64, 64), (65, 100), (100, 100), (101, None)],
+    [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (17, 32), (64, 64), (65, 80), (97, 100), (100, 100), (101, None)],
 )
 def test_bucket_for(n: int, expected: int | None) -> None:
     assert bucket_for(n, batch_buckets(100)) == expected
