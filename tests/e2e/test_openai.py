@@ -180,3 +180,16 @@ def test_standalone_server_against_a_running_tritonserver(triton_server, tmp_pat
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+def test_inputs_of_tritons_own_openai_frontend_are_accepted(triton_server):
+    """What Triton's OpenAI frontend sends in TRT-LLM mode (plus return_logprobs of its vLLM mode)."""
+    values = {
+        "text_input": "Hello world", "stream": True, "max_tokens": 6, "stop_words": ["never-in-output"],
+        "top_p": 0.9, "frequency_penalty": 0.0, "presence_penalty": 0.0, "seed": 7, "temperature": 0.0,
+        "exclude_input_in_output": True, "return_num_input_tokens": True, "return_num_output_tokens": True,
+        "return_logprobs": True,
+    }  # fmt: skip
+    result = grpc_stream(triton_server.grpc_url, values)
+    assert result.error is None and result.num_output_tokens == 6 and result.num_input_tokens
+    assert result.finish_reason == "length" and result.text
