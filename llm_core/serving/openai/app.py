@@ -45,9 +45,10 @@ class ServerState:
     model_name: str
     default_max_tokens: int | None = None
     created: int = 0
+    aliases: tuple[str, ...] = ()  # other accepted `model` values (the Triton model's name)
 
     def check_model(self, name: str) -> None:
-        if name != self.model_name:
+        if name != self.model_name and name not in self.aliases:
             raise OpenAIError(404, f"The model `{name}` does not exist (served: `{self.model_name}`).", "model",
                               "model_not_found")  # fmt: skip
 

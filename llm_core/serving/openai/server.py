@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
 from llm_core.serving.openai.app import ServerState, create_app
 from llm_core.serving.openai.chat import ChatRenderer, load_chat_template
+
+_ENV_ARGV = "LLM_OPENAI_ARGV"  # the command line, for the worker processes of --workers N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--workers", type=int, default=1, help="server processes (each its own event loop)")
     return p.parse_args(argv)
 
 
@@ -51,15 +56,25 @@ def state_factory(args: argparse.Namespace):
         from llm_core.serving.openai.triton import TritonBackend
 
         backend = TritonBackend(args.triton_url, args.triton_model)
-        return ServerState(backend, tokenizer, renderer, name, args.default_max_tokens, int(time.time()))
+        created = int(time.time())
+        return ServerState(backend, tokenizer, renderer, name, args.default_max_tokens, created, (args.triton_model,))
 
     return make_state
+
+
+def app_from_env():
+    """The app of one worker process when --workers > 1 (uvicorn imports it by name)."""
+    return create_app(state_factory(parse_args(json.loads(os.environ[_ENV_ARGV]))))
 
 
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     args = parse_args(argv)
-    app = create_app(state_factory(args))
     print(f"[openai] http://{args.host}:{args.port}/v1 -> Triton gRPC {args.triton_url}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    options = {"host": args.host, "port": args.port, "log_level": args.log_level, "access_log": args.access_log}
+    if args.workers > 1:
+        os.environ[_ENV_ARGV] = json.dumps(sys.argv[1:] if argv is None else argv)
+        uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **options)
+    else:
+        uvicorn.run(create_app(state_factory(args)), **options)
