@@ -113,7 +113,8 @@ class ServerProcess:
             return False
 
     def _openai_ready(self) -> bool:
-        off = "--openai-port=0" in self.extra_args
+        args = " ".join(self.extra_args)
+        off = "--openai-port=0" in args or "--openai-port 0" in args
         return off or self._answers_200(self.openai_url.removesuffix("/v1") + "/health")
 
     def wait_ready(self) -> None:
