@@ -10,7 +10,10 @@ What it adds around `tritonserver --model-repository=model_repository`:
   kernel if this launcher is killed (PR_SET_PDEATHSIG); after tritonserver exits, however it
   exited, removes that shm prefix and the runtime directory. Python stubs exit by themselves when
   tritonserver dies, and engine workers die with their stub (PR_SET_PDEATHSIG in llm_core).
-- prints the HTTP/gRPC/metrics addresses once the server is ready.
+- starts the OpenAI-compatible API (`python -m llm_core.serving.openai`, --openai-port, 0: off) as
+  a second child talking to tritonserver over gRPC, and stops it after tritonserver has exited
+  (so it can finish answering what tritonserver is still draining);
+- prints the HTTP/gRPC/metrics/OpenAI addresses once the server is ready.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--openai-port", type=int, default=9000, help="OpenAI-compatible API (0: do not start it)")
+    p.add_argument("--chat-template", help="Jinja chat template (file or text) for models without one (OpenAI API)")
     p.add_argument("--device", help="cpu or cuda (LLM_DEVICE)")
     p.add_argument("--tp", type=int, help="tensor-parallel ranks (LLM_TP)")
     p.add_argument("--max-total-tokens", type=int, help="KV pool size in tokens (LLM_MAX_TOTAL_TOKENS)")
@@ -86,6 +91,29 @@ def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namesp
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
     return cmd + list(args.triton_args)
+
+
+def openai_command(args: argparse.Namespace, model_dir: str) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "llm_core.serving.openai",
+        f"--triton-url=127.0.0.1:{args.grpc_port}",
+        f"--model-dir={model_dir}",
+        f"--port={args.openai_port}",
+    ]
+    return cmd + ([f"--chat-template={args.chat_template}"] if args.chat_template else [])
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -144,14 +172,19 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
         f"[launcher] ready  metrics http://{args.host}:{args.metrics_port}/metrics",
         flush=True,
     )
+    if args.openai_port:
+        print(f"[launcher] ready  OpenAI  http://{args.host}:{args.openai_port}/v1", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    busy = busy_ports([args.http_port, args.grpc_port, args.metrics_port])
+    busy = busy_ports(
+        [args.http_port, args.grpc_port, args.metrics_port] + ([args.openai_port] if args.openai_port else [])
+    )
     if busy:
         print(
-            f"[launcher] port(s) {busy} already in use: pick others with --http-port/--grpc-port/--metrics-port",
+            f"[launcher] port(s) {busy} already in use: pick others with --http-port/--grpc-port/--metrics-port"
+            "/--openai-port",
             file=sys.stderr,
         )
         return 2
@@ -164,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd = triton_command(install.binary, install.backend_dir, args, shm_prefix)
     print(f"[launcher] model dir {env[ENV_MODEL_DIR]}\n[launcher] {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    openai = None
+    if args.openai_port:  # own session: a terminal's Ctrl-C must not stop it before tritonserver drains
+        openai_cmd = openai_command(args, env[ENV_MODEL_DIR])
+        openai = subprocess.Popen(openai_cmd, start_new_session=True, preexec_fn=_die_with_parent)
 
     def forward(signum: int, _frame: object) -> None:
         if proc.poll() is None:
@@ -175,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = proc.wait()
     finally:
+        _stop(openai)
         removed = remove_shm(shm_prefix)
         shutil.rmtree(runtime_dir, ignore_errors=True)
     if removed:

@@ -20,12 +20,18 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
+def _is_current_default(path: Path) -> bool:
+    """A default model built before it shipped a chat template is rebuilt (same weights: seeded)."""
+    config = path / "tokenizer_config.json"
+    return _is_model_dir(path) and config.is_file() and '"chat_template"' in config.read_text()
+
+
 def build_default_model(path: Path = DEFAULT_MODEL_DIR) -> Path:
     """Create the default tiny LLaVA at `path` unless it is there (idempotent, process-safe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _is_model_dir(path):
+        if not _is_current_default(path):
             from llm_core.testing.tiny_model import make_tiny_model
 
             built = Path(make_tiny_model(path, "llava"))
@@ -41,6 +47,6 @@ def resolve_model_dir(explicit: str | None = None, build_default: bool = True) -
         if not _is_model_dir(path):
             raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
         return path
-    if _is_model_dir(DEFAULT_MODEL_DIR) or not build_default:
+    if _is_current_default(DEFAULT_MODEL_DIR) or not build_default:
         return DEFAULT_MODEL_DIR
     return build_default_model()

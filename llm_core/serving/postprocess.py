@@ -76,9 +76,8 @@ def postprocess_outputs(tokenizer: Any, item: PostprocessInput) -> dict[str, np.
     opts = item.options
     text = chunk_text(tokenizer, item)
     out = {"text_output": np.array([[text.encode("utf-8")]], dtype=np.object_)}
-    if opts.return_finish_reason:
-        reasons = [item.finish_reason.encode()] if item.finish_reason else []
-        out["finish_reason"] = np.array([reasons], dtype=np.object_).reshape(1, len(reasons))
+    if opts.return_finish_reason and item.finish_reason:  # only the last response has one
+        out["finish_reason"] = np.array([[item.finish_reason.encode()]], dtype=np.object_)
     if opts.return_num_input_tokens:
         out["num_input_tokens"] = np.array([[item.num_input_tokens]], np.int32)
     if opts.return_num_output_tokens:
@@ -86,6 +85,7 @@ def postprocess_outputs(tokenizer: Any, item: PostprocessInput) -> dict[str, np.
     if opts.return_log_probs:
         out["cum_log_probs"] = np.array([[item.cum_log_prob]], np.float32)
         out["output_log_probs"] = np.array(item.logprobs, np.float32).reshape(1, 1, -1)
+        out["output_ids"] = np.array([item.output_ids], np.int32)  # the tokens of these logprobs
     return out
 
 

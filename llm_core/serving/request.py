@@ -250,6 +250,7 @@ _OPTION_INPUTS = (
     "return_num_output_tokens",
     "return_log_probs",
 )
+_INPUT_ALIASES = {"return_logprobs": "return_log_probs"}  # the name Triton's OpenAI frontend sends
 
 
 def _merge(kwargs: dict[str, Any], later: dict[str, Any]) -> None:
@@ -270,6 +271,7 @@ def parse_generate_request(
     inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any], default_max_tokens: int
 ) -> GenerateRequest:
     """Ensemble inputs (numpy, with the batch dim) + request parameters -> GenerateRequest."""
+    inputs = {_INPUT_ALIASES.get(name, name): array for name, array in inputs.items()}
     _check_batch(inputs)
     if "text_input" not in inputs:
         raise InputError("text_input", "is required")

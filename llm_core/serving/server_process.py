@@ -50,7 +50,7 @@ class ServerProcess:
         ready_timeout: float = 600.0,
     ) -> None:
         self.model_dir = model_dir
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        self.http_port, self.grpc_port, self.metrics_port, self.openai_port = free_ports(4)
         self.shm_prefix = f"{SHM_PREFIX_BASE}t{os.getpid()}_{self.http_port}_"
         self.log_path = Path(log_path) if log_path else None
         self.extra_args = extra_args or []
@@ -70,6 +70,10 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.openai_port}/v1"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
@@ -82,6 +86,7 @@ class ServerProcess:
             f"--http-port={self.http_port}",
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--openai-port={self.openai_port}",
             f"--shm-prefix={self.shm_prefix}",
         ]
         if self.model_dir is not None:
@@ -97,11 +102,20 @@ class ServerProcess:
         return self
 
     def _model_ready(self, model: str) -> bool:
+        return self._answers_200(f"{self.http_url}/v2/models/{model}/ready")
+
+    @staticmethod
+    def _answers_200(url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/models/{model}/ready", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.status == 200
         except OSError:
             return False
+
+    def _openai_ready(self) -> bool:
+        args = " ".join(self.extra_args)
+        off = "--openai-port=0" in args or "--openai-port 0" in args
+        return off or self._answers_200(self.openai_url.removesuffix("/v1") + "/health")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -109,7 +123,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.proc.returncode} during start-up; {self._tail()}")
             self.sample_tree()
-            if all(self._model_ready(m) for m in MODELS):
+            if all(self._model_ready(m) for m in MODELS) and self._openai_ready():
                 self.sample_tree()
                 return
             time.sleep(0.5)

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
+from llm_core.testing.chat_templates import chat_template
+
 VOCAB_SIZE = 1024  # every tiny tokenizer, special tokens included (splits evenly over 2/4/8 ranks)
 
 
@@ -230,6 +232,7 @@ def build_tokenizer_files(style: TokenizerStyle, model_max_length: int) -> tuple
         "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length,
         "tokenizer_class": style.tokenizer_class,
+        "chat_template": chat_template(style.kind, style.eos),
     }
     if style.kind == "sp":
         config["legacy"] = False

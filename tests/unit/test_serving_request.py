@@ -72,6 +72,13 @@ def test_output_options_and_echo():
     assert OutputOptions.from_json(req.options.to_json()) == req.options
 
 
+def test_return_logprobs_is_an_alias_of_return_log_probs():
+    """Triton's OpenAI frontend sends `return_logprobs`."""
+    req = parse(text_input="prompt", return_logprobs=True)
+    assert req.options.return_log_probs and req.params.logprobs
+    assert not parse(text_input="prompt", return_logprobs=False).options.return_log_probs
+
+
 def test_images_are_kept_in_order_and_empty_ones_dropped():
     req = parse(text_input="<image>", image=["AAAA", "", "BBBB"])
     assert req.images == (b"AAAA", b"BBBB")

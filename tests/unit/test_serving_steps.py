@@ -87,7 +87,8 @@ def test_postprocess_outputs_follow_the_options():
         return_finish_reason=True, return_num_input_tokens=True, return_num_output_tokens=True, return_log_probs=True
     )
     out = postprocess_outputs(tok, _item(output_ids=[104], options=opts, logprobs=[-0.5], cum_log_prob=-1.5))
-    assert out["finish_reason"].shape == (1, 0)  # not finished yet
+    assert "finish_reason" not in out  # not finished yet: no `"finish_reason": []` in SSE events
+    assert out["output_ids"].tolist() == [[104]]
     assert out["num_input_tokens"].tolist() == [[7]] and out["num_output_tokens"].tolist() == [[1]]
     assert out["output_log_probs"].shape == (1, 1, 1) and out["cum_log_probs"].tolist() == [[-1.5]]
     out = postprocess_outputs(tok, _item(output_ids=[104, 83, 84], finish_reason="stop", text_trim=2, options=opts))

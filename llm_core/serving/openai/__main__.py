@@ -1,0 +1,3 @@
+from llm_core.serving.openai.server import main
+
+main()

@@ -1,0 +1,25 @@
+"""The launcher's OpenAI child: its command line, and the flags that turn it off or configure it."""
+
+from __future__ import annotations
+
+import sys
+
+from llm_core.serving import launcher
+from llm_core.serving.openai.server import parse_args as openai_args
+
+
+def test_openai_api_is_on_by_default_and_talks_to_our_grpc_port():
+    args = launcher.parse_args(["--grpc-port", "9101"])
+    assert args.openai_port == 9000
+    cmd = launcher.openai_command(args, "/models/m")
+    assert cmd[:3] == [sys.executable, "-m", "llm_core.serving.openai"]
+    parsed = openai_args(cmd[3:])
+    assert (parsed.triton_url, parsed.model_dir, parsed.port, parsed.chat_template) == (
+        "127.0.0.1:9101", "/models/m", 9000, None,
+    )  # fmt: skip
+
+
+def test_chat_template_is_passed_on_and_port_zero_turns_it_off():
+    args = launcher.parse_args(["--openai-port", "0", "--chat-template", "/t.jinja"])
+    assert args.openai_port == 0
+    assert openai_args(launcher.openai_command(args, "/m")[3:]).chat_template == "/t.jinja"
