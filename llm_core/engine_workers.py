@@ -27,6 +27,8 @@ class EngineUnavailableError(EngineDeadError):
     """The engine cannot take requests now but may again later (workers restarting or down):
     a client should retry (HTTP 503 / gRPC UNAVAILABLE), unlike a bad request."""
 
+    retryable = True
+
 
 def _free_port() -> int:
     with socket.socket() as s:
