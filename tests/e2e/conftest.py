@@ -44,3 +44,10 @@ def tp2_server(tiny_llava, tmp_path_factory):
     yield from _serve(
         tiny_llava, tmp_path_factory.mktemp("tp2-logs"), "llava-tp2", ["--tp=2", "--max-total-tokens=4096"]
     )
+
+
+@pytest.fixture(scope="session")
+def fault_server(tiny_llava, tmp_path_factory):
+    """A server of its own for the fault tests and the soak (they kill its llm stub and engine
+    workers), so that the other tests never run against a server that is recovering."""
+    yield from _serve(tiny_llava, tmp_path_factory.mktemp("fault-logs"), "faults", ["--max-total-tokens=8192"])
