@@ -234,7 +234,9 @@ def _text(field: str, value: bytes) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(field, f"is not valid UTF-8 (byte {exc.start}: {value[exc.start : exc.start + 4]!r})") from None
+        raise InputError(
+            field, f"is not valid UTF-8 (byte {exc.start}: {value[exc.start : exc.start + 4]!r})"
+        ) from None
 
 
 def _scalar(array: np.ndarray, field: str = "") -> Any:
