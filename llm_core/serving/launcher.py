@@ -177,14 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[launcher] model dir {env[ENV_MODEL_DIR]}\n[launcher] {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
+    stop = threading.Event()  # ends the supervisor: stubs exiting on shutdown are no failure
+
     def forward(signum: int, _frame: object) -> None:
+        stop.set()
         if proc.poll() is None:
             proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     threading.Thread(target=_announce, args=(args, proc), daemon=True).start()
-    stop = threading.Event()
     if not args.no_supervisor:
         supervisor = Supervisor(f"http://127.0.0.1:{args.http_port}", proc.pid, runtime_dir, log=_log)
         threading.Thread(target=supervisor.run, args=(stop,), name="supervisor", daemon=True).start()
