@@ -194,7 +194,7 @@ def test_unavailable_engine_errors_are_retryable(setup):
     engine.state = "down"
     service.submit("refused", _inputs([1]))
     service.submit("bad", _inputs(list(range(200))))
-    wait_until(lambda: transport.of("lost") and transport.of("refused"))
+    wait_until(lambda: len(transport.retryable) == 3)
     assert transport.retryable == {"lost": True, "refused": True, "bad": False}
 
 
