@@ -77,8 +77,11 @@ async def run_workload(args: argparse.Namespace, requests: list[GenerateRequest]
                 return exc
 
     try:
+        if args.warmup:
+            print(f"warm-up: {args.warmup} request(s) one by one ...", file=sys.stderr, flush=True)
         for req in requests[: args.warmup]:
             await run_request(client, args.model, req)
+        print(f"running {len(requests)} requests ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         tasks = []
         for req in requests:

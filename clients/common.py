@@ -240,6 +240,11 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
     if args.sampling_parameters is not None:
         json.loads(args.sampling_parameters)  # fail here, not on the server, on bad JSON
     sampling = {name: getattr(args, name) for name in SAMPLING_DTYPES if getattr(args, name) is not None}
+    missing = [path for path in args.image if not Path(path).is_file()]
+    if missing:
+        raise SystemExit(f"error: --image: no such file: {', '.join(missing)}")
+    if args.image and getattr(args, "model", "ensemble") == "llm":
+        raise SystemExit("error: --image works with --model ensemble only (llm takes image embeddings)")
     return GenerateRequest(
         prompt=args.prompt,
         max_tokens=args.max_tokens,

@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_request_args(parser)
     parser.add_argument("--url", default="http://localhost:8000", help="HTTP address")
-    parser.add_argument("--model", default="ensemble")
+    parser.add_argument("--model", default="ensemble", help="ensemble only (use llm_direct.py to call llm)")
     args = parser.parse_args(argv)
+    if args.model != "ensemble":
+        parser.error("--model: http_sse.py sends text_input, which only the ensemble takes; use llm_direct.py for llm")
     req = request_from_args(args)
     try:
         if args.no_stream:

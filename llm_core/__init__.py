@@ -7,11 +7,19 @@ from llm_core.sampling_params import SamplingParams
 
 def __getattr__(name: str):
     # Engine pulls in torch and transformers; import it lazily so light users stay light.
-    if name in ("Engine", "EngineDeadError"):
+    if name in ("Engine", "EngineDeadError", "EngineUnavailableError"):
         from llm_core import engine
 
         return getattr(engine, name)
     raise AttributeError(name)
 
 
-__all__ = ["Engine", "EngineConfig", "EngineDeadError", "RequestOutput", "SamplingParams", "StreamChunk"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineUnavailableError",
+    "RequestOutput",
+    "SamplingParams",
+    "StreamChunk",
+]

@@ -9,126 +9,49 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing as mp
-import os
 import queue
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
 
 from llm_core.config import EngineConfig
 from llm_core.detokenizer import full_text, load_tokenizer_in_background
+from llm_core.engine_recovery import MAX_RESUMES, Inflight, resume_command
+from llm_core.engine_workers import EngineDeadError, EngineUnavailableError, Workers, check_not_bootstrapping
 from llm_core.models import load_model_config
 from llm_core.outputs import RequestOutput, StreamChunk
+from llm_core.request_checks import check_generate_args, check_request
 from llm_core.sampling_params import SamplingParams
-from llm_core.worker.process import worker_main
 from llm_core.worker.scheduler_loop import AddCommand
 
 log = logging.getLogger("llm_core")
-
-
-class EngineDeadError(RuntimeError):
-    pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Workers:
-    """The worker processes of one engine generation (restarted together)."""
-
-    def __init__(self, cfg: EngineConfig) -> None:
-        ctx = mp.get_context("spawn")
-        if cfg.tp > 1:
-            cfg = replace(cfg, dist_port=cfg.dist_port or _free_port())
-        self.conns = []
-        self.procs = []
-        for rank in range(cfg.tp):
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(
-                target=worker_main, args=(rank, cfg, theirs, os.getpid()), daemon=True, name=f"llm_core-rank{rank}"
-            )
-            proc.start()
-            theirs.close()
-            self.conns.append(ours)
-            self.procs.append(proc)
-        self.conn = self.conns[0]
-        self.start_timeout_s = cfg.start_timeout_s
-        self._kill_lock = threading.Lock()
-        self._killed = False
-        self.num_slots = self._wait_ready()
-
-    def _wait_ready(self) -> int:
-        deadline = time.monotonic() + self.start_timeout_s
-        slots = 0
-        for rank, conn in enumerate(self.conns):
-            while not conn.poll(0.2):
-                if not self.procs[rank].is_alive() or time.monotonic() > deadline:
-                    self.kill()
-                    raise EngineDeadError(f"worker rank {rank} failed to start")
-            try:
-                message = conn.recv()
-            except EOFError:
-                message = ("fatal", rank, "the worker process exited during start-up")
-            if message[0] == "fatal":
-                self.kill()
-                raise EngineDeadError(f"worker rank {message[1]} failed to start:\n{message[2]}")
-            slots = message[2]
-        return slots
-
-    def alive(self) -> bool:
-        return all(p.is_alive() for p in self.procs)
-
-    def exit_codes(self) -> list[int | None]:
-        return [p.exitcode for p in self.procs]
-
-    def kill(self) -> None:
-        """Idempotent: the reader thread (recovery) and shutdown may both get here."""
-        with self._kill_lock:
-            if self._killed:
-                return
-            self._killed = True
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.kill()
-        for proc in self.procs:
-            proc.join(timeout=5)
-        for conn in self.conns:
-            conn.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        try:
-            self.conn.send(("shutdown",))
-        except (OSError, EOFError):
-            pass
-        for proc in self.procs:
-            proc.join(timeout=timeout)
-        self.kill()
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)  # between failed restart attempts (the last repeats)
 
 
 class Engine:
+    """Public API. States: "ready"; "restarting" (a worker died: new requests wait, in-flight
+    ones resume when the workers are back); "down" (a restart failed: requests are refused with
+    EngineUnavailableError until a later attempt succeeds)."""
+
     def __init__(self, config: EngineConfig) -> None:
+        check_not_bootstrapping()
         self.config = config
         self.model_config = load_model_config(config.model_dir)
         self.max_model_len = config.max_model_len or self.model_config.max_position_embeddings
         tokenizer = load_tokenizer_in_background(config.model_dir)  # while the workers start
         self._queues: dict[str, queue.Queue] = {}
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
+        self._inflight: dict[str, Inflight] = {}  # same keys as _queues
+        self._lock = threading.Lock()  # _queues, _inflight
+        self._send_lock = threading.Lock()  # the workers' pipe, _workers and _state
         self._stats: dict = {}
         self._closed = False
-        self._restarting = False
+        self.state, self.state_reason = "ready", ""
         self._ids = itertools.count()
-        self._workers = _Workers(config)
+        self._workers = Workers(config)
         try:
             self.tokenizer = tokenizer.result()
         except BaseException:
@@ -136,6 +59,7 @@ class Engine:
             raise
         self.num_slots = self._workers.num_slots
         self.restarts = 0
+        self.resumed_requests = 0
         self._reader = threading.Thread(target=self._read_loop, name="llm_core-reader", daemon=True)
         self._reader.start()
 
@@ -149,62 +73,35 @@ class Engine:
         output_queue: queue.Queue | None = None,
     ) -> str:
         """Queue a request; its StreamChunks go to `output_queue`. Raises ValueError when the
-        request can never run (the message names the offending field)."""
+        request can never run (the message names the offending field), EngineUnavailableError
+        when the engine is down (retry later). While the workers restart it waits in the queue."""
         if self._closed:
             raise EngineDeadError("engine is shut down")
-        if self._restarting:
-            raise EngineDeadError("engine workers are restarting after a failure; retry shortly")
         prompt_ids = [int(t) for t in prompt_ids]
-        embeds = self._check_request(prompt_ids, params, image_embeds)
+        embeds = check_request(self.model_config, self.max_model_len, prompt_ids, params, image_embeds)
         request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        with self._lock:
-            if request_id in self._queues:
-                raise ValueError(f"request_id {request_id!r} is already in flight")
-            self._queues[request_id] = output_queue if output_queue is not None else queue.Queue()
-        try:
-            self._send(("add", AddCommand(request_id, prompt_ids, params, embeds)))
-        except (OSError, EOFError):
-            self._deliver(StreamChunk(request_id, [], "error", error="engine workers are restarting"))
+        command = AddCommand(request_id, prompt_ids, params, embeds)
+        with self._send_lock:
+            if self.state == "down":
+                raise EngineUnavailableError(f"engine unavailable ({self.state_reason}); retry in a few seconds")
+            with self._lock:
+                if request_id in self._queues:
+                    raise ValueError(f"request_id {request_id!r} is already in flight")
+                self._queues[request_id] = output_queue if output_queue is not None else queue.Queue()
+                self._inflight[request_id] = Inflight(command)
+            if self.state == "ready":
+                self._send_or_defer(("add", command))
         return request_id
 
-    def _check_request(self, prompt_ids: list[int], params: SamplingParams, image_embeds) -> np.ndarray | None:
-        if not prompt_ids:
-            raise ValueError("prompt is empty")
-        vocab = self.model_config.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        total = len(prompt_ids) + params.max_tokens
-        if len(prompt_ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(prompt_ids)} tokens; the model's context is {self.max_model_len}")
-        if total > self.max_model_len:
-            raise ValueError(
-                f"max_tokens ({params.max_tokens}) + prompt ({len(prompt_ids)} tokens) exceeds "
-                f"the model's context ({self.max_model_len})"
-            )
-        image_token = self.model_config.image_token_index
-        num_image_tokens = sum(1 for t in prompt_ids if t == image_token) if image_token is not None else 0
-        if image_embeds is None:
-            if num_image_tokens:
-                raise ValueError(f"prompt has {num_image_tokens} image tokens but no image embeddings")
-            return None
-        embeds = image_embeds.detach().float().cpu().numpy() if isinstance(image_embeds, torch.Tensor) else image_embeds
-        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
-        if embeds.ndim != 2 or embeds.shape[1] != self.model_config.hidden_size:
-            raise ValueError(f"image_embeds must be [N, {self.model_config.hidden_size}], got {list(embeds.shape)}")
-        if embeds.shape[0] != num_image_tokens:
-            raise ValueError(
-                f"image_embeds has {embeds.shape[0]} rows but the prompt has {num_image_tokens} image tokens"
-            )
-        return embeds
-
     def abort(self, request_id: str) -> None:
-        with self._lock:
-            if request_id not in self._queues:
-                return
-        try:
-            self._send(("abort", request_id))
-        except (OSError, EOFError):
-            pass
+        with self._send_lock:
+            with self._lock:
+                inflight = self._inflight.get(request_id)
+                if inflight is None:
+                    return
+                inflight.aborted = True  # if the workers are down, the restart ends it
+            if self.state == "ready":
+                self._send_or_defer(("abort", request_id))
 
     def stream(self, prompt_ids: Sequence[int], params: SamplingParams, image_embeds=None) -> Iterator[StreamChunk]:
         q: queue.Queue = queue.Queue()
@@ -225,20 +122,31 @@ class Engine:
         params: SamplingParams | Sequence[SamplingParams],
         image_embeds: Sequence | None = None,
     ) -> list[RequestOutput]:
-        params_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-        embeds_list = list(image_embeds) if image_embeds is not None else [None] * len(prompts)
+        """Run every prompt to completion. All prompts are checked before any is queued."""
+        params_list, embeds_list = check_generate_args(prompts, params, image_embeds)
+        for prompt, sp, embeds in zip(prompts, params_list, embeds_list, strict=True):
+            check_request(self.model_config, self.max_model_len, [int(t) for t in prompt], sp, embeds)
         q: queue.Queue = queue.Queue()
-        ids = [
-            self.add_request(p, sp, e, output_queue=q)
-            for p, sp, e in zip(prompts, params_list, embeds_list, strict=True)
-        ]
+        ids = []
+        try:
+            for p, sp, e in zip(prompts, params_list, embeds_list, strict=True):
+                ids.append(self.add_request(p, sp, e, output_queue=q))
+            chunks = self._wait_all(q, ids)
+        except BaseException:  # e.g. KeyboardInterrupt: do not leave the others running
+            for request_id in ids:
+                self.abort(request_id)
+            raise
+        return [self._collect(rid, chunks[rid], prompt) for rid, prompt in zip(ids, prompts, strict=True)]
+
+    @staticmethod
+    def _wait_all(q: queue.Queue, ids: list[str]) -> dict[str, list[StreamChunk]]:
         chunks: dict[str, list[StreamChunk]] = {rid: [] for rid in ids}
         remaining = len(ids)
         while remaining:
             chunk = q.get()
             chunks[chunk.request_id].append(chunk)
             remaining -= chunk.finished
-        return [self._collect(rid, chunks[rid], prompt) for rid, prompt in zip(ids, prompts, strict=True)]
+        return chunks
 
     def _collect(self, request_id: str, chunks: list[StreamChunk], prompt_ids) -> RequestOutput:
         token_ids = [t for c in chunks for t in c.token_ids]
@@ -252,17 +160,29 @@ class Engine:
         return RequestOutput(request_id, token_ids, last.finish_reason, len(prompt_ids), text, logprobs, last.error)
 
     # --- plumbing ------------------------------------------------------------------------
-    def _send(self, message) -> None:
-        with self._send_lock:
+    def _send_or_defer(self, message) -> None:
+        """Send to rank 0 (caller holds _send_lock). A dead pipe is not an error here: the reader
+        thread notices the dead worker and the restart re-sends every unfinished request."""
+        try:
             self._workers.conn.send(message)
+        except (OSError, EOFError, ValueError):
+            pass
 
     def _deliver(self, chunk: StreamChunk) -> None:
         with self._lock:
             q = self._queues.get(chunk.request_id)
+            inflight = self._inflight.get(chunk.request_id)
+            if inflight is not None:
+                inflight.delivered.extend(chunk.token_ids)
+                chunk.num_prompt_tokens = inflight.num_prompt_tokens  # not the resumed prompt's
             if q is not None and chunk.finished:
                 del self._queues[chunk.request_id]
+                self._inflight.pop(chunk.request_id, None)
         if q is not None:
             q.put(chunk)
+
+    def _end(self, request_id: str, reason: str, error: str | None, retryable: bool = False) -> None:
+        self._deliver(StreamChunk(request_id, [], reason, error=error, time=time.monotonic(), retryable=retryable))
 
     def _read_loop(self) -> None:
         while not self._closed:
@@ -279,52 +199,84 @@ class Engine:
                 if not self._closed:
                     self._recover("lost the connection to worker rank 0")
                 continue
-            kind = message[0]
-            if kind == "outputs":
-                for chunk in message[1]:
-                    self._deliver(chunk)
-                self._stats = message[2]
-            elif kind == "stats":
-                self._stats = message[1]
-            elif kind == "fatal":
-                log.error("worker rank %s failed:\n%s", message[1], message[2])
-                self._recover(f"worker rank {message[1]} failed: {message[2].strip().splitlines()[-1]}")
+            self._on_message(message)
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "outputs":
+            for chunk in message[1]:
+                self._deliver(chunk)
+            self._stats = message[2]
+        elif kind == "stats":
+            self._stats = message[1]
+        elif kind == "fatal":
+            log.error("worker rank %s failed:\n%s", message[1], message[2])
+            self._recover(f"worker rank {message[1]} failed: {message[2].strip().splitlines()[-1]}")
 
     def _recover(self, reason: str) -> None:
-        """Fail every in-flight request, then restart the workers."""
-        log.error("llm_core: %s; failing in-flight requests and restarting workers", reason)
-        self._restarting = True
+        """Restart the workers, then resume every unfinished request on them. Requests added
+        meanwhile wait; if a restart attempt fails they all end with a retryable error."""
+        log.error("llm_core: %s; restarting the workers (in-flight requests will resume)", reason)
+        with self._send_lock:
+            self.state, self.state_reason = "restarting", reason
         self._workers.kill()
-        with self._lock:
-            pending = list(self._queues.items())
-            self._queues.clear()
-        for request_id, q in pending:
-            q.put(StreamChunk(request_id, [], "error", error=f"engine failure: {reason}", time=time.monotonic()))
+        attempt = 0
         while not self._closed:
             try:
-                workers = _Workers(self.config)
-                with self._send_lock:
-                    if self._closed:  # shut down while these were starting: nobody will stop them
-                        workers.kill()
-                        return
-                    self._workers = workers
-                self.restarts += 1
-                self._stats = {}
-                self._restarting = False
-                return
+                workers = Workers(self.config)
             except EngineDeadError as exc:
-                log.error("llm_core: restart failed: %s", exc)
-                time.sleep(1.0)
+                self._restart_failed(exc, attempt)
+                attempt += 1
+                continue
+            self._install(workers)
+            return
+
+    def _restart_failed(self, exc: EngineDeadError, attempt: int) -> None:
+        log.error("llm_core: restart failed: %s", exc)
+        with self._send_lock:
+            self.state, self.state_reason = "down", f"restart failed: {str(exc).splitlines()[0]}"
+            with self._lock:
+                pending = list(self._inflight)
+        for request_id in pending:
+            self._end(request_id, "error", f"engine unavailable ({self.state_reason}); retry later", retryable=True)
+        time.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
+
+    def _install(self, workers: Workers) -> None:
+        with self._send_lock:
+            if self._closed:  # shut down while these were starting: nobody will stop them
+                workers.kill()
+                return
+            self._workers = workers
+            self._stats = {}
+            with self._lock:
+                pending = list(self._inflight.values())
+            for inflight in pending:
+                self._resume(inflight)
+            self.restarts += 1
+            self.state, self.state_reason = "ready", ""
+        log.warning("llm_core: workers restarted; %d request(s) resumed or re-queued", len(pending))
+
+    def _resume(self, inflight: Inflight) -> None:
+        request_id = inflight.command.request_id
+        if inflight.aborted:
+            self._end(request_id, "abort", None)
+        elif inflight.resumes >= MAX_RESUMES:
+            self._end(request_id, "error", f"engine failure: the workers died {MAX_RESUMES + 1} times during it")
+        else:
+            inflight.resumes += 1
+            self.resumed_requests += 1
+            self._send_or_defer(("add", resume_command(inflight)))
 
     def stats(self) -> dict:
         stats = dict(self._stats)
         stats.setdefault("slots_total", self.num_slots)
         stats.setdefault("slots_used", 0)
         stats["restarts"] = self.restarts
+        stats["resumed_requests"] = self.resumed_requests
         return stats
 
     def worker_pids(self) -> list[int]:
-        return [p.pid for p in self._workers.procs]
+        return self._workers.pids()
 
     def shutdown(self) -> None:
         if self._closed:
@@ -337,6 +289,7 @@ class Engine:
         with self._lock:
             pending = list(self._queues.items())
             self._queues.clear()
+            self._inflight.clear()
         for request_id, q in pending:
             q.put(StreamChunk(request_id, [], "abort", error="engine shut down"))
 

@@ -23,6 +23,7 @@ class StreamChunk:
     num_prompt_tokens: int = 0
     error: str | None = None
     time: float = 0.0  # time.monotonic() when the engine process received it
+    retryable: bool = False  # an error the caller may retry later (engine unavailable), not a bad request
 
     @property
     def finished(self) -> bool:

@@ -13,7 +13,11 @@ What it adds around `tritonserver --model-repository=model_repository`:
 - starts the OpenAI-compatible API (`python -m llm_core.serving.openai`, --openai-port, 0: off) as
   a second child talking to tritonserver over gRPC, and stops it after tritonserver has exited
   (so it can finish answering what tritonserver is still draining);
-- prints the HTTP/gRPC/metrics/OpenAI addresses once the server is ready.
+- prints the HTTP/gRPC/metrics/OpenAI addresses once the server is ready;
+- runs tritonserver with explicit model control (every model loaded at start) and a supervisor
+  thread (supervisor.py) that reloads a model whose Python stub died and keeps
+  /v2/health/ready non-200 while the llm engine restarts or a model reloads (`--no-supervisor`:
+  tritonserver's default model control, nothing watched).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.serving.cancel_relay import ENV_RUNTIME_DIR
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
+from llm_core.serving.supervisor import Supervisor
 from llm_core.serving.tritonserver_env import find_tritonserver, server_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shm-prefix", help="Python backend shm-region prefix (default: unique per launch)")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
+    p.add_argument("--no-supervisor", action="store_true", help="no explicit model control, no stub reloads")
     p.add_argument("triton_args", nargs="*", help="extra tritonserver arguments (after --)")
     return p.parse_args(argv)
 
@@ -90,6 +96,8 @@ def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namesp
     ]
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
+    if not args.no_supervisor and not any(a.startswith("--model-control-mode") for a in args.triton_args):
+        cmd += ["--model-control-mode=explicit", "--load-model=*"]
     return cmd + list(args.triton_args)
 
 
@@ -176,6 +184,10 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
         print(f"[launcher] ready  OpenAI  http://{args.host}:{args.openai_port}/v1", flush=True)
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     busy = busy_ports(
@@ -202,16 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         openai_cmd = openai_command(args, env[ENV_MODEL_DIR])
         openai = subprocess.Popen(openai_cmd, start_new_session=True, preexec_fn=_die_with_parent)
 
+    stop = threading.Event()  # ends the supervisor: stubs exiting on shutdown are no failure
+
     def forward(signum: int, _frame: object) -> None:
+        stop.set()
         if proc.poll() is None:
             proc.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     threading.Thread(target=_announce, args=(args, proc), daemon=True).start()
+    if not args.no_supervisor:
+        supervisor = Supervisor(f"http://127.0.0.1:{args.http_port}", proc.pid, runtime_dir, log=_log)
+        threading.Thread(target=supervisor.run, args=(stop,), name="supervisor", daemon=True).start()
     try:
         code = proc.wait()
     finally:
+        stop.set()
         _stop(openai)
         removed = remove_shm(shm_prefix)
         shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -69,6 +69,6 @@ class Transport(Protocol):
 
     def send(self, handle: Any, response: LlmResponse | None, final: bool) -> None: ...
 
-    def send_error(self, handle: Any, message: str) -> None: ...  # also final
+    def send_error(self, handle: Any, message: str, retryable: bool = False) -> None: ...  # also final
 
     def is_cancelled(self, handle: Any) -> bool: ...

@@ -23,6 +23,7 @@ import numpy as np
 
 from llm_core.detokenizer import DEFAULT_CONTEXT, MAX_CONTEXT, context_window, decode_delta
 from llm_core.outputs import StreamChunk
+from llm_core.serving.health import HealthWriter
 from llm_core.serving.llm_io import LlmRequest, LlmResponse, Transport, parse_llm_request
 from llm_core.serving.metrics import EngineMetrics
 
@@ -42,6 +43,7 @@ class _Stream:
     finish_reason: str | None = None
     text_trim: int = 0
     error: str | None = None
+    retryable: bool = False  # the error is "engine unavailable": UNAVAILABLE (503), not a bad request
     last_token_time: float | None = None
     ttft: float | None = None  # measured, not yet observed
     itl_sum: float = 0.0  # token gaps since the last response, not yet observed
@@ -59,6 +61,7 @@ class LlmService:
         default_max_tokens: int = 16,
         cancel_poll_s: float = 0.2,
         stats_interval_s: float = 0.25,
+        health: HealthWriter | None = None,
     ) -> None:
         self.engine = engine
         self.transport = transport
@@ -66,6 +69,7 @@ class LlmService:
         self.default_max_tokens = default_max_tokens
         self.cancel_poll_s = cancel_poll_s
         self.stats_interval_s = stats_interval_s
+        self.health = health
         self.tokenizer = getattr(engine, "tokenizer", None)
         self.outputs: queue.Queue = queue.Queue()
         self._streams: dict[str, _Stream] = {}
@@ -98,7 +102,10 @@ class LlmService:
         except Exception as exc:  # noqa: BLE001 - every failure must reach the client
             if not isinstance(exc, (ValueError, RuntimeError)):
                 log.exception("request %s failed", request_id)
-            self.outputs.put(StreamChunk(request_id, [], "error", error=str(exc) or type(exc).__name__))
+            retryable = bool(getattr(exc, "retryable", False))
+            self.outputs.put(
+                StreamChunk(request_id, [], "error", error=str(exc) or type(exc).__name__, retryable=retryable)
+            )
         return request_id
 
     def abort(self, request_id: str) -> None:
@@ -169,6 +176,7 @@ class LlmService:
             state.finish_reason = FINISH_REASONS.get(chunk.finish_reason, chunk.finish_reason)
             state.text_trim = chunk.text_trim
             state.error = chunk.error
+            state.retryable = chunk.retryable
         self._dirty[chunk.request_id] = None
 
     def _context(self, history: list[int]) -> list[int]:
@@ -208,7 +216,7 @@ class LlmService:
 
     def _send(self, request_id: str, state: _Stream, context: list[int], final: bool) -> None:
         if final and state.finish_reason == "error":
-            self.transport.send_error(state.handle, state.error or "generation failed")
+            self.transport.send_error(state.handle, state.error or "generation failed", state.retryable)
             return
         if final and state.cancelled:
             self.transport.send(state.handle, None, True)
@@ -266,7 +274,10 @@ class LlmService:
     def _publish_stats(self) -> None:
         self._itl_budget = self.max_itl_per_tick
         try:
-            self.metrics.publish(self.engine.stats())
+            state = getattr(self.engine, "state", "ready")
+            if self.health is not None and self.health.update(state, getattr(self.engine, "state_reason", "")):
+                log.warning("llm engine state: %s", state)
+            self.metrics.publish({**self.engine.stats(), "engine_ready": float(state == "ready")})
         except Exception:  # noqa: BLE001 - metrics must never stop the sender
             log.exception("publishing engine metrics failed")
 
@@ -276,6 +287,6 @@ class LlmService:
             self._streams.clear()
         for _, state in remaining:
             try:
-                self.transport.send_error(state.handle, message)
+                self.transport.send_error(state.handle, message, True)
             except Exception:  # noqa: BLE001
                 pass

@@ -34,6 +34,9 @@ LLM_METRICS = (
     MetricSpec("llm_prefix_cache_hit_tokens_total", COUNTER, "Prompt tokens taken from the prefix cache"),
     MetricSpec("llm_generation_tokens_total", COUNTER, "Tokens generated"),
     MetricSpec("llm_engine_restarts_total", COUNTER, "Engine worker restarts after a failure"),
+    MetricSpec("llm_resumed_requests_total", COUNTER, "Requests resumed on fresh workers after a worker failure"),
+    MetricSpec("llm_stub_reloads_total", COUNTER, "Reloads of the llm model by the supervisor after its stub died"),
+    MetricSpec("llm_engine_ready", GAUGE, "1 when the engine takes requests, 0 while its workers restart or are down"),
     MetricSpec(
         "llm_time_to_first_token_seconds", HISTOGRAM, "Time from request arrival to first token", LATENCY_BUCKETS
     ),
@@ -55,6 +58,7 @@ _GAUGES = {
     "running": "llm_requests_running",
     "waiting": "llm_requests_waiting",
     "paused": "llm_requests_paused",
+    "engine_ready": "llm_engine_ready",
 }
 _COUNTERS = {
     "total_pauses": "llm_request_pauses_total",
@@ -62,6 +66,7 @@ _COUNTERS = {
     "prefix_cache_hit_tokens_total": "llm_prefix_cache_hit_tokens_total",
     "generation_tokens_total": "llm_generation_tokens_total",
     "restarts": "llm_engine_restarts_total",
+    "resumed_requests": "llm_resumed_requests_total",
 }
 
 
@@ -123,12 +128,21 @@ class EngineMetrics:
     separately from the engine-generation totals.
     """
 
+    RESEND_EVERY = 40  # publishes: re-send unchanged gauges now and then (an update may be lost)
+
     def __init__(self, sink: MetricsSink) -> None:
         self.sink = sink
         self.counters = CounterTracker(sink)
         self._gauges: dict[str, float] = {}
+        self._publishes = 0
 
     def publish(self, stats: dict) -> None:
+        # Updates sent while the model is still initializing are dropped by tritonserver (the
+        # total slot count then read 0 until the first request): re-send the first few, then
+        # every RESEND_EVERY publishes.
+        self._publishes += 1
+        if self._publishes <= 8 or self._publishes % self.RESEND_EVERY == 0:
+            self._gauges.clear()
         for key, name in _GAUGES.items():
             # Each update is a blocking round trip to the server: skip unchanged values.
             if key in stats and self._gauges.get(name) != float(stats[key]):

@@ -15,7 +15,11 @@ import numpy as np
 from llm_core.models import load_model_config
 from llm_core.serving.images import decode_images
 from llm_core.serving.prompt import PromptEncoder, PromptLimits
-from llm_core.serving.request import parse_generate_request, sampling_params_json
+from llm_core.serving.request import InputError, parse_generate_request, sampling_params_json
+
+# A token is rarely longer than this many UTF-8 bytes: a longer prompt cannot fit the context,
+# so it is refused before tokenizing (an 8 MB prompt took 12 s to tokenize, holding this step).
+MAX_BYTES_PER_TOKEN = 32
 
 
 class Preprocessor:
@@ -30,6 +34,7 @@ class Preprocessor:
             max_model_len or cfg.max_position_embeddings, cfg.image_token_index, cfg.num_image_tokens or 0
         )
         self.encoder = PromptEncoder(tokenizer, limits)
+        self.max_prompt_bytes = limits.max_model_len * MAX_BYTES_PER_TOKEN
         size = cfg.vision.image_size if cfg.vision is not None else 1
         self.pixel_shape = (3, size, size)  # of the empty pixel tensor of a text-only request
 
@@ -40,8 +45,20 @@ class Preprocessor:
 
         return preprocess_images([d.image for d in images], self.model_dir).numpy().astype(np.float32)
 
+    def _check_size(self, text_input: np.ndarray | None) -> None:
+        if text_input is None:
+            return
+        size = sum(len(v) if isinstance(v, (bytes, str)) else 0 for v in np.asarray(text_input).reshape(-1))
+        if size > self.max_prompt_bytes:
+            raise InputError(
+                "text_input",
+                f"prompt is {size} bytes; the model's context ({self.encoder.limits.max_model_len} tokens) "
+                f"holds at most about {self.max_prompt_bytes} bytes",
+            )
+
     def run(self, inputs: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """-> the step's outputs (with the batch dim). Raises InputError naming the bad field."""
+        self._check_size(inputs.get("text_input"))
         req = parse_generate_request(inputs, parameters, self.default_max_tokens)
         ids = self.encoder.encode(req.prompt, len(req.images))
         self.encoder.check_max_tokens(len(ids), req.params.max_tokens)

@@ -230,16 +230,25 @@ def sampling_params_json(params: SamplingParams) -> str:
     return json.dumps(values, separators=(",", ":"))
 
 
-def _scalar(array: np.ndarray) -> Any:
+def _text(field: str, value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            field, f"is not valid UTF-8 (byte {exc.start}: {value[exc.start : exc.start + 4]!r})"
+        ) from None
+
+
+def _scalar(array: np.ndarray, field: str = "") -> Any:
     flat = np.asarray(array).reshape(-1)
     if flat.size == 0:
         return None
     value = flat[0]
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
+    return _text(field, value) if isinstance(value, bytes) else value.item()
 
 
-def _string_list(array: np.ndarray) -> list[Any]:
-    return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in np.asarray(array).reshape(-1)]
+def _string_list(array: np.ndarray, field: str) -> list[Any]:
+    return [_text(field, v) if isinstance(v, bytes) else v for v in np.asarray(array).reshape(-1)]
 
 
 _LIST_INPUTS = ("stop_words", "bad_words")
@@ -274,17 +283,17 @@ def parse_generate_request(
     inputs = {_INPUT_ALIASES.get(name, name): array for name, array in inputs.items()}
     _check_batch(inputs)
     if "text_input" not in inputs:
-        raise InputError("text_input", "is required")
-    prompt = _scalar(inputs["text_input"])
+        raise InputError("text_input", "is required (the prompt; see the ensemble's inputs)")
+    prompt = _scalar(inputs["text_input"], "text_input")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("text_input", "prompt is empty")
     kwargs = sampling_from_mapping(parameters, "", strict=False)
     if "sampling_parameters" in inputs:
-        _merge(kwargs, parse_sampling_json(_scalar(inputs["sampling_parameters"]) or ""))
+        _merge(kwargs, parse_sampling_json(_scalar(inputs["sampling_parameters"], "sampling_parameters") or ""))
     tensor_values = {}
     for name in SAMPLING_KEYS & inputs.keys():
         array = inputs[name]
-        tensor_values[name] = _string_list(array) if name in _LIST_INPUTS else _scalar(array)
+        tensor_values[name] = _string_list(array, name) if name in _LIST_INPUTS else _scalar(array, name)
     _merge(kwargs, sampling_from_mapping(tensor_values, "", strict=True))
     flags = {name: as_bool(name, parameters[name]) for name in _OPTION_INPUTS if name in parameters}
     flags.update({name: as_bool(name, _scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})

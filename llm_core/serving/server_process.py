@@ -24,7 +24,7 @@ import psutil
 
 from llm_core.serving.launcher import SHM_PREFIX_BASE
 
-MODELS = ("ensemble", "preprocess", "visual", "llm", "postprocess")
+MODELS = ("ensemble", "preprocess", "visual", "llm", "postprocess", "engine_health")
 
 
 def free_ports(count: int) -> list[int]:

@@ -58,30 +58,22 @@ def test_tp2_serving_matches_tp1_engine(tp2_server, tiny_llava):
     assert got.error is None and got.text == want.text, got
 
 
-def test_killing_one_rank_fails_fast_and_recovers(tp2_server):
+def test_killing_one_rank_resumes_the_stream(tp2_server):
     ranks = _rank_workers(tp2_server)
     assert len(ranks) >= 2, f"expected 2 rank processes, found {ranks}"
     victim = max(ranks, key=lambda p: p.pid)  # rank 1 starts last
     result = {}
-    values = {"text_input": "a long story", "max_tokens": 900,
+    values = {"text_input": "a long story", "max_tokens": 300,
               "sampling_parameters": json.dumps({"ignore_eos": True, "temperature": 0})}  # fmt: skip
+    want = grpc_stream(tp2_server.grpc_url, values)
     thread = threading.Thread(target=lambda: result.update(r=grpc_stream(tp2_server.grpc_url, values)))
     thread.start()
     time.sleep(0.5)
-    killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    thread.join(30)
+    thread.join(180)
     assert not thread.is_alive()
-    assert time.monotonic() - killed_at < 5.0
-    assert result["r"].error is not None and "engine" in result["r"].error, result["r"]
-    deadline = time.monotonic() + 180
-    while True:
-        again = grpc_stream(tp2_server.grpc_url, {"text_input": "are you back?", "max_tokens": 4})
-        if again.error is None:
-            break
-        assert time.monotonic() < deadline, again.error
-        time.sleep(1)
-    assert again.num_output_tokens >= 1
+    got = result["r"]
+    assert got.error is None and got.finish_reason == "length" and got.text == want.text, got
     old = {p.pid for p in ranks}
     alive_old = [p.pid for p in _rank_workers(tp2_server) if p.pid in old]
     assert not alive_old, f"old rank processes still alive: {alive_old}"

@@ -232,6 +232,25 @@ def test_abort_and_errors_free_everything(text_model):
     assert engine.stats()["slots_used"] == 0
 
 
+def test_generate_validates_its_arguments(text_model):
+    _, engine = text_model
+    vocab = engine.model_config.vocab_size
+    with pytest.raises(ValueError, match=r"stop_token_ids must be in \[0, "):
+        engine.generate([[1, 2]], SamplingParams(max_tokens=2, stop_token_ids=(vocab + 5,)))
+    with pytest.raises(ValueError, match="params: got 2 SamplingParams for 3 prompts"):
+        engine.generate([[1], [2], [3]], [SamplingParams(), SamplingParams()])
+    with pytest.raises(ValueError, match="image_embeds: got 1 entries for 2 prompts"):
+        engine.generate([[1], [2]], SamplingParams(), image_embeds=[None])
+    with pytest.raises(ValueError, match="prompts: expected a list of token id lists"):
+        engine.generate([1, 2, 3], SamplingParams())
+    with pytest.raises(ValueError, match="params: expected SamplingParams"):
+        engine.generate([[1, 2]], [{"max_tokens": 2}])
+    # A bad prompt in the middle fails before anything is queued.
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.generate([[1, 2], [], [3]], SamplingParams(max_tokens=2))
+    assert engine.stats()["slots_used"] == 0 and not engine._inflight
+
+
 def test_stop_token_ids_min_tokens_and_logprobs(text_model):
     _, engine = text_model
     prompt = [21, 22, 23]

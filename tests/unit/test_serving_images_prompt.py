@@ -141,3 +141,24 @@ def test_preprocessor_outputs(tiny_llava, llava_tokenizer):
     assert out["image_md5"].shape == (1, 1) and out["stream"].tolist() == [[True]]
     text_only = pre.run({"text_input": np.array([[b"hi"]], np.object_)}, {})
     assert text_only["pixel_values"].shape == (1, 0, 3, 32, 32) and text_only["image_md5"].shape == (1, 0)
+
+
+def test_huge_prompt_is_refused_before_tokenizing(tiny_llava, llava_tokenizer):
+    import time
+
+    pre = Preprocessor(tiny_llava, llava_tokenizer, default_max_tokens=8)
+    huge = {"text_input": np.array([[b"word " * 1_600_000]], np.object_)}  # 8 MB
+    start = time.monotonic()
+    with pytest.raises(InputError, match=r"^text_input: prompt is 8000000 bytes; the model's context"):
+        pre.run(huge, {})
+    assert time.monotonic() - start < 0.1
+
+
+def test_missing_text_input_and_non_utf8_are_named(tiny_llava, llava_tokenizer):
+    pre = Preprocessor(tiny_llava, llava_tokenizer, default_max_tokens=8)
+    with pytest.raises(InputError, match="^text_input: is required"):
+        pre.run({"max_tokens": np.array([[4]], np.int32)}, {"prompt": "hi"})
+    with pytest.raises(InputError, match="^text_input: is not valid UTF-8"):
+        pre.run({"text_input": np.array([[b"caf\xe9 latte"]], np.object_)}, {})
+    with pytest.raises(InputError, match="^stop_words: is not valid UTF-8"):
+        pre.run({"text_input": np.array([[b"hi"]], np.object_), "stop_words": np.array([[b"\xff"]], np.object_)}, {})

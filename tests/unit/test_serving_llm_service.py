@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -11,7 +12,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from llm_core.detokenizer import full_text
+from llm_core.engine_workers import EngineUnavailableError
 from llm_core.outputs import StreamChunk
+from llm_core.serving.health import HealthWriter, read_json
 from llm_core.serving.llm_io import parse_llm_request
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import EngineMetrics, RecordingSink
@@ -26,10 +29,13 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.queue = None
         self.slots_used = 0
+        self.state, self.state_reason = "ready", ""
 
     def add_request(self, prompt_ids, params, image_embeds=None, request_id=None, output_queue=None):
         if len(prompt_ids) > 100:
             raise ValueError("prompt has too many tokens")
+        if self.state == "down":  # like Engine: bad requests are refused as such first
+            raise EngineUnavailableError("engine unavailable (restart failed); retry in a few seconds")
         self.added[request_id] = (prompt_ids, params, image_embeds)
         self.queue = output_queue
         return request_id
@@ -59,15 +65,17 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent: list[tuple] = []
         self.cancelled: set = set()
+        self.retryable: dict = {}
         self.lock = threading.Lock()
 
     def send(self, handle, response, final):
         with self.lock:
             self.sent.append((handle, response, final))
 
-    def send_error(self, handle, message):
+    def send_error(self, handle, message, retryable=False):
         with self.lock:
             self.sent.append((handle, message, True))
+            self.retryable[handle] = retryable
 
     def is_cancelled(self, handle):
         return handle in self.cancelled
@@ -177,6 +185,34 @@ def test_errors_end_the_request(setup):
     ]
     assert transport.of("too-long") == [("prompt has too many tokens", True)]
     assert transport.of("dies")[-1] == ("engine failure: worker died", True)
+
+
+def test_unavailable_engine_errors_are_retryable(setup):
+    engine, transport, service, _ = setup
+    rid = service.submit("lost", _inputs([1]))
+    engine.emit(rid, [], "error", error="engine unavailable (restart failed); retry later", retryable=True)
+    engine.state = "down"
+    service.submit("refused", _inputs([1]))
+    service.submit("bad", _inputs(list(range(200))))
+    wait_until(lambda: len(transport.retryable) == 3)
+    assert transport.retryable == {"lost": True, "refused": True, "bad": False}
+
+
+def test_engine_state_reaches_metrics_and_the_health_file(tmp_path):
+    engine, transport, sink = FakeEngine(), FakeTransport(), RecordingSink()
+    health = HealthWriter(tmp_path)
+    service = LlmService(engine, transport, EngineMetrics(sink), stats_interval_s=0.02, health=health)
+    service.start()
+    try:
+        wait_until(lambda: sink.values.get("llm_engine_ready") == 1.0)
+        assert read_json(health.path)["state"] == "ready"
+        engine.state, engine.state_reason = "restarting", "a worker process died"
+        wait_until(lambda: sink.values.get("llm_engine_ready") == 0.0)
+        wait_until(lambda: read_json(health.path)["state"] == "restarting")
+        assert read_json(health.path)["reason"] == "a worker process died"
+        assert read_json(health.path)["pid"] == os.getpid()
+    finally:
+        service.stop()
 
 
 def test_client_cancellation_aborts_and_ends_with_a_bare_final(setup):

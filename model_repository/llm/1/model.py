@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.engine import Engine
 from llm_core.serving.cancel_relay import CancelRelayServer
+from llm_core.serving.health import HealthWriter, stub_reloads
 from llm_core.serving.llm_io import LlmResponse
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
@@ -51,8 +52,11 @@ class _Transport:
         else:
             sender.send(pb_utils.InferenceResponse(output_tensors=_tensors(response)), flags=_FINAL if final else 0)
 
-    def send_error(self, sender, message: str) -> None:
-        sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=_FINAL)
+    def send_error(self, sender, message: str, retryable: bool = False) -> None:
+        # UNAVAILABLE: HTTP 503 / gRPC UNAVAILABLE, which clients retry; the rest are client errors (400).
+        code = pb_utils.TritonError.UNAVAILABLE if retryable else pb_utils.TritonError.INVALID_ARG
+        error = pb_utils.TritonError(message, code)
+        sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=_FINAL)
 
     def is_cancelled(self, sender) -> bool:
         return sender.is_cancelled()
@@ -66,7 +70,11 @@ class TritonPythonModel:
         self.inputs = input_names(json.loads(args["model_config"]))
         self.engine = Engine(settings.engine)
         metrics = EngineMetrics(PbMetricsSink(pb_utils, LLM_METRICS))
-        self.service = LlmService(self.engine, _Transport(), metrics, settings.default_max_tokens)
+        if reloads := stub_reloads():  # counted by the supervisor, which reloaded this model
+            metrics.sink.increment("llm_stub_reloads_total", reloads)
+        self.service = LlmService(
+            self.engine, _Transport(), metrics, settings.default_max_tokens, health=HealthWriter()
+        )
         self.service.start()
         self.relay = CancelRelayServer(self.service.abort)
 

@@ -1,0 +1,68 @@
+"""Faults lose nothing and health tells the truth (issue 13).
+
+- kill -9 of the llm stub: the server is not ready within 5 s, the supervisor reloads the model,
+  and it is ready and serving again with no manual step;
+- kill -9 of the engine worker with streams in flight and new requests arriving: every request
+  completes (none gets a 400 or any error), greedy streams equal an uninterrupted run, and the
+  server reports not ready during the restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+from e2e_helpers import grpc_stream, metrics
+from fault_helpers import ReadinessWatch, all_ready, engine_worker_pids, llm_stub_pid, status, wait_until
+
+pytestmark = pytest.mark.e2e
+
+GREEDY = {"temperature": 0.0, "sampling_parameters": json.dumps({"ignore_eos": True})}
+PROMPTS = ["Once upon a time", "The weather today", "你好，世界", "emoji 😀 and"]
+
+
+def test_worker_kill_loses_no_request(fault_server):
+    url = fault_server.grpc_url
+    requests_ = [{"text_input": p, "max_tokens": 160, **GREEDY} for p in PROMPTS]
+    expected = [grpc_stream(url, values).text for values in requests_]
+    results: dict[int, object] = {}
+    threads = [
+        threading.Thread(target=lambda i=i, v=v: results.update({i: grpc_stream(url, v)}))
+        for i, v in enumerate(requests_)
+    ]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: metrics(fault_server.metrics_url).get("llm_kv_slots_used", 0) > 0, 10) is not None
+    watch = ReadinessWatch(fault_server)
+    for pid in engine_worker_pids(fault_server):
+        os.kill(pid, signal.SIGKILL)
+    late = [grpc_stream(url, {"text_input": f"late {i}", "max_tokens": 4, **GREEDY}) for i in range(6)]
+    for thread in threads:
+        thread.join(120)
+    assert wait_until(lambda: all_ready(fault_server), 60) is not None
+    codes = watch.stop()
+    for i, text in enumerate(expected):
+        assert results[i].error is None, results[i]
+        assert results[i].text == text and results[i].finish_reason == "length"
+    assert all(r.error is None and r.num_output_tokens == 4 for r in late), late
+    assert 400 in codes or 503 in codes, f"never reported not ready during the restart: {set(codes)}"
+    values = metrics(fault_server.metrics_url)
+    assert values["llm_engine_restarts_total"] >= 1 and values["llm_resumed_requests_total"] >= 4
+
+
+def test_llm_stub_kill_is_detected_and_reloaded(fault_server):
+    before = metrics(fault_server.metrics_url).get("llm_stub_reloads_total", 0)
+    os.kill(llm_stub_pid(fault_server), signal.SIGKILL)
+    killed_at = time.monotonic()
+    not_ready = wait_until(lambda: status(f"{fault_server.http_url}/v2/health/ready") != 200, 5, step=0.02)
+    assert not_ready is not None, "still ready 5 s after the llm stub died"
+    back = wait_until(lambda: all_ready(fault_server), 180, step=0.2)
+    assert back is not None, f"not ready again; {fault_server._tail()}"
+    result = grpc_stream(fault_server.grpc_url, {"text_input": "back?", "max_tokens": 4, **GREEDY})
+    assert result.error is None and result.num_output_tokens == 4, result
+    print(f"stub kill: not ready after {not_ready:.2f}s, serving after {time.monotonic() - killed_at:.1f}s")
+    assert metrics(fault_server.metrics_url).get("llm_stub_reloads_total", 0) == before + 1
