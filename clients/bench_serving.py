@@ -3,11 +3,16 @@ a Poisson request rate; prints throughput and TTFT / ITL / TPOT / latency percen
 
     python clients/bench_serving.py --num-requests 200 --concurrency 16 --input-len 256 --output-len 64
     python clients/bench_serving.py --num-requests 200 --request-rate 4 --concurrency 0 --out result.json
+    python clients/bench_serving.py --workload W1 --max-len 2048     (the anchor kit's W1 shape; see below)
 
 Prompts are random English words (`--input-len` words, spread uniformly by `--input-len-range`);
 the server's token counts are what is reported. Each request asks for `--output-len` tokens
 (same spread) and, unless `--allow-early-stop`, sets min_tokens to the same value so that every
-request generates exactly that many. TTFT is measured from the moment a request is sent (after it
+request generates exactly that many. `--length-dist lognormal` draws both lengths from lognormal
+distributions with those means (sigma `--length-sigma`, clipped to 4..`--max-len`), the
+ShareGPT-like shape of `--workload W1`: 1000 requests, 256 at a time, means 200 -> 180, sigma 0.8
+(`--workload W2`: 500 requests of 1024 -> 128, 128 at a time). A progress bar shows completed
+requests and output tokens/s while it runs. TTFT is measured from the moment a request is sent (after it
 gets a concurrency slot). ITL: the gap between chunks, split evenly over the tokens of a chunk.
 """
 
@@ -23,6 +28,7 @@ import uuid
 import numpy as np
 import tritonclient.grpc.aio as grpcclient_aio
 from common import GenerateRequest, RequestTimer, chunk_from_grpc, grpc_inputs
+from tqdm import tqdm
 
 WORDS = (
     "the model serves tokens from a stream of requests while the router batches prefill and decode "
@@ -31,8 +37,19 @@ WORDS = (
 ).split()
 
 
+# --workload presets: the anchor kit's closed-loop workloads (../shared/anchor/bench_driver.py).
+WORKLOADS = {
+    "W1": dict(num_requests=1000, concurrency=256, input_len=200, output_len=180, length_dist="lognormal"),
+    "W2": dict(num_requests=500, concurrency=128, input_len=1024, output_len=128, length_dist="uniform"),
+}
+
+
 def make_requests(args: argparse.Namespace, rng: np.random.Generator) -> list[GenerateRequest]:
     def lengths(mean: int, spread: float) -> np.ndarray:
+        if args.length_dist == "lognormal":
+            mu = np.log(mean) - args.length_sigma**2 / 2.0  # so that the mean is `mean`
+            draws = rng.lognormal(mu, args.length_sigma, size=args.num_requests)
+            return np.clip(np.round(draws), min(4, args.max_len), args.max_len).astype(int)
         low, high = max(1, round(mean * (1 - spread))), max(1, round(mean * (1 + spread)))
         return rng.integers(low, high + 1, size=args.num_requests)
 
@@ -69,12 +86,21 @@ async def run_workload(args: argparse.Namespace, requests: list[GenerateRequest]
     client = grpcclient_aio.InferenceServerClient(args.url)
     slots = asyncio.Semaphore(args.concurrency if args.concurrency > 0 else len(requests))
 
+    progress = tqdm(total=len(requests), unit="req", file=sys.stderr, disable=args.no_progress)
+    tokens = 0
+
     async def limited(req: GenerateRequest) -> RequestTimer | Exception:
+        nonlocal tokens
         async with slots:
             try:
-                return await run_request(client, args.model, req)
+                timer = await run_request(client, args.model, req)
+                tokens += timer.num_output_tokens
+                return timer
             except Exception as exc:  # counted as a failed request
                 return exc
+            finally:
+                progress.update(1)
+                progress.set_postfix_str(f"{tokens / max(progress.format_dict['elapsed'], 1e-9):.0f} out tok/s")
 
     try:
         if args.warmup:
@@ -91,6 +117,7 @@ async def run_workload(args: argparse.Namespace, requests: list[GenerateRequest]
         results = await asyncio.gather(*tasks)
         return results, time.perf_counter() - start
     finally:
+        progress.close()
         await client.close()
 
 
@@ -152,9 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-early-stop", action="store_true", help="do not set min_tokens = max_tokens")
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--warmup", type=int, default=1, help="requests sent one by one before timing")
+    parser.add_argument("--length-dist", choices=["uniform", "lognormal"], default="uniform")
+    parser.add_argument("--length-sigma", type=float, default=0.8, help="sigma of the lognormal lengths")
+    parser.add_argument("--max-len", type=int, default=2048, help="lognormal lengths are clipped to 4..this")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), help="a preset of the flags above (they still win)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the summary and settings as JSON here")
     args = parser.parse_args(argv)
+    if args.workload:  # the preset's values as defaults: flags given on the command line still win
+        parser.set_defaults(**WORKLOADS[args.workload])
+        args = parser.parse_args(argv)
     if args.num_requests < 1 or not 0 <= args.input_len_range < 1 or not 0 <= args.output_len_range < 1:
         parser.error("need --num-requests >= 1 and length ranges in [0, 1)")
 

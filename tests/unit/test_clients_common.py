@@ -179,10 +179,19 @@ def test_bench_requests_and_summary():
         output_len_range=0.0,
         allow_early_stop=False,
         temperature=None,
+        length_dist="uniform",
     )
     reqs = bench_serving.make_requests(args, np.random.default_rng(0))
     assert len(reqs) == 20 and all(5 <= len(r.prompt.split()) <= 15 for r in reqs)
     assert all(r.max_tokens == 8 and r.sampling == {"min_tokens": 8} for r in reqs)
+    # The W1 shape: lognormal lengths with the asked means, clipped to 4..max_len.
+    shaped = argparse.Namespace(**{**vars(args), "num_requests": 4000, "input_len": 200, "output_len": 180,
+                                   "length_dist": "lognormal", "length_sigma": 0.8, "max_len": 2048})  # fmt: skip
+    reqs = bench_serving.make_requests(shaped, np.random.default_rng(0))
+    outs = np.array([r.max_tokens for r in reqs])
+    ins = np.array([len(r.prompt.split()) for r in reqs])
+    assert outs.min() >= 4 and outs.max() <= 2048 and abs(outs.mean() - 180) < 12 and abs(ins.mean() - 200) < 12
+    assert np.median(outs) < 0.8 * outs.mean()  # skewed: most requests short, a long tail
     timer = RequestTimer(start=0.0)
     for i in range(4):
         timer.add(Chunk("x", num_input_tokens=10, num_output_tokens=1), now=0.1 * (i + 1))
