@@ -37,6 +37,12 @@ LLM_METRICS = (
     MetricSpec("llm_resumed_requests_total", COUNTER, "Requests resumed on fresh workers after a worker failure"),
     MetricSpec("llm_stub_reloads_total", COUNTER, "Reloads of the llm model by the supervisor after its stub died"),
     MetricSpec("llm_engine_ready", GAUGE, "1 when the engine takes requests, 0 while its workers restart or are down"),
+    MetricSpec("llm_engine_steps_total", COUNTER, "Forward steps of the engine (prefill, decode and mixed)"),
+    MetricSpec("llm_engine_step_seconds_total", COUNTER, "Wall time of the engine loop's steps"),
+    MetricSpec("llm_engine_gpu_seconds_total", COUNTER, "Device time of the engine's steps (CUDA events; 0 on CPU)"),
+    MetricSpec("llm_engine_host_seconds_total", COUNTER, "Host time of the steps: scheduling, launching, outputs"),
+    MetricSpec("llm_engine_wait_seconds_total", COUNTER, "Time the engine loop waited for the device's results"),
+    MetricSpec("llm_engine_idle_seconds_total", COUNTER, "Time the engine loop had no request to run"),
     MetricSpec(
         "llm_time_to_first_token_seconds", HISTOGRAM, "Time from request arrival to first token", LATENCY_BUCKETS
     ),
@@ -68,6 +74,30 @@ _COUNTERS = {
     "restarts": "llm_engine_restarts_total",
     "resumed_requests": "llm_resumed_requests_total",
 }
+
+# The step timeline (engine.stats() "step_<kind>_<field>", llm_core/worker/timeline.py), summed over the step
+# kinds: counter -> the fields it adds up.
+_STEP_COUNTERS = {
+    "llm_engine_steps_total": ("steps",),
+    "llm_engine_step_seconds_total": ("wall_s",),
+    "llm_engine_gpu_seconds_total": ("gpu_s",),
+    "llm_engine_host_seconds_total": ("schedule_s", "launch_s", "output_s"),
+    "llm_engine_wait_seconds_total": ("wait_s",),
+}
+
+
+def step_totals(stats: dict) -> dict[str, float]:
+    """Counter name -> total over every step kind of the engine's timeline stats."""
+    totals = dict.fromkeys(_STEP_COUNTERS, 0.0)
+    for key, value in stats.items():
+        if not key.startswith("step_") or key.count("_") < 2:
+            continue
+        field = key.split("_", 2)[2]  # step_<kind>_<field>: kinds have no underscore
+        for name, fields in _STEP_COUNTERS.items():
+            if field in fields:
+                totals[name] += float(value)
+    totals["llm_engine_idle_seconds_total"] = float(stats.get("step_idle_s", 0.0))
+    return totals
 
 
 class MetricsSink(Protocol):
@@ -151,6 +181,8 @@ class EngineMetrics:
         for key, name in _COUNTERS.items():
             if key in stats:
                 self.counters.update(name, float(stats[key]))
+        for name, total in step_totals(stats).items():
+            self.counters.update(name, total)
 
     def observe_ttft(self, seconds: float) -> None:
         self.sink.observe("llm_time_to_first_token_seconds", max(seconds, 0.0))

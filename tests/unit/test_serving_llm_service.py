@@ -287,3 +287,24 @@ def test_streamed_text_is_exact_and_never_empty(tiny_model_factory, arch, kind):
         assert "".join(texts) == full_text(tokenizer, prompt, outputs)
         assert all(texts[:-1]), texts
     service.stop()
+
+
+def test_step_timeline_becomes_counters():
+    # engine.stats()' step_<kind>_<field> totals, summed over the kinds, as counter increments.
+    sink = RecordingSink()
+    metrics = EngineMetrics(sink)
+    stats = {
+        "step_decode_steps": 10, "step_decode_wall_s": 0.5, "step_decode_gpu_s": 0.4, "step_decode_schedule_s": 0.01,
+        "step_decode_launch_s": 0.02, "step_decode_output_s": 0.03, "step_decode_wait_s": 0.3,
+        "step_mixed_steps": 2, "step_mixed_wall_s": 0.2, "step_mixed_gpu_s": 0.15, "step_idle_s": 1.5,
+        "step_between_s": 0.1,
+    }  # fmt: skip
+    metrics.publish(stats)
+    metrics.publish({**stats, "step_decode_steps": 13, "step_decode_wall_s": 0.65})
+    values = sink.values
+    assert values["llm_engine_steps_total"] == 15
+    assert values["llm_engine_step_seconds_total"] == pytest.approx(0.85)
+    assert values["llm_engine_gpu_seconds_total"] == pytest.approx(0.55)
+    assert values["llm_engine_host_seconds_total"] == pytest.approx(0.06)
+    assert values["llm_engine_wait_seconds_total"] == pytest.approx(0.3)
+    assert values["llm_engine_idle_seconds_total"] == pytest.approx(1.5)
