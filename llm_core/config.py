@@ -29,10 +29,10 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     seed: int = 0
     # Router policy
-    decode_steps_per_prefill: int = 4  # run a prefill at most every N decode steps while decoding
+    decode_steps_per_prefill: int = 2  # run a prefill at most every N decode steps while decoding
     # Mixed steps: a prefill due while requests decode carries them along (one token each) and at most this
     # many prefill tokens; 0: prefill and decode steps stay separate.
-    mixed_prefill_tokens: int = 2048
+    mixed_prefill_tokens: int = 4096
     # Overlapped loop: the host schedules and queues step N+1 while the device runs step N (the sampled ids
     # stay on the device). tp == 1 with exact admission; elsewhere each step is finished before the next.
     overlap_schedule: bool = True

@@ -129,6 +129,7 @@ class ModelRunner:
         )  # fmt: skip
         for step in steps:
             self.forward(step)
+        self._warm_decode_attention()
         if self.graph_runner is not None and self.use_cuda_graph:
             self.graph_runner.capture_all()
         if self.device.type == "cuda":
@@ -137,6 +138,23 @@ class ModelRunner:
         graphs = self.graph_runner.num_graphs if self.graph_runner is not None else 0
         log.info("rank %d warm: %d prefill shapes, %d decode graphs in %.1f s", self.rank, len(steps), graphs,
                  self.warmup_s)  # fmt: skip
+
+    def _warm_decode_attention(self) -> None:
+        """The decode kernel at every row count a mixed step can carry and every context bucket: its split
+        count (a launch argument) depends on both. Reads only the dummy row and slot."""
+        mc = self.model_config
+        heads = max(1, mc.num_heads // self.cfg.tp)
+        rows_max = self.cfg.max_running_requests
+        q = torch.zeros((rows_max, heads, mc.head_dim), dtype=self.dtype, device=self.device)
+        dummy_row = self.kv.req_to_slot.shape[0] - 1
+        rows = torch.full((rows_max,), dummy_row, dtype=torch.int32, device=self.device)
+        seq_lens = torch.ones(rows_max, dtype=torch.int32, device=self.device)
+        k_cache, v_cache = self.kv.k[0], self.kv.v[0]
+        for ctx in self.context_buckets:
+            for n in range(1, rows_max + 1):
+                self.ops.decode_attention(
+                    q[:n], k_cache, v_cache, self.kv.req_to_slot, rows[:n], seq_lens[:n], ctx, mc.head_dim**-0.5
+                )
 
     # --- forward -------------------------------------------------------------------------
     def prepare(self, step: StepInput, feed: TokenFeed | None = None) -> ForwardBatch:

@@ -3,9 +3,11 @@
 Triton compiles a kernel once per set of constexprs and per "specialisation" of its integer arguments
 (== 1, divisible by 16, other), the first time it is launched with them: a second or more each on a
 GPU. The steps below reach every such variant a prefill or mixed step can launch: 1, 16k and other
-token counts and sequence counts, sequences with and without a cached prefix, one-token sequences
-(decode rows riding along in a mixed step), and image tokens when the model has them. Decode steps
-are covered by capturing every CUDA-graph bucket (`DecodeGraphRunner.capture_all`).
+token counts, sequence counts and query-block counts, sequences with and without a cached prefix,
+one-token sequences (decode rows riding along in a mixed step), and image tokens when the model has
+them. Decode steps are covered by capturing every CUDA-graph bucket (`DecodeGraphRunner.capture_all`),
+and the decode rows of mixed steps (any number of them) by `ModelRunner.warm_up` running the decode
+kernel alone at every row count and context bucket.
 
 The steps use request rows from 0 and slots from 0 of a fresh pool: what they write is overwritten by
 the first real requests before it is read (a request reads only positions it has written).
@@ -28,6 +30,10 @@ _SHAPES: tuple[tuple[tuple[int, int], ...], ...] = (
     tuple((8, 1) for _ in range(16)),
     tuple((8, 1) for _ in range(16)) + ((0, 40),),
     tuple((4 * i, 1) for i in range(1, 32)) + ((32, 33),),
+    # Long queries: the prefill kernel's grid count of query blocks is an argument too (1 above, then
+    # neither 1 nor a multiple of 16, then a multiple of 16 at block sizes 64 and 128).
+    ((0, 385),),
+    ((0, 2048),),
 )
 
 
