@@ -3,7 +3,7 @@
 For each row count: a stress check (many calls with fresh data, fused == symm-mem one-shot
 all-reduce followed by the RMSNorm kernel, bit for bit, on every rank), then the time of the 64
 such calls a Llama-3-8B decode step makes ([rows, 4096] bf16), replayed from a CUDA graph:
-fused, one-shot + norm, NCCL + norm. Decides `FUSED_MAX_ROWS` in llm_core/models/all_reduce.py.
+fused, one-shot + norm, NCCL + norm. Decides `FUSED_MAX_ROWS` in llm_core/collectives.py.
 
   python benchmarks/all_reduce.py --rows 1 2 4 8 16 32 64 --out all_reduce.md
 """
@@ -29,7 +29,7 @@ CALLS = 64  # 2 per layer, 32 layers
 
 def _rank(rank: int, world: int, args: argparse.Namespace) -> None:
     from llm_core import kernels
-    from llm_core.models.all_reduce import SymmMemAllReduce
+    from llm_core.collectives import SymmMemAllReduce
 
     dist.init_process_group(
         "nccl", init_method=f"tcp://127.0.0.1:{args.port}", rank=rank, world_size=world,

@@ -32,8 +32,8 @@ from benchmarks.tp_decode import LLAMA3_8B  # noqa: E402
 
 
 def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> None:
+    from llm_core.batch import SeqInput, StepInput
     from llm_core.config import engine_config_from_env
-    from llm_core.worker.batch import SeqInput, StepInput
     from llm_core.worker.model_runner import ModelRunner
 
     if tp > 1:

@@ -5,7 +5,7 @@ tokens per sequence, CUDA events, median of --iters), eagerly launched ("eager")
 from a CUDA graph ("graph", llm_core/worker/cuda_graph.py; the first call captures, outside
 the timing). Separately, the all-reduces one step issues (2 per layer on [batch, hidden] bf16),
 launched eagerly and replayed from a graph, through NCCL and through the symmetric-memory one-shot
-(llm_core/models/all_reduce.py). Also: every mode's logits vs eager logits of the same step.
+(llm_core/collectives.py). Also: every mode's logits vs eager logits of the same step.
 Prints a markdown table; --out writes JSON.
 
   python benchmarks/tp_decode.py --tp 1 2 --batch 1 64 --ctx 512 --mode eager graph eager_nccl graph_nccl
@@ -74,8 +74,8 @@ def _rank(
     import dataclasses
     import importlib
 
+    from llm_core.batch import SeqInput, StepInput
     from llm_core.config import engine_config_from_env
-    from llm_core.worker.batch import SeqInput, StepInput
     from llm_core.worker.model_runner import ModelRunner
 
     if stacks_every := float(os.environ.get("LLM_DUMP_STACKS_S", "0")):  # debugging hangs

@@ -1,7 +1,7 @@
 """Shared by every client: a request as the ensemble's inputs (gRPC tensors or the HTTP
 `generate` JSON body), the parsing of its responses, and per-request timing.
 
-The ensemble interface is DESIGN.md §4: the ensemble batches, so every gRPC input has shape
+The ensemble interface is docs/SERVING.md: the ensemble batches, so every gRPC input has shape
 [1, n] (batch of one); the HTTP `generate` endpoint takes the same names as JSON fields.
 """
 

@@ -50,7 +50,7 @@ class EngineConfig:
     # Before the engine reports ready, compile every Triton kernel variant a step can launch (a few prefill
     # shapes) and capture every decode-graph bucket, so no request pays for compilation.
     warmup: bool = True
-    # tp > 1 on CUDA: small all-reduces over symmetric memory (NVLink P2P) instead of NCCL (models/all_reduce.py):
+    # tp > 1 on CUDA: small all-reduces over symmetric memory (NVLink P2P) instead of NCCL (collectives.py):
     # those of o_proj/down_proj (up to 64 rows) fused with the residual add and RMSNorm in one kernel, the other
     # ones up to 1 MiB (bf16/fp32) through torch's one-shot kernel; larger ones (prefill) through NCCL. Bit-identical
     # to NCCL at tp=2 (a sum of two); decode steps 0.75x -> 0.71x of tp=1 (benchmarks/RESULTS.md).

@@ -1,4 +1,4 @@
-"""Exact incremental detokenization and stop strings (DESIGN §4 "Streaming text must be exact").
+"""Exact incremental detokenization and stop strings (docs/SERVING.md, postprocess).
 
 Text of a token sequence is `decode(ids)` with special tokens skipped and no clean-up of
 spaces. Streaming emits, per chunk of new ids, `stable(context + new) - stable(context)`

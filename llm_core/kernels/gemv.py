@@ -2,7 +2,7 @@
 
 At batch 1 a decode step's weight GEMMs are matrix-vector products: pure weight streaming. cuBLAS picks
 tensor-core tiles with split-K and a separate reduce kernel for these shapes, and the halved matrices of a
-tp=2 rank run well below the bandwidth of the full ones (benchmarks/RESULTS.md, session 3 profiles). Here
+tp=2 rank run well below the bandwidth of the full ones (profiled on 2 x H200, 2026-11-22). Here
 each program owns BLOCK_N output columns (weight rows, contiguous along K) and streams its [BLOCK_N, BLOCK_K]
 weight tiles once, accumulating products in fp32 registers (CUDA cores: a GEMV has
 no reuse for tensor cores to exploit).

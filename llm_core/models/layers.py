@@ -29,7 +29,7 @@ class TensorParallel:
     rank: int = 0
     size: int = 1
     group: Any = None
-    # Optional small-tensor path (models/all_reduce.py): fast(x) -> reduced tensor, or None for NCCL.
+    # Optional small-tensor path (collectives.py): fast(x) -> reduced tensor, or None for NCCL.
     fast_all_reduce: Any = None
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from llm_core.batch import ForwardBatch, KVCache
 from llm_core.models.config import ModelConfig
 from llm_core.models.layers import (
     MergedGateUpLinear,
@@ -22,7 +23,6 @@ from llm_core.models.layers import (
     default_weight_loader,
 )
 from llm_core.models.rope import build_cos_sin
-from llm_core.worker.batch import ForwardBatch, KVCache
 
 # (fused parameter, checkpoint name, shard id)
 STACKED_PARAMS = (

@@ -4,7 +4,7 @@ This file is the contract: each Triton kernel in `llm_core/kernels/` has the sam
 and must match the function here. The engine runs these on CPU (and on GPU when the torch
 path is forced), so they are written for clarity, not speed.
 
-Layout conventions (token-granular KV cache, DESIGN §3):
+Layout conventions (token-granular KV cache, docs/ARCHITECTURE.md):
   k_cache, v_cache: [num_slots + 1, kv_heads, head_dim]  (the last slot is a padding dummy)
   req_to_slot:      [max_reqs + 1, max_len] int32, (request row, position) -> slot
 """

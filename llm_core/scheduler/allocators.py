@@ -1,4 +1,4 @@
-"""CPU free lists for KV token slots and request-table rows (DESIGN §3 token KV pool).
+"""CPU free lists for KV token slots and request-table rows (docs/ARCHITECTURE.md).
 
 Both are a Python list used as a stack plus a bytearray bitmap of the ids in use, so that a
 double free (or freeing an id that was never handed out) is caught at O(1) per id.

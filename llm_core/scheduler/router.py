@@ -1,4 +1,4 @@
-"""Continuous-batching router with future-aware admission (DESIGN §3 "Efficient Router").
+"""Continuous-batching router with future-aware admission (docs/ARCHITECTURE.md, Scheduler).
 
 Pure CPU: ints and lists. The rank-0 worker loop drives it:
 

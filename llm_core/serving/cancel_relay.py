@@ -2,7 +2,7 @@
 
 In tritonserver 2.51 a decoupled step already running inside an ensemble never sees
 `is_cancelled()`; the ensemble marks the requests of the *later* steps as cancelled instead
-(DESIGN §5). So postprocess, on a cancelled request, pushes the llm step's engine request id
+(docs/SERVING.md). So postprocess, on a cancelled request, pushes the llm step's engine request id
 (which travels with every llm response) over a zmq PUSH socket; the llm stub's PULL socket
 thread calls engine.abort. Both stubs are children of the same tritonserver and find the socket
 through LLM_SERVING_RUNTIME_DIR (set per launch by the launcher) or, without the launcher, a

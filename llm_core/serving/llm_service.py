@@ -2,7 +2,7 @@
 
 Threads: Triton's `execute` calls `submit` (parse, register, engine.add_request: never blocks
 on generation); ONE sender thread (`run`) drains the engine's shared output queue, groups the
-chunks per stream, sends one response per stream per pass (DESIGN §5: one response carrying
+chunks per stream, sends one response per stream per pass (docs/SERVING.md: one response carrying
 every token since the stream's previous response, plus the context ids the stateless
 postprocess needs), polls client cancellation, and publishes metrics. Every request ends with
 exactly one final send, errors included; all sends and metric updates happen on that thread.

@@ -2,7 +2,7 @@
 
 The Triton adapters create one `pb_utils.MetricFamily` per MetricSpec and wrap them in a
 MetricsSink. Everything here runs on ONE thread per model (the llm sender thread; the visual
-model's execute): DESIGN §5 links pb_utils metric updates from several threads to crashes.
+model's execute): docs/SERVING.md links pb_utils metric updates from several threads to crashes.
 """
 
 from __future__ import annotations

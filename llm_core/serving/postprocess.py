@@ -1,7 +1,7 @@
 """Postprocess: one llm response -> the ensemble's outputs (stateless, exact text).
 
 Each llm response carries its new token ids and the ids just before them, so the text delta is
-`decode_delta(context, new, final)` with no state kept between requests (DESIGN §4). A final
+`decode_delta(context, new, final)` with no state kept between requests (docs/SERVING.md). A final
 response may ask to trim the end of the text (a stop string that began inside a token); the
 engine holds such tokens back until the match, so the trim falls inside this last delta.
 """

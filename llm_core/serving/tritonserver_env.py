@@ -2,7 +2,7 @@
 
 Two installations are supported:
 - a `tritonserver` already on PATH (NVIDIA's container): used as is, its own backends;
-- the binary inside the `nvidia-pytriton` wheel. That one needs (DESIGN §5): the Python stub for
+- the binary inside the `nvidia-pytriton` wheel. That one needs (docs/SERVING.md): the Python stub for
   the running interpreter next to `libtriton_python.so`, `LD_LIBRARY_PATH` starting with the
   interpreter's LIBDIR then `nvidia_pytriton.libs`, and the virtual environment's `bin/` first on
   PATH (the stub takes its Python from the first `python3` there).

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed
+from llm_core.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed
 
 MIN_CONTEXT_BUCKET = 4096
 NUM_FIELDS = 7  # rows of the static input buffer, see FIELDS

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from llm_core.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device
+from llm_core.collectives import create_symm_mem_all_reduce
 from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
-from llm_core.models.all_reduce import create_symm_mem_all_reduce
 from llm_core.ops import select_ops, torch_ops
-from llm_core.worker.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device
 from llm_core.worker.cuda_graph import DecodeGraphRunner, bucket_for, context_buckets
 from llm_core.worker.warmup import warmup_steps
 

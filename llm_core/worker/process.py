@@ -13,11 +13,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from llm_core.batch import StepInput
 from llm_core.config import EngineConfig
 from llm_core.detokenizer import load_tokenizer_in_background
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.scheduler import Router
-from llm_core.worker.batch import StepInput
 from llm_core.worker.model_runner import ModelRunner
 from llm_core.worker.scheduler_loop import AddCommand, SchedulerLoop
 

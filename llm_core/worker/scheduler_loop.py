@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llm_core.batch import SeqInput, StepInput, TokenFeed
 from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
@@ -19,7 +20,6 @@ from llm_core.sampling.sampler import to_device
 from llm_core.scheduler import Request, Router
 from llm_core.scheduler.prefix_cache import image_cache_keys
 from llm_core.scheduler.router import Batch
-from llm_core.worker.batch import SeqInput, StepInput, TokenFeed
 from llm_core.worker.model_runner import ModelRunner
 from llm_core.worker.timeline import GpuSpan, StepTimeline
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_core.worker.batch import SeqInput, StepInput
+from llm_core.batch import SeqInput, StepInput
 
 # (prefix_len, new tokens) per sequence of each warm-up step.
 _SHAPES: tuple[tuple[tuple[int, int], ...], ...] = (

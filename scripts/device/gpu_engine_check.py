@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from llm_core import Engine, EngineConfig, SamplingParams  # noqa: E402
+from llm_core.batch import SeqInput, StepInput  # noqa: E402
 from llm_core.config import EngineConfig as _Cfg  # noqa: E402
 from llm_core.models import VisionEncoder, preprocess_images  # noqa: E402
 from llm_core.testing.tiny_model import make_tiny_model  # noqa: E402
-from llm_core.worker.batch import SeqInput, StepInput  # noqa: E402
 from llm_core.worker.model_runner import ModelRunner  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The clients' request building and response parsing against the ensemble interface (DESIGN §4)."""
+"""The clients' request building and response parsing against the ensemble interface (docs/SERVING.md)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from llm_core.batch import SeqInput, StepInput
 from llm_core.config import EngineConfig
-from llm_core.worker.batch import SeqInput, StepInput
 from llm_core.worker.cuda_graph import (
     DecodeGraphRunner,
     batch_buckets,

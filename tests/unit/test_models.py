@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from llm_core.batch import ForwardBatch, KVCache
 from llm_core.models import VisionEncoder, build_model, load_model_config, load_weights
 from llm_core.models.rope import inv_freq_and_scaling
 from llm_core.ops import torch_ops
-from llm_core.worker.batch import ForwardBatch, KVCache
 
 ATOL = 1e-4
 TEXT = dict(

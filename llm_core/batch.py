@@ -50,7 +50,7 @@ def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @dataclass(slots=True)
 class KVCache:
-    """Token-granular KV storage of one rank (DESIGN §3 "TokenAttention").
+    """Token-granular KV storage of one rank (docs/ARCHITECTURE.md).
 
     k[layer], v[layer]: [num_slots + 1, kv_heads_per_rank, head_dim]; slot `num_slots` is the
     padding dummy. req_to_slot: [max_reqs + 1, max_len] int32, (request row, position) -> slot;

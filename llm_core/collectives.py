@@ -23,7 +23,7 @@ import torch.distributed as dist
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
 # Fused all-reduce + RMSNorm up to this many rows (its buffers are sized for them). H200 x2, [rows, 4096]
 # bf16 in a graph: 5.2 us at 1 row to 8.2 us at 64, 1.5x faster than the one-shot all-reduce + norm at
-# every row count measured (benchmarks/all_reduce.py; raw/2026-11-22_h200x2_push_all_reduce.md). Larger
+# every row count measured (benchmarks/all_reduce.py, 2026-11-22). Larger
 # batches (not measured) take the one-shot + norm path up to 1 MiB, then NCCL.
 FUSED_MAX_ROWS = 64
 ONE_SHOT_DTYPES = (torch.bfloat16, torch.float32)  # what torch's CUDA one-shot kernel dispatches (not fp16)
