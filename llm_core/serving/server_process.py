@@ -48,6 +48,7 @@ class ServerProcess:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         ready_timeout: float = 600.0,
+        python: str | Path | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.http_port, self.grpc_port, self.metrics_port, self.openai_port = free_ports(4)
@@ -56,6 +57,7 @@ class ServerProcess:
         self.extra_args = extra_args or []
         self.env = env
         self.ready_timeout = ready_timeout
+        self.python = str(python or sys.executable)  # the venv the launcher (and so every stub) runs in
         self.proc: subprocess.Popen | None = None
         self._known: dict[int, float] = {}  # pid -> create_time of every process seen in the tree
         self._log_file = None
@@ -80,7 +82,7 @@ class ServerProcess:
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> ServerProcess:
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             "llm_core.serving.launcher",
             f"--http-port={self.http_port}",

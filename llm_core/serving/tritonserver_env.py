@@ -71,6 +71,19 @@ def _wheel_backends(root: Path) -> Path:
     return local
 
 
+def libpython_dir() -> Path | None:
+    """The folder holding this interpreter's libpython3.X.so, which the stub must load.
+
+    Usually sysconfig's LIBDIR; relocatable builds (python-build-standalone, uv's pythons) report
+    their build machine's LIBDIR instead, so also look next to the real base executable."""
+    name = f"libpython{_python_version()}.so"
+    base = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    for folder in (Path(sysconfig.get_config_var("LIBDIR") or "/nonexistent"), base.parent.parent / "lib"):
+        if any(folder.glob(name + "*")):
+            return folder
+    return None
+
+
 def find_tritonserver() -> TritonInstall:
     """Prefer a `tritonserver` on PATH, else the one inside nvidia-pytriton."""
     on_path = shutil.which("tritonserver")
@@ -79,9 +92,8 @@ def find_tritonserver() -> TritonInstall:
     root = _pytriton_root()
     if root is None:
         raise RuntimeError("no tritonserver on PATH and nvidia-pytriton is not installed: run scripts/setup_env.sh")
-    libdir = Path(sysconfig.get_config_var("LIBDIR") or "")
     wheel_libs = root.parent.parent / "nvidia_pytriton.libs"
-    lib_dirs = tuple(p for p in (libdir, wheel_libs) if str(p) and p.is_dir())
+    lib_dirs = tuple(p for p in (libpython_dir(), wheel_libs) if p is not None and p.is_dir())
     return TritonInstall(root / "bin" / "tritonserver", _wheel_backends(root), lib_dirs, from_wheel=True)
 
 
