@@ -93,25 +93,6 @@ def _split(total: int, tp: TensorParallel, what: str) -> int:
     return total // tp.size
 
 
-class ColumnParallelLinear(nn.Module):
-    """y = x W^T + b, W split by output rows; the output stays sharded (no communication)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel, dtype, device):
-        super().__init__()
-        self.tp = tp
-        out_per_rank = _split(out_features, tp, "out_features")
-        self.weight = _new_param((out_per_rank, in_features), dtype, device, self.weight_loader)
-        self.bias = _new_param((out_per_rank,), dtype, device, self.weight_loader) if bias else None
-
-    def weight_loader(self, param: nn.Parameter, source: WeightSource) -> None:
-        rows = param.shape[0]
-        with torch.no_grad():
-            _copy(param.data, source[self.tp.rank * rows : (self.tp.rank + 1) * rows])
-
-    def forward(self, x: torch.Tensor, ops: ModuleType = torch_ops) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
-
-
 class QKVParallelLinear(nn.Module):
     """q, k and v projections fused by output rows: [q heads | k heads | v heads] of this rank.
 

@@ -63,10 +63,6 @@ class Request:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
-    def max_total_len(self) -> int:
-        return len(self.prompt_ids) + self.params.max_tokens
-
-    @property
     def remaining_budget(self) -> int:
         return self.params.max_tokens - len(self.output_ids)
 

@@ -9,7 +9,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from llm_core.sampling_params import SamplingParams
-from llm_core.serving.request import InputError, as_bool, as_int, build_sampling_params, parse_sampling_json
+from llm_core.serving.request import (
+    InputError,
+    as_bool,
+    as_int,
+    build_sampling_params,
+    parse_sampling_json,
+    scalar,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,12 +26,6 @@ class LlmRequest:
     params: SamplingParams
     stream: bool
     options: str  # opaque, forwarded to postprocess with every response
-
-
-def _scalar(array: np.ndarray) -> Any:
-    flat = np.asarray(array).reshape(-1)
-    value = flat[0] if flat.size else None
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> LlmRequest:
@@ -40,12 +41,11 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
         embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
         embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
         embeds = embeds if embeds.shape[0] else None
-    sampling_json = _scalar(inputs["sampling_parameters"]) if "sampling_parameters" in inputs else None
-    kwargs = parse_sampling_json(sampling_json or "")
+    kwargs = parse_sampling_json(scalar(inputs.get("sampling_parameters"), "sampling_parameters") or "")
     if "max_tokens" in inputs:
-        kwargs["max_tokens"] = as_int("max_tokens", _scalar(inputs["max_tokens"]))
-    stream = as_bool("stream", _scalar(inputs["stream"])) if "stream" in inputs else False
-    options = _scalar(inputs["postprocess_options"]) if "postprocess_options" in inputs else ""
+        kwargs["max_tokens"] = as_int("max_tokens", scalar(inputs["max_tokens"], "max_tokens"))
+    stream = as_bool("stream", scalar(inputs["stream"], "stream")) if "stream" in inputs else False
+    options = scalar(inputs.get("postprocess_options"), "postprocess_options", "")
     params = build_sampling_params(kwargs, default_max_tokens)
     return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, options or "")
 

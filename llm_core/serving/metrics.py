@@ -108,17 +108,6 @@ class MetricsSink(Protocol):
     def observe(self, name: str, value: float) -> None: ...  # histogram
 
 
-class NullSink:
-    def set(self, name: str, value: float) -> None:
-        pass
-
-    def increment(self, name: str, delta: float) -> None:
-        pass
-
-    def observe(self, name: str, value: float) -> None:
-        pass
-
-
 class RecordingSink:
     """Keeps the latest values (tests, and a readable summary for logs)."""
 

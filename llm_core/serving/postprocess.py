@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from llm_core.detokenizer import decode_delta
-from llm_core.serving.request import OutputOptions
+from llm_core.serving.request import OutputOptions, scalar
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +32,6 @@ class PostprocessInput:
     cum_log_prob: float
 
 
-def _scalar(inputs: Mapping[str, np.ndarray], name: str, default: Any) -> Any:
-    array = inputs.get(name)
-    if array is None or array.size == 0:
-        return default
-    value = array.reshape(-1)[0]
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
-
-
 def _ids(inputs: Mapping[str, np.ndarray], name: str) -> list[int]:
     array = inputs.get(name)
     return [] if array is None else [int(t) for t in array.reshape(-1)]
@@ -48,16 +40,16 @@ def _ids(inputs: Mapping[str, np.ndarray], name: str) -> list[int]:
 def parse_postprocess_input(inputs: Mapping[str, np.ndarray]) -> PostprocessInput:
     logprobs = inputs.get("output_log_probs")
     return PostprocessInput(
-        request_id=_scalar(inputs, "request_id", ""),
+        request_id=scalar(inputs.get("request_id"), "request_id", ""),
         output_ids=_ids(inputs, "output_ids"),
         context_ids=_ids(inputs, "context_ids"),
-        finish_reason=_scalar(inputs, "finish_reason", ""),
-        text_trim=int(_scalar(inputs, "text_trim", 0)),
-        num_input_tokens=int(_scalar(inputs, "num_input_tokens", 0)),
-        response_index=int(_scalar(inputs, "response_index", 0)),
-        options=OutputOptions.from_json(_scalar(inputs, "postprocess_options", "")),
+        finish_reason=scalar(inputs.get("finish_reason"), "finish_reason", ""),
+        text_trim=int(scalar(inputs.get("text_trim"), "text_trim", 0)),
+        num_input_tokens=int(scalar(inputs.get("num_input_tokens"), "num_input_tokens", 0)),
+        response_index=int(scalar(inputs.get("response_index"), "response_index", 0)),
+        options=OutputOptions.from_json(scalar(inputs.get("postprocess_options"), "postprocess_options", "")),
         logprobs=[] if logprobs is None else [float(v) for v in logprobs.reshape(-1)],
-        cum_log_prob=float(_scalar(inputs, "cum_log_probs", 0.0)),
+        cum_log_prob=float(scalar(inputs.get("cum_log_probs"), "cum_log_probs", 0.0)),
     )
 
 

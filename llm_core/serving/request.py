@@ -239,10 +239,12 @@ def _text(field: str, value: bytes) -> str:
         ) from None
 
 
-def _scalar(array: np.ndarray, field: str = "") -> Any:
-    flat = np.asarray(array).reshape(-1)
+def scalar(array: np.ndarray | None, field: str = "", default: Any = None) -> Any:
+    """The first element of an input tensor as a Python value (`default` when absent or empty); bytes are
+    decoded as UTF-8, and an error names `field` if they are not."""
+    flat = np.asarray(array).reshape(-1) if array is not None else np.empty(0)
     if flat.size == 0:
-        return None
+        return default
     value = flat[0]
     return _text(field, value) if isinstance(value, bytes) else value.item()
 
@@ -284,22 +286,22 @@ def parse_generate_request(
     _check_batch(inputs)
     if "text_input" not in inputs:
         raise InputError("text_input", "is required (the prompt; see the ensemble's inputs)")
-    prompt = _scalar(inputs["text_input"], "text_input")
+    prompt = scalar(inputs["text_input"], "text_input")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("text_input", "prompt is empty")
     kwargs = sampling_from_mapping(parameters, "", strict=False)
     if "sampling_parameters" in inputs:
-        _merge(kwargs, parse_sampling_json(_scalar(inputs["sampling_parameters"], "sampling_parameters") or ""))
+        _merge(kwargs, parse_sampling_json(scalar(inputs["sampling_parameters"], "sampling_parameters") or ""))
     tensor_values = {}
     for name in SAMPLING_KEYS & inputs.keys():
         array = inputs[name]
-        tensor_values[name] = _string_list(array, name) if name in _LIST_INPUTS else _scalar(array, name)
+        tensor_values[name] = _string_list(array, name) if name in _LIST_INPUTS else scalar(array, name)
     _merge(kwargs, sampling_from_mapping(tensor_values, "", strict=True))
     flags = {name: as_bool(name, parameters[name]) for name in _OPTION_INPUTS if name in parameters}
-    flags.update({name: as_bool(name, _scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})
+    flags.update({name: as_bool(name, scalar(inputs[name])) for name in _OPTION_INPUTS if name in inputs})
     if flags.get("return_log_probs"):
         kwargs["logprobs"] = True
-    stream = "stream" in inputs and as_bool("stream", _scalar(inputs["stream"]))
+    stream = "stream" in inputs and as_bool("stream", scalar(inputs["stream"]))
     if "stream" not in inputs and "stream" in parameters:
         stream = as_bool("stream", parameters["stream"])
     options = OutputOptions(**flags)
