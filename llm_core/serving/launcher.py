@@ -168,7 +168,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
+def _announce(args: argparse.Namespace, proc: subprocess.Popen, openai: subprocess.Popen | None) -> None:
     ready = wait_ready(f"http://127.0.0.1:{args.http_port}/v2/health/ready", proc, args.ready_timeout)
     if not ready:
         if proc.poll() is None:
@@ -180,8 +180,13 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen) -> None:
         f"[launcher] ready  metrics http://{args.host}:{args.metrics_port}/metrics",
         flush=True,
     )
-    if args.openai_port:
+    if openai is None:
+        return
+    if wait_ready(f"http://127.0.0.1:{args.openai_port}/health", openai, timeout=60):
         print(f"[launcher] ready  OpenAI  http://{args.host}:{args.openai_port}/v1", flush=True)
+    else:  # e.g. its packages are missing (the api extra); tritonserver serves on without it
+        state = f"exited with {openai.returncode}" if openai.poll() is not None else "not answering /health"
+        print(f"[launcher] OpenAI API on port {args.openai_port} {state}; see its error above", flush=True)
 
 
 def _log(message: str) -> None:
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    threading.Thread(target=_announce, args=(args, proc), daemon=True).start()
+    threading.Thread(target=_announce, args=(args, proc, openai), daemon=True).start()
     if not args.no_supervisor:
         supervisor = Supervisor(f"http://127.0.0.1:{args.http_port}", proc.pid, runtime_dir, log=_log)
         threading.Thread(target=supervisor.run, args=(stop,), name="supervisor", daemon=True).start()

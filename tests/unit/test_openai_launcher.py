@@ -23,3 +23,19 @@ def test_chat_template_is_passed_on_and_port_zero_turns_it_off():
     args = launcher.parse_args(["--openai-port", "0", "--chat-template", "/t.jinja"])
     assert args.openai_port == 0
     assert openai_args(launcher.openai_command(args, "/m")[3:]).chat_template == "/t.jinja"
+
+
+def test_launcher_reports_an_openai_server_that_did_not_start(monkeypatch, capsys):
+    # tritonserver ready, the OpenAI child gone (e.g. fastapi missing): no "ready OpenAI" line, a clear one instead.
+    from types import SimpleNamespace
+
+    from llm_core.serving import launcher
+
+    calls = []
+    monkeypatch.setattr(launcher, "wait_ready", lambda url, proc, timeout: calls.append(url) or "v2" in url)
+    args = SimpleNamespace(http_port=1, grpc_port=2, metrics_port=3, openai_port=9, host="h", ready_timeout=1)
+    dead = SimpleNamespace(poll=lambda: 1, returncode=1)
+    launcher._announce(args, SimpleNamespace(poll=lambda: None), dead)
+    out = capsys.readouterr().out
+    assert "ready  HTTP" in out and "ready  OpenAI" not in out
+    assert "OpenAI API on port 9 exited with 1" in out and calls[-1].endswith(":9/health")
