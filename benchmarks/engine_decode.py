@@ -61,6 +61,18 @@ def run_case(engine, batch: int, prompt_len: int, new_tokens: int, vocab: int, s
     }
 
 
+def bench_model(tmp: Path, tiny: bool, **config) -> tuple[str, str, str, int]:
+    """(model_dir, load_format, dtype, vocab) in `tmp`: the tiny test Llama (safetensors, fp32), or the
+    Llama-3-8B-shaped config with dummy weights (bf16); `config` overrides fields of the latter."""
+    from llm_core.testing.tiny_model import make_tiny_model
+
+    if tiny:
+        model_dir = str(make_tiny_model(tmp / "tiny", "llama"))
+        return model_dir, "safetensors", "float32", json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
+    Path(tmp, "config.json").write_text(json.dumps({**LLAMA3_8B, **config}))
+    return str(tmp), "dummy", "bfloat16", LLAMA3_8B["vocab_size"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -73,16 +85,10 @@ def main() -> int:
     args = ap.parse_args()
     from llm_core import Engine
     from llm_core.config import engine_config_from_env
-    from llm_core.testing.tiny_model import make_tiny_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.tiny:
-            model_dir, load_format, dtype = str(make_tiny_model(Path(tmp) / "tiny", "llama")), "safetensors", "float32"
-            vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
-        else:
-            model_dir, load_format, dtype, vocab = tmp, "dummy", "bfloat16", LLAMA3_8B["vocab_size"]
-            Path(tmp, "config.json").write_text(json.dumps(LLAMA3_8B))
+        model_dir, load_format, dtype, vocab = bench_model(Path(tmp), args.tiny)
         max_batch = max(args.batch)
         for tp in args.tp:
             config = engine_config_from_env(

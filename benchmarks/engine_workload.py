@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.tp_decode import LLAMA3_8B  # noqa: E402
+from benchmarks.engine_decode import bench_model  # noqa: E402
 
 # name: (requests, clients, input lengths, output lengths); "lognormal" lengths are (mean, sigma, lo, hi).
 WORKLOADS = {
@@ -150,15 +150,9 @@ def main() -> int:
     args = ap.parse_args()
     from llm_core import Engine
     from llm_core.config import engine_config_from_env
-    from llm_core.testing.tiny_model import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.tiny:
-            model_dir, load_format, dtype = str(make_tiny_model(Path(tmp) / "tiny", "llama")), "safetensors", "float32"
-            vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
-        else:
-            model_dir, load_format, dtype, vocab = tmp, "dummy", "bfloat16", LLAMA3_8B["vocab_size"]
-            Path(tmp, "config.json").write_text(json.dumps({**LLAMA3_8B, "max_position_embeddings": 131072}))
+        model_dir, load_format, dtype, vocab = bench_model(Path(tmp), args.tiny, max_position_embeddings=131072)
         config = engine_config_from_env(
             model_dir=model_dir, device=args.device, dtype=dtype, load_format=load_format,
             max_model_len=min(args.max_model_len, 1024) if args.tiny else args.max_model_len,
