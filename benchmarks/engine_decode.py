@@ -93,8 +93,8 @@ def main() -> int:
         for tp in args.tp:
             config = engine_config_from_env(
                 model_dir=model_dir, device=args.device, tp=tp, dtype=dtype, load_format=load_format,
-                max_running_requests=max_batch, max_model_len=args.prompt_len + args.new_tokens + 8,
-                max_total_tokens=max_batch * (args.prompt_len + args.new_tokens + 8),
+                max_running_requests=max_batch, max_model_len=max(args.prompt_len, 16) + max(args.new_tokens, 8) + 8,
+                max_total_tokens=max_batch * (max(args.prompt_len, 16) + max(args.new_tokens, 8) + 8),
             )  # fmt: skip
             with Engine(config) as engine:
                 run_case(engine, 1, 16, 8, vocab, seed=0)  # warm-up (captures the batch-1 graph)
