@@ -15,11 +15,12 @@ second, double staging buffer and our own flags.
 from __future__ import annotations
 
 import importlib
-import sys
+import logging
 
 import torch
 import torch.distributed as dist
 
+log = logging.getLogger("llm_core.collectives")
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
 # Fused all-reduce + RMSNorm up to this many rows (its buffers are sized for them). H200 x2, [rows, 4096]
 # bf16 in a graph: 5.2 us at 1 row to 8.2 us at 64, 1.5x faster than the one-shot all-reduce + norm at
@@ -112,7 +113,7 @@ def _agree(ok: bool, group, device: torch.device) -> bool:
 
 
 def _off(reason: str) -> None:
-    print(f"[llm_core] symmetric-memory all-reduce off ({reason or 'on another rank'}); using NCCL", file=sys.stderr)
+    log.warning("symmetric-memory all-reduce off (%s); using NCCL", reason or "on another rank")
 
 
 def create_symm_mem_all_reduce(
