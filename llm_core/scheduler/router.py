@@ -398,11 +398,12 @@ class Router:
         assert need <= self._num_available(), "a lone request always fits (checked in add)"
 
     def _budget(self, req: Request) -> int:
-        """Remaining output tokens assumed by admission (b_i), at least 1."""
+        """Remaining output tokens assumed by admission (b_i). Exact: the request's own budget, 0 for one
+        whose last id is still on the device (it only waits for finish(), `lookahead` steps at most)."""
         if self.optimistic:
             estimate = max(1, math.ceil(self.optimistic_ratio * req.params.max_tokens))
             return max(1, estimate - len(req.output_ids))
-        return max(1, req.remaining_budget)
+        return req.remaining_budget
 
     def _release(self, req: Request) -> None:
         """Free the request's own slots and row; unlock the prefix-cache path it used."""
