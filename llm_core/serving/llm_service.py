@@ -254,13 +254,13 @@ class LlmService:
         state.itl_sum, state.itl_tokens = 0.0, 0
 
     def _poll_cancelled(self) -> None:
-        # Ensemble requests (they carry postprocess_options) never see is_cancelled() in 2.51;
-        # postprocess relays their cancellation instead, so skip the round trips for them.
+        # Ensemble requests never see is_cancelled() in 2.51; postprocess relays their
+        # cancellation instead, so skip the round trips for them.
         with self._lock:
             live = [
                 (rid, s)
                 for rid, s in self._streams.items()
-                if not s.cancelled and s.finish_reason is None and s.request is not None and not s.request.options
+                if not s.cancelled and s.finish_reason is None and s.request is not None and not s.request.from_ensemble
             ]
         for request_id, state in live:
             try:

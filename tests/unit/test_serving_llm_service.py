@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from llm_core.detokenizer import full_text
 from llm_core.engine_workers import EngineUnavailableError
 from llm_core.outputs import StreamChunk
+from llm_core.sampling_params import SamplingParams
 from llm_core.serving.health import HealthWriter, read_json
 from llm_core.serving.llm_io import parse_llm_request
 from llm_core.serving.llm_service import LlmService
@@ -127,6 +128,21 @@ def test_parse_llm_request():
     assert req.image_embeds.shape == (2, 4) and not req.stream and req.params.max_tokens == 16
     with pytest.raises(InputError, match="^input_ids"):
         parse_llm_request({"input_ids": np.zeros((1, 0), np.int32)}, 16)
+    assert not req.from_ensemble and req.options == ""
+
+
+def test_parse_llm_request_from_the_ensemble_takes_preprocess_params_as_they_are():
+    params = SamplingParams(max_tokens=3, temperature=0.0, stop=("x",), stop_token_ids=(5, 6), seed=2)
+    inputs = {
+        "input_ids": np.array([[7, 8]], np.int32),
+        "sampling_parameters": np.array([[params.to_json().encode()]], np.object_),
+        "postprocess_options": np.array([[b'{"return_finish_reason":true}']], np.object_),
+    }
+    req = parse_llm_request(inputs, 16)
+    assert req.from_ensemble and req.params == params and req.options == '{"return_finish_reason":true}'
+    bad = {**inputs, "sampling_parameters": np.array([[b'{"temprature": 1}']], np.object_)}
+    with pytest.raises(InputError, match="^sampling_parameters: is not preprocess's canonical JSON"):
+        parse_llm_request(bad, 16)
 
 
 def test_streaming_sends_one_response_per_pass_and_ends_final(setup):
