@@ -61,7 +61,7 @@ class Preprocessor:
         self._check_size(inputs.get("text_input"))
         req = parse_generate_request(inputs, parameters, self.default_max_tokens)
         ids = self.encoder.encode(req.prompt, len(req.images))
-        self.encoder.check_max_tokens(len(ids), req.params.max_tokens)
+        self.encoder.check_context(len(ids), req.params.max_tokens)
         images = decode_images(req.images)
         pixels = self._pixels(images)
         return {
