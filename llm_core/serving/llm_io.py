@@ -72,7 +72,8 @@ def _direct_params(inputs: Mapping[str, np.ndarray], default_max_tokens: int) ->
 class LlmResponse:
     request_id: str  # the engine's id: postprocess relays cancellation with it
     output_ids: list[int]
-    context_ids: list[int]  # ids just before output_ids, for stateless detokenization
+    context_ids: list[int]  # ids just before output_ids (a direct caller decodes with them)
+    text: str  # the text output_ids add (text_trim already applied): the served text, made once
     finish_reason: str  # "" until the last response
     text_trim: int
     num_input_tokens: int
