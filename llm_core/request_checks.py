@@ -38,7 +38,7 @@ def context_problem(max_model_len: int, num_prompt_tokens: int, max_tokens: int)
     applies it too, to answer an ensemble request under its own field names before the vision tower runs.
     The router checks only what it alone knows (the KV pool's size)."""
     if num_prompt_tokens >= max_model_len:
-        return "prompt", f"prompt is {num_prompt_tokens} tokens long; the model's context is {max_model_len} tokens"
+        return "prompt", f"is {num_prompt_tokens} tokens long; the model's context is {max_model_len} tokens"
     room = max_model_len - num_prompt_tokens
     if max_tokens > room:
         return "max_tokens", (

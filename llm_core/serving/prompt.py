@@ -70,4 +70,4 @@ class PromptEncoder:
         problem = context_problem(self.limits.max_model_len, num_prompt_tokens, max_tokens)
         if problem is not None:
             field, message = problem
-            raise InputError("text_input" if field == "prompt" else field, message)
+            raise InputError(field, message) if field != "prompt" else InputError("text_input", f"prompt {message}")
