@@ -25,17 +25,27 @@ def check_request(
     bad_stops = [t for t in params.stop_token_ids if not 0 <= t < vocab]
     if bad_stops:
         raise ValueError(f"stop_token_ids must be in [0, {vocab}), got {bad_stops}")
-    _check_length(max_model_len, len(prompt_ids), params.max_tokens)
+    problem = context_problem(max_model_len, len(prompt_ids), params.max_tokens)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
     return _check_image_embeds(model, prompt_ids, image_embeds)
 
 
-def _check_length(max_model_len: int, num_prompt: int, max_tokens: int) -> None:
-    if num_prompt >= max_model_len:
-        raise ValueError(f"prompt has {num_prompt} tokens; the model's context is {max_model_len}")
-    if num_prompt + max_tokens > max_model_len:
-        raise ValueError(
-            f"max_tokens ({max_tokens}) + prompt ({num_prompt} tokens) exceeds the model's context ({max_model_len})"
+def context_problem(max_model_len: int, num_prompt_tokens: int, max_tokens: int) -> tuple[str, str] | None:
+    """(field, problem) when the prompt and max_tokens do not fit the model's context, else None.
+
+    The one rule for the context: the engine applies it to every request (`check_request`); preprocess
+    applies it too, to answer an ensemble request under its own field names before the vision tower runs.
+    The router checks only what it alone knows (the KV pool's size)."""
+    if num_prompt_tokens >= max_model_len:
+        return "prompt", f"is {num_prompt_tokens} tokens long; the model's context is {max_model_len} tokens"
+    room = max_model_len - num_prompt_tokens
+    if max_tokens > room:
+        return "max_tokens", (
+            f"{max_tokens} exceeds the room left in the model's context "
+            f"({max_model_len} - {num_prompt_tokens} prompt tokens = {room})"
         )
+    return None
 
 
 def _check_image_embeds(model: ModelConfig, prompt_ids: list[int], image_embeds) -> np.ndarray | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,18 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         object.__setattr__(self, "stop", tuple(str(s) for s in self.stop))
         check(all(self.stop), "stop", "must not contain empty strings")
+
+    def to_json(self) -> str:
+        """Canonical JSON: every field under its own name (what preprocess hands the llm step)."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SamplingParams:
+        """Inverse of to_json. Raises ValueError (or TypeError) for anything to_json does not write."""
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a JSON object, got {type(values).__name__}")
+        return cls(**values)
 
     @property
     def greedy(self) -> bool:

@@ -425,9 +425,7 @@ class Router:
             return "empty prompt"
         if req.remaining_budget < 1:
             return "max_tokens already reached"
-        need = req.num_tokens + req.remaining_budget
-        if need > self.max_model_len:
-            return f"prompt + max_tokens = {need} exceeds max_model_len {self.max_model_len}"
+        need = req.num_tokens + req.remaining_budget  # within the context: the engine checked (context_problem)
         if need > self.num_slots:
             return f"prompt + max_tokens = {need} exceeds the KV pool of {self.num_slots} slots"
         return None

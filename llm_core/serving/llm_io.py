@@ -25,12 +25,17 @@ class LlmRequest:
     image_embeds: np.ndarray | None  # [num_image_tokens_total, hidden] fp32
     params: SamplingParams
     stream: bool
-    options: str  # opaque, forwarded to postprocess with every response
+    from_ensemble: bool  # sent by preprocess (it carries postprocess_options), not by a direct caller
+    options: str  # postprocess_options, forwarded to postprocess with every response ("" for direct calls)
 
 
 def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> LlmRequest:
     """Inputs of the llm model (with the batch dim): input_ids, and optionally image_embeds,
-    sampling_parameters (JSON), max_tokens, stream, postprocess_options."""
+    sampling_parameters (JSON), max_tokens, stream, postprocess_options.
+
+    An ensemble request is one with postprocess_options: its sampling_parameters is the canonical
+    JSON of the SamplingParams preprocess built and validated (`SamplingParams.to_json`), rebuilt
+    here as it is. A direct call's sampling_parameters is a client's JSON, parsed field by field."""
     ids = inputs.get("input_ids")
     if ids is None or ids.size == 0:
         raise InputError("input_ids", "is empty")
@@ -41,20 +46,34 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
         embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
         embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
         embeds = embeds if embeds.shape[0] else None
+    from_ensemble = "postprocess_options" in inputs
+    params = _ensemble_params(inputs) if from_ensemble else _direct_params(inputs, default_max_tokens)
+    stream = as_bool("stream", scalar(inputs["stream"], "stream")) if "stream" in inputs else False
+    options = scalar(inputs.get("postprocess_options"), "postprocess_options", "") or ""
+    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, from_ensemble, options)
+
+
+def _ensemble_params(inputs: Mapping[str, np.ndarray]) -> SamplingParams:
+    text = scalar(inputs.get("sampling_parameters"), "sampling_parameters") or ""
+    try:
+        return SamplingParams.from_json(text)
+    except (TypeError, ValueError) as exc:  # not what preprocess writes: a caller posing as the ensemble
+        raise InputError("sampling_parameters", f"is not preprocess's canonical JSON ({exc})") from None
+
+
+def _direct_params(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> SamplingParams:
     kwargs = parse_sampling_json(scalar(inputs.get("sampling_parameters"), "sampling_parameters") or "")
     if "max_tokens" in inputs:
         kwargs["max_tokens"] = as_int("max_tokens", scalar(inputs["max_tokens"], "max_tokens"))
-    stream = as_bool("stream", scalar(inputs["stream"], "stream")) if "stream" in inputs else False
-    options = scalar(inputs.get("postprocess_options"), "postprocess_options", "")
-    params = build_sampling_params(kwargs, default_max_tokens)
-    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, options or "")
+    return build_sampling_params(kwargs, default_max_tokens)
 
 
 @dataclass(frozen=True, slots=True)
 class LlmResponse:
     request_id: str  # the engine's id: postprocess relays cancellation with it
     output_ids: list[int]
-    context_ids: list[int]  # ids just before output_ids, for stateless detokenization
+    context_ids: list[int]  # ids just before output_ids (a direct caller decodes with them)
+    text: str  # the text output_ids add (text_trim already applied): the served text, made once
     finish_reason: str  # "" until the last response
     text_trim: int
     num_input_tokens: int

@@ -195,10 +195,11 @@ class LlmService:
             if not final and (state.cancelled or not (streaming and state.pending)):
                 continue
             context = self._context(state.history)
-            if not final and not self._visible(context, state.pending):
+            text = self._text(context, state, final)
+            if not final and text == "":
                 continue  # only an incomplete character so far: never send an empty text chunk
             try:
-                self._send(request_id, state, context, final)
+                self._send(request_id, state, context, text or "", final)
             except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
                 log.exception("sending a response of %s failed", request_id)
                 if not final:
@@ -208,13 +209,17 @@ class LlmService:
                 with self._lock:
                     self._streams.pop(request_id, None)
 
-    def _visible(self, context: list[int], new_ids: list[int]) -> bool:
-        """Whether `new_ids` add text (postprocess would otherwise stream an empty chunk)."""
+    def _text(self, context: list[int], state: _Stream, final: bool) -> str | None:
+        """The text the pending ids add after `context`, less `text_trim` at the end: where served text
+        is made (postprocess only assembles the outputs). None without a tokenizer."""
         if self.tokenizer is None:
-            return True
-        return decode_delta(self.tokenizer, context, new_ids, final=False) != ""
+            return None
+        text = decode_delta(self.tokenizer, context, state.pending, final)
+        if final and state.text_trim:
+            text = text[: max(len(text) - state.text_trim, 0)]
+        return text
 
-    def _send(self, request_id: str, state: _Stream, context: list[int], final: bool) -> None:
+    def _send(self, request_id: str, state: _Stream, context: list[int], text: str, final: bool) -> None:
         if final and state.finish_reason == "error":
             self.transport.send_error(state.handle, state.error or "generation failed", state.retryable)
             return
@@ -227,6 +232,7 @@ class LlmService:
             request_id,
             state.pending,
             context,
+            text,
             state.finish_reason or "",
             state.text_trim,
             len(req.prompt_ids),
@@ -254,13 +260,13 @@ class LlmService:
         state.itl_sum, state.itl_tokens = 0.0, 0
 
     def _poll_cancelled(self) -> None:
-        # Ensemble requests (they carry postprocess_options) never see is_cancelled() in 2.51;
-        # postprocess relays their cancellation instead, so skip the round trips for them.
+        # Ensemble requests never see is_cancelled() in 2.51; postprocess relays their
+        # cancellation instead, so skip the round trips for them.
         with self._lock:
             live = [
                 (rid, s)
                 for rid, s in self._streams.items()
-                if not s.cancelled and s.finish_reason is None and s.request is not None and not s.request.options
+                if not s.cancelled and s.finish_reason is None and s.request is not None and not s.request.from_ensemble
             ]
         for request_id, state in live:
             try:

@@ -1,20 +1,18 @@
-"""Postprocess: one llm response -> the ensemble's outputs (stateless, exact text).
+"""Postprocess: one llm response -> the ensemble's outputs (stateless).
 
-Each llm response carries its new token ids and the ids just before them, so the text delta is
-`decode_delta(context, new, final)` with no state kept between requests (docs/SERVING.md). A final
-response may ask to trim the end of the text (a stop string that began inside a token); the
-engine holds such tokens back until the match, so the trim falls inside this last delta.
+The llm step makes the text of each response (exact incremental detokenization with the response's
+context ids, a stop string's trim applied: `LlmService._text`), so this step only assembles the
+outputs the request asked for: the prompt before the first chunk when `exclude_input_in_output` is
+false, the finish reason, the token counts, the logprobs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from llm_core.detokenizer import decode_delta
 from llm_core.serving.request import OutputOptions, scalar
 
 
@@ -22,9 +20,8 @@ from llm_core.serving.request import OutputOptions, scalar
 class PostprocessInput:
     request_id: str
     output_ids: list[int]
-    context_ids: list[int]
+    text: str  # what output_ids add, made by the llm step
     finish_reason: str  # "" until the last response
-    text_trim: int
     num_input_tokens: int
     response_index: int
     options: OutputOptions
@@ -42,9 +39,8 @@ def parse_postprocess_input(inputs: Mapping[str, np.ndarray]) -> PostprocessInpu
     return PostprocessInput(
         request_id=scalar(inputs.get("request_id"), "request_id", ""),
         output_ids=_ids(inputs, "output_ids"),
-        context_ids=_ids(inputs, "context_ids"),
+        text=scalar(inputs.get("text"), "text", ""),
         finish_reason=scalar(inputs.get("finish_reason"), "finish_reason", ""),
-        text_trim=int(scalar(inputs.get("text_trim"), "text_trim", 0)),
         num_input_tokens=int(scalar(inputs.get("num_input_tokens"), "num_input_tokens", 0)),
         response_index=int(scalar(inputs.get("response_index"), "response_index", 0)),
         options=OutputOptions.from_json(scalar(inputs.get("postprocess_options"), "postprocess_options", "")),
@@ -53,20 +49,16 @@ def parse_postprocess_input(inputs: Mapping[str, np.ndarray]) -> PostprocessInpu
     )
 
 
-def chunk_text(tokenizer: Any, item: PostprocessInput) -> str:
-    final = bool(item.finish_reason)
-    text = decode_delta(tokenizer, item.context_ids, item.output_ids, final)
-    if final and item.text_trim:
-        text = text[: max(len(text) - item.text_trim, 0)]
+def chunk_text(item: PostprocessInput) -> str:
     if item.response_index == 0 and not item.options.exclude_input_in_output:
-        text = item.options.prompt + text
-    return text
+        return item.options.prompt + item.text
+    return item.text
 
 
-def postprocess_outputs(tokenizer: Any, item: PostprocessInput) -> dict[str, np.ndarray]:
+def postprocess_outputs(item: PostprocessInput) -> dict[str, np.ndarray]:
     """Output name -> array with the batch dim; only the outputs the request asked for."""
     opts = item.options
-    text = chunk_text(tokenizer, item)
+    text = chunk_text(item)
     out = {"text_output": np.array([[text.encode("utf-8")]], dtype=np.object_)}
     if opts.return_finish_reason and item.finish_reason:  # only the last response has one
         out["finish_reason"] = np.array([[item.finish_reason.encode()]], dtype=np.object_)

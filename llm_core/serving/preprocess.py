@@ -15,7 +15,7 @@ import numpy as np
 from llm_core.models import load_model_config
 from llm_core.serving.images import decode_images
 from llm_core.serving.prompt import PromptEncoder, PromptLimits
-from llm_core.serving.request import InputError, parse_generate_request, sampling_params_json
+from llm_core.serving.request import InputError, parse_generate_request
 
 # A token is rarely longer than this many UTF-8 bytes: a longer prompt cannot fit the context,
 # so it is refused before tokenizing (an 8 MB prompt took 12 s to tokenize, holding this step).
@@ -61,14 +61,14 @@ class Preprocessor:
         self._check_size(inputs.get("text_input"))
         req = parse_generate_request(inputs, parameters, self.default_max_tokens)
         ids = self.encoder.encode(req.prompt, len(req.images))
-        self.encoder.check_max_tokens(len(ids), req.params.max_tokens)
+        self.encoder.check_context(len(ids), req.params.max_tokens)
         images = decode_images(req.images)
         pixels = self._pixels(images)
         return {
             "input_ids": np.array([ids], np.int32),
             "pixel_values": pixels[None],  # [1, num_images, 3, H, W]
             "image_md5": np.array([[d.md5.encode() for d in images]], np.object_).reshape(1, len(images)),
-            "sampling_parameters": np.array([[sampling_params_json(req.params).encode()]], np.object_),
+            "sampling_parameters": np.array([[req.params.to_json().encode()]], np.object_),
             "stream": np.array([[req.stream]], np.bool_),
             "postprocess_options": np.array([[req.options.to_json().encode()]], np.object_),
         }

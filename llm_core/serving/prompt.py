@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from llm_core.request_checks import context_problem
 from llm_core.serving.request import InputError
 
 IMAGE_TAG = "<image>"
@@ -62,18 +63,11 @@ class PromptEncoder:
         ids = self._with_image_tokens(text, num_tags) if num_tags else self._tokenize(text)
         if not ids:
             raise InputError("text_input", "prompt is empty after tokenization")
-        if len(ids) >= self.limits.max_model_len:
-            raise InputError(
-                "text_input",
-                f"prompt is {len(ids)} tokens long; the model's context is {self.limits.max_model_len} tokens",
-            )
         return ids
 
-    def check_max_tokens(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        room = self.limits.max_model_len - num_prompt_tokens
-        if max_tokens > room:
-            raise InputError(
-                "max_tokens",
-                f"{max_tokens} exceeds the room left in the model's context "
-                f"({self.limits.max_model_len} - {num_prompt_tokens} prompt tokens = {room})",
-            )
+    def check_context(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """The engine's context rule (`context_problem`), answered under the ensemble's field names."""
+        problem = context_problem(self.limits.max_model_len, num_prompt_tokens, max_tokens)
+        if problem is not None:
+            field, message = problem
+            raise InputError(field, message) if field != "prompt" else InputError("text_input", f"prompt {message}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -222,12 +222,6 @@ def build_sampling_params(kwargs: dict[str, Any], default_max_tokens: int) -> Sa
         message = str(exc)
         field = message.split(" ", 1)[0]
         raise InputError(field, message.split(" ", 1)[1] if " " in message else message) from None
-
-
-def sampling_params_json(params: SamplingParams) -> str:
-    """Canonical JSON of `params`, parsed back by parse_sampling_json (llm step input)."""
-    values = {f.name: getattr(params, f.name) for f in fields(SamplingParams)}
-    return json.dumps(values, separators=(",", ":"))
 
 
 def _text(field: str, value: bytes) -> str:

@@ -88,7 +88,7 @@ def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_pat
     model = load_model("postprocess")
     inputs = {
         "output_ids": np.array([[72, 105]], np.int32),
-        "context_ids": np.zeros((1, 0), np.int32),
+        "text": np.array([[b"Hi"]], np.object_),
         "finish_reason": np.array([[b"length"]], np.object_),
         "request_id": np.array([[b"llm-1"]], np.object_),
         "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_),

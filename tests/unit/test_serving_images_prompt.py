@@ -110,13 +110,13 @@ def test_prompt_errors(tiny_llava, llava_tokenizer, text, num, field, problem):
 def test_context_limits(tiny_llava, llava_tokenizer):
     encoder = _encoder(tiny_llava, llava_tokenizer, max_len=32)
     with pytest.raises(InputError, match="^text_input: prompt is .* tokens long"):
-        encoder.encode("word " * 40, 0)
+        encoder.check_context(len(encoder.encode("word " * 40, 0)), 1)
     with pytest.raises(InputError, match="^text_input"):  # 16 image tokens + text overflow 32
-        encoder.encode("<image> <image>", 2)
+        encoder.check_context(len(encoder.encode("<image> <image>", 2)), 1)
     ids = encoder.encode("short", 0)
-    encoder.check_max_tokens(len(ids), 32 - len(ids))
-    with pytest.raises(InputError, match="^max_tokens"):
-        encoder.check_max_tokens(len(ids), 33 - len(ids))
+    encoder.check_context(len(ids), 32 - len(ids))
+    with pytest.raises(InputError, match=r"^max_tokens: \d+ exceeds the room left in the model's context"):
+        encoder.check_context(len(ids), 33 - len(ids))
 
 
 def test_text_only_model_refuses_images(tiny_llama):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from llm_core.detokenizer import full_text
+from llm_core.detokenizer import decode_delta, full_text
 from llm_core.engine_workers import EngineUnavailableError
 from llm_core.outputs import StreamChunk
+from llm_core.sampling_params import SamplingParams
 from llm_core.serving.health import HealthWriter, read_json
 from llm_core.serving.llm_io import parse_llm_request
 from llm_core.serving.llm_service import LlmService
@@ -127,6 +128,21 @@ def test_parse_llm_request():
     assert req.image_embeds.shape == (2, 4) and not req.stream and req.params.max_tokens == 16
     with pytest.raises(InputError, match="^input_ids"):
         parse_llm_request({"input_ids": np.zeros((1, 0), np.int32)}, 16)
+    assert not req.from_ensemble and req.options == ""
+
+
+def test_parse_llm_request_from_the_ensemble_takes_preprocess_params_as_they_are():
+    params = SamplingParams(max_tokens=3, temperature=0.0, stop=("x",), stop_token_ids=(5, 6), seed=2)
+    inputs = {
+        "input_ids": np.array([[7, 8]], np.int32),
+        "sampling_parameters": np.array([[params.to_json().encode()]], np.object_),
+        "postprocess_options": np.array([[b'{"return_finish_reason":true}']], np.object_),
+    }
+    req = parse_llm_request(inputs, 16)
+    assert req.from_ensemble and req.params == params and req.options == '{"return_finish_reason":true}'
+    bad = {**inputs, "sampling_parameters": np.array([[b'{"temprature": 1}']], np.object_)}
+    with pytest.raises(InputError, match="^sampling_parameters: is not preprocess's canonical JSON"):
+        parse_llm_request(bad, 16)
 
 
 def test_streaming_sends_one_response_per_pass_and_ends_final(setup):
@@ -273,18 +289,24 @@ def test_streamed_text_is_exact_and_never_empty(tiny_model_factory, arch, kind):
         for t in outputs[:-1]:
             engine.emit(rid, [t])
             time.sleep(0.0005 * (trial % 3))  # vary how chunks coalesce
-        engine.emit(rid, outputs[-1:], "length")
+        trim = 1 if trial == 9 else 0  # a stop string that began inside the last token: llm trims the text
+        engine.emit(rid, outputs[-1:], "stop" if trim else "length", text_trim=trim)
         wait_until(lambda trial=trial: transport.of(trial) and transport.of(trial)[-1][1])
         texts = []
         for response, _ in transport.of(trial):
             inputs = {
                 "output_ids": np.array([response.output_ids]),
-                "context_ids": np.array([response.context_ids]),
+                "text": np.array([[response.text.encode()]], np.object_),
                 "finish_reason": np.array([[response.finish_reason.encode()]], np.object_),
                 "response_index": np.array([[response.response_index]]),
             }
-            texts.append(chunk_text(tokenizer, parse_postprocess_input(inputs)))
-        assert "".join(texts) == full_text(tokenizer, prompt, outputs)
+            texts.append(chunk_text(parse_postprocess_input(inputs)))
+            # A direct caller decodes with the context ids to the same text.
+            final = bool(response.finish_reason)
+            untrimmed = decode_delta(tokenizer, response.context_ids, response.output_ids, final)
+            assert untrimmed[: len(untrimmed) - (trim if final else 0)] == response.text
+        whole = full_text(tokenizer, prompt, outputs)
+        assert "".join(texts) == whole[: len(whole) - trim]
         assert all(texts[:-1]), texts
     service.stop()
 

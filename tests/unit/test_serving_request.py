@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from llm_core.sampling_params import SamplingParams
 from llm_core.serving.request import (
     InputError,
     OutputOptions,
     parse_generate_request,
     parse_sampling_json,
-    sampling_params_json,
 )
 
 
@@ -92,9 +92,9 @@ def test_string_values_accepted_in_json():
 
 
 def test_canonical_json_round_trip():
-    req = parse(text_input="x", temperature=np.float32(0.5), stop_words=["a"], seed=np.uint64(1))
-    kwargs = parse_sampling_json(sampling_params_json(req.params))
-    assert kwargs["temperature"] == 0.5 and kwargs["stop"] == ("a",) and kwargs["seed"] == 1
+    req = parse(text_input="x", temperature=np.float32(0.5), stop_words=["a"], seed=np.uint64(1), end_id=7)
+    assert SamplingParams.from_json(req.params.to_json()) == req.params
+    assert SamplingParams.from_json(SamplingParams().to_json()) == SamplingParams()
 
 
 @pytest.mark.parametrize(

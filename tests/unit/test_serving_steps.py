@@ -55,9 +55,8 @@ def _item(**kw) -> PostprocessInput:
     base = dict(
         request_id="r",
         output_ids=[],
-        context_ids=[],
+        text="",
         finish_reason="",
-        text_trim=0,
         num_input_tokens=7,
         response_index=0,
         options=OutputOptions(),
@@ -67,41 +66,26 @@ def _item(**kw) -> PostprocessInput:
     return PostprocessInput(**{**base, **kw})
 
 
-class CharTokenizer:
-    """ids are code points: decode is exact, nothing is ever held back."""
-
-    def decode(self, ids, **kwargs):
-        return "".join(chr(i) for i in ids)
-
-    all_special_ids: list[int] = []
-
-    def get_vocab(self):
-        return {}
-
-
 def test_postprocess_outputs_follow_the_options():
-    tok = CharTokenizer()
-    out = postprocess_outputs(tok, _item(output_ids=[104, 105]))
+    out = postprocess_outputs(_item(output_ids=[104, 105], text="hi"))
     assert list(out) == ["text_output"] and out["text_output"].tolist() == [[b"hi"]]
     opts = OutputOptions(
         return_finish_reason=True, return_num_input_tokens=True, return_num_output_tokens=True, return_log_probs=True
     )
-    out = postprocess_outputs(tok, _item(output_ids=[104], options=opts, logprobs=[-0.5], cum_log_prob=-1.5))
+    out = postprocess_outputs(_item(output_ids=[104], text="h", options=opts, logprobs=[-0.5], cum_log_prob=-1.5))
     assert "finish_reason" not in out  # not finished yet: no `"finish_reason": []` in SSE events
     assert out["output_ids"].tolist() == [[104]]
     assert out["num_input_tokens"].tolist() == [[7]] and out["num_output_tokens"].tolist() == [[1]]
     assert out["output_log_probs"].shape == (1, 1, 1) and out["cum_log_probs"].tolist() == [[-1.5]]
-    out = postprocess_outputs(tok, _item(output_ids=[104, 83, 84], finish_reason="stop", text_trim=2, options=opts))
+    out = postprocess_outputs(_item(output_ids=[104, 83, 84], text="h", finish_reason="stop", options=opts))
     assert out["text_output"].tolist() == [[b"h"]] and out["finish_reason"].tolist() == [[b"stop"]]
+    assert out["num_output_tokens"].tolist() == [[3]]
 
 
 def test_echo_prepends_the_prompt_to_the_first_chunk_only():
-    tok = CharTokenizer()
     opts = OutputOptions(exclude_input_in_output=False, prompt="Q: ")
-    assert postprocess_outputs(tok, _item(output_ids=[65], options=opts))["text_output"].tolist() == [[b"Q: A"]]
-    assert postprocess_outputs(tok, _item(output_ids=[66], options=opts, response_index=1))["text_output"].tolist() == [
-        [b"B"]
-    ]
+    assert postprocess_outputs(_item(text="A", options=opts))["text_output"].tolist() == [[b"Q: A"]]
+    assert postprocess_outputs(_item(text="B", options=opts, response_index=1))["text_output"].tolist() == [[b"B"]]
     assert cancelled_outputs()["text_output"].tolist() == [[b""]]
 
 

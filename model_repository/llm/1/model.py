@@ -32,6 +32,7 @@ def _tensors(r: LlmResponse) -> list:
     return [
         pb_utils.Tensor("output_ids", np.array([r.output_ids], np.int32).reshape(1, -1)),
         pb_utils.Tensor("context_ids", np.array([r.context_ids], np.int32).reshape(1, -1)),
+        pb_utils.Tensor("text", scalar(r.text.encode("utf-8"), np.object_)),
         pb_utils.Tensor("finish_reason", scalar(r.finish_reason.encode(), np.object_)),
         pb_utils.Tensor("text_trim", scalar(r.text_trim, np.int32)),
         pb_utils.Tensor("num_input_tokens", scalar(r.num_input_tokens, np.int32)),

@@ -8,19 +8,14 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.serving.cancel_relay import CancelRelayClient
 from llm_core.serving.postprocess import cancelled_outputs, parse_postprocess_input, postprocess_outputs
-from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import input_names, make_response, request_inputs, setup_logging
 from llm_core.serving.watchdog import exit_with_parent
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        from transformers import AutoTokenizer
-
         setup_logging()
         exit_with_parent()
-        settings = load_settings(model_parameters(args["model_config"]))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         self.inputs = input_names(json.loads(args["model_config"]))
         self.relay = CancelRelayClient()
 
@@ -35,7 +30,7 @@ class TritonPythonModel:
                 responses.append(make_response(pb_utils, cancelled_outputs()))
                 continue
             try:
-                outputs = postprocess_outputs(self.tokenizer, item)
+                outputs = postprocess_outputs(item)
             except Exception as exc:  # noqa: BLE001 - an error response would wedge the ensemble request
                 pb_utils.Logger.log_error(f"postprocess of {item.request_id} failed: {exc!r}")
                 outputs = cancelled_outputs()
