@@ -21,6 +21,18 @@ class SeqInput:
     image_embeds: np.ndarray | None = None  # [num_image_tokens_in_prompt, hidden]
     cached_slots: list[int] | None = None  # prefix-cache hit: slots of positions 0..prefix_len-1
     image_row_start: int = 0  # image tokens of the prompt before prefix_len (rows of image_embeds)
+    pooling: str | None = None  # an embedding request's pooling mode ("last" | "mean"); None: generation
+
+
+def pooled_offsets(seq: SeqInput) -> range:
+    """Offsets within seq's new tokens whose final hidden states its embedding request needs: every token
+    for mean pooling, the prompt's last token (in its last chunk) for last pooling, none for generation."""
+    n = len(seq.new_token_ids)
+    if seq.pooling == "mean":
+        return range(n)
+    if seq.pooling == "last" and seq.prefix_len + n == seq.num_prompt_tokens:
+        return range(n - 1, n)
+    return range(0)
 
 
 @dataclass(slots=True)
@@ -115,6 +127,9 @@ class ForwardBatch:
     # the decode kernel, with this bound for its split grid (a context bucket, as in the decode graphs).
     num_decode: int = 0
     decode_max_seq_len: int = 0
+    # Embedding requests in the step: indices in T whose final normed hidden states the step returns beside
+    # the logits (ModelRunner.forward_with_hidden); None for generation-only steps (no extra work).
+    hidden_indices: torch.Tensor | None = None  # [R] int64
 
     @property
     def num_seqs(self) -> int:

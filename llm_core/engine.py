@@ -20,10 +20,12 @@ import torch
 
 from llm_core.config import EngineConfig
 from llm_core.detokenizer import full_text, load_tokenizer_in_background
+from llm_core.engine_embed import embed_prompts
 from llm_core.engine_recovery import MAX_RESUMES, Inflight, resume_command
 from llm_core.engine_workers import EngineDeadError, EngineUnavailableError, Workers, check_not_bootstrapping
 from llm_core.models import load_model_config
 from llm_core.outputs import RequestOutput, StreamChunk
+from llm_core.pooling_params import PoolingParams
 from llm_core.request_checks import check_generate_args, check_request
 from llm_core.sampling_params import SamplingParams
 from llm_core.worker.scheduler_loop import AddCommand
@@ -71,16 +73,18 @@ class Engine:
         image_embeds: torch.Tensor | np.ndarray | None = None,
         request_id: str | None = None,
         output_queue: queue.Queue | None = None,
+        pooling: PoolingParams | None = None,
     ) -> str:
         """Queue a request; its StreamChunks go to `output_queue`. Raises ValueError when the
         request can never run (the message names the offending field), EngineUnavailableError
-        when the engine is down (retry later). While the workers restart it waits in the queue."""
+        when the engine is down (retry later). While the workers restart it waits in the queue.
+        `pooling`: an embedding request (see embed()); its one chunk carries `embedding`."""
         if self._closed:
             raise EngineDeadError("engine is shut down")
         prompt_ids = [int(t) for t in prompt_ids]
         embeds = check_request(self.model_config, self.max_model_len, prompt_ids, params, image_embeds)
         request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        command = AddCommand(request_id, prompt_ids, params, embeds)
+        command = AddCommand(request_id, prompt_ids, params, embeds, pooling)
         with self._send_lock:
             if self.state == "down":
                 raise EngineUnavailableError(f"engine unavailable ({self.state_reason}); retry in a few seconds")
@@ -137,6 +141,12 @@ class Engine:
                 self.abort(request_id)
             raise
         return [self._collect(rid, chunks[rid], prompt) for rid, prompt in zip(ids, prompts, strict=True)]
+
+    def embed(self, prompts: Sequence[Sequence[int]], pooling: str = "last", normalize: bool = True) -> np.ndarray:
+        """[N, hidden] fp32: each prompt's final normed hidden state, of its last token or the mean over its
+        tokens (`pooling`), L2-normalized unless `normalize` is False. Prefill-only requests through the
+        same router and KV pool as generation; they hold no KV once done (llm_core/engine_embed.py)."""
+        return embed_prompts(self, prompts, PoolingParams(pooling, normalize))
 
     @staticmethod
     def _wait_all(q: queue.Queue, ids: list[str]) -> dict[str, list[StreamChunk]]:

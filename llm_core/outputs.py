@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 FINISH_REASONS = ("stop", "length", "abort", "error")
 
 
@@ -24,6 +26,7 @@ class StreamChunk:
     error: str | None = None
     time: float = 0.0  # time.monotonic() when the engine process received it
     retryable: bool = False  # an error the caller may retry later (engine unavailable), not a bad request
+    embedding: np.ndarray | None = None  # [hidden] fp32: the final chunk of an embedding request
 
     @property
     def finished(self) -> bool:

@@ -195,14 +195,34 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
+        hidden, residual = self._layers(batch, kv, ops)
+        normed = self._final_norm(hidden, residual, batch.logits_indices, ops)  # [B, hidden]
+        return self.lm_head(normed, ops).float()  # [B, vocab]
+
+    @torch.inference_mode()
+    def forward_with_hidden(
+        self, batch: ForwardBatch, kv: KVCache, ops: ModuleType
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, vocab] fp32 as forward(), final normed hidden states [R, hidden] fp32 of the rows
+        batch.hidden_indices): the embedding requests' rows, normed in the same call as the logits' rows."""
+        assert batch.hidden_indices is not None, "a step without embedding rows: call forward()"
+        hidden, residual = self._layers(batch, kv, ops)
+        num_seqs = batch.logits_indices.shape[0]
+        rows = torch.cat([batch.logits_indices, batch.hidden_indices])  # [B + R]
+        normed = self._final_norm(hidden, residual, rows, ops)  # [B + R, hidden]
+        return self.lm_head(normed[:num_seqs], ops).float(), normed[num_seqs:].float()
+
+    def _layers(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.embed(batch, ops)  # [T, hidden]
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)
-        last = batch.logits_indices  # [B]
-        reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: rows `last` only
-        hidden, _ = self.model.norm(ops, hidden[last], residual[last], reduce=reduce)  # [B, hidden]
-        return self.lm_head(hidden, ops).float()  # [B, vocab]
+        return hidden, residual  # [T, hidden] each; hidden: a partial sum with defer_reduce
+
+    def _final_norm(self, hidden: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops) -> torch.Tensor:
+        reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: `rows` only
+        normed, _ = self.model.norm(ops, hidden[rows], residual[rows], reduce=reduce)
+        return normed  # [len(rows), hidden]
 
     def checkpoint_param(self, name: str) -> tuple[str, str | int | None] | None:
         """Checkpoint name -> (parameter, shard id); None for weights this model does not hold."""

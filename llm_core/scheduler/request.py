@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llm_core.pooling_params import PoolingParams
 from llm_core.sampling_params import SamplingParams
 
 
@@ -35,6 +36,9 @@ class Request:
     # Prefix-cache keys of the prompt when they differ from its ids: every token of an image gets a
     # negative key derived from that image's content, so only the same image at the same place matches.
     prompt_keys: list[int] | None = None
+    # An embedding request (prefill only): its last chunk is pooled instead of sampled, it never decodes,
+    # and its KV slots go back to the free list when it finishes (not to the prefix cache).
+    pooling: PoolingParams | None = None
     arrival: int = -1  # monotonic index assigned by Router.add
     status: RequestStatus = RequestStatus.WAITING
     row: int | None = None  # row of the device request table while RUNNING

@@ -157,7 +157,7 @@ class Router:
             del req.output_ids[num_output:]
         del self.running[req.request_id]
         del self._live[req.request_id]
-        if self.cache is not None:
+        if self.cache is not None and req.pooling is None:
             # The stored tokens (all but the last sampled one) stay, for later requests to share.
             self.slot_allocator.free(self.cache.insert(req.cache_keys[: len(req.slots)], req.slots))
             req.num_cached = len(req.slots)  # all adopted by the cache or freed just now
@@ -336,7 +336,7 @@ class Router:
         while self.waiting and len(admitted) < num_rows and token_budget > 0:
             req = self.waiting[0]
             node, cached = None, []
-            if cache is not None:
+            if cache is not None and _may_share_prefix(req):
                 node, cached = cache.match(req.cache_keys[: req.num_tokens - 1])
                 node = node if cached else None
             n = req.num_tokens - len(cached)  # tokens to prefill
@@ -357,11 +357,12 @@ class Router:
 
     def _decodable(self) -> list[Request]:
         """Running requests past their prefill with tokens to go. A request at its budget or at the context
-        end is only waiting for finish() (its last id is still on the device, in the overlapped loop)."""
+        end is only waiting for finish() (its last id is still on the device, in the overlapped loop), an
+        embedding request past its prefill for its pooled vector."""
         limit = self.max_model_len
         return [
             r for r in self.running.values()
-            if not r.is_prefilling and r.remaining_budget > 0 and r.num_tokens < limit
+            if not r.is_prefilling and r.remaining_budget > 0 and r.num_tokens < limit and r.pooling is None
         ]  # fmt: skip
 
     def _schedule_decode(self, reqs: list[Request]) -> Batch:
@@ -429,6 +430,11 @@ class Router:
         if need > self.num_slots:
             return f"prompt + max_tokens = {need} exceeds the KV pool of {self.num_slots} slots"
         return None
+
+
+def _may_share_prefix(req: Request) -> bool:
+    """Mean pooling needs every prompt token's hidden state: such a request computes its whole prompt."""
+    return req.pooling is None or req.pooling.mode != "mean"
 
 
 __all__ = ["Batch", "Router", "ScheduledSeq"]

@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-total-tokens", type=int, help="KV pool size in tokens (LLM_MAX_TOTAL_TOKENS)")
     p.add_argument("--max-model-len", type=int, help="context limit (LLM_MAX_MODEL_LEN)")
     p.add_argument("--dtype", help="float32 | float16 | bfloat16 | auto (LLM_DTYPE)")
+    p.add_argument(
+        "--embedding", action="store_true",
+        help="also serve the embedding model (LLM_EMBEDDING=1): a second engine, with its own KV pool",
+    )  # fmt: skip
     p.add_argument("--shm-prefix", help="Python backend shm-region prefix (default: unique per launch)")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
@@ -81,6 +85,8 @@ def model_env(args: argparse.Namespace) -> dict[str, str]:
         value = getattr(args, flag)
         if value is not None:
             env[name] = str(value)
+    if args.embedding:
+        env["LLM_EMBEDDING"] = "1"
     return env
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llm_core.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device
+from llm_core.batch import ForwardBatch, KVCache, SeqInput, StepInput, TokenFeed, host_to_device, pooled_offsets
 from llm_core.collectives import create_symm_mem_all_reduce
 from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
@@ -173,9 +173,14 @@ class ModelRunner:
         starts = [0]
         image_rows: list[np.ndarray] = []
         image_positions: list[int] = []
+        hidden_indices: list[int] = []  # embedding requests' rows (pooled_offsets)
+        has_pooling = False
         for seq in step.seqs:
             n = len(seq.new_token_ids)
             base = len(input_ids)
+            if seq.pooling is not None:
+                has_pooling = True
+                hidden_indices += [base + i for i in pooled_offsets(seq)]
             input_ids += seq.new_token_ids
             positions += range(seq.prefix_len, seq.prefix_len + n)
             out_slots += seq.new_slots
@@ -227,6 +232,8 @@ class ModelRunner:
             batch.num_decode = step.num_decode
             longest = max(seq_lens[: step.num_decode])
             batch.decode_max_seq_len = bucket_for(longest, self.context_buckets) or longest
+        if has_pooling:
+            batch.hidden_indices = host_to_device(np.asarray(hidden_indices, dtype=np.int64), self.device)
         if image_rows:
             embeds = host_to_device(np.concatenate(image_rows).astype(np.float32, copy=False), self.device)
             batch.image_embeds = embeds.to(self.dtype)
@@ -244,18 +251,28 @@ class ModelRunner:
         offsets = [i for i, t in enumerate(prompt_part) if t == token]
         return [seq.image_row_start + k for k in range(len(offsets))], offsets
 
-    @torch.inference_mode()
     def forward(self, step: StepInput, feed: TokenFeed | None = None) -> torch.Tensor:
         """[B, vocab] fp32 logits; from a CUDA graph, a view valid until the next forward. Queued on the
         device, not waited for. `feed`: input ids that are still on the device (sampled by the previous step)."""
+        return self.forward_with_hidden(step, feed)[0]
+
+    @torch.inference_mode()
+    def forward_with_hidden(
+        self, step: StepInput, feed: TokenFeed | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits as forward(), final normed hidden states [R, hidden] fp32 of the embedding requests' rows,
+        in step order (`pooled_offsets`), or None when the step has no embedding request). Every rank calls
+        this, so the ranks all-reduce the same rows."""
         graphs = self.graph_runner
         if self.use_cuda_graph and graphs is not None and graphs.can_run(step):
             try:
-                return graphs.forward(step, feed)
+                return graphs.forward(step, feed), None
             except Exception:  # a capture that fails leaves the eager path working
                 log.error("rank %d: CUDA graph decode failed, running eagerly from now on:\n%s", self.rank,
                           traceback.format_exc())  # fmt: skip
                 self.use_cuda_graph = False
                 self.graph_failed = True
         batch = self.prepare(step, feed)
-        return self.model(batch, self.kv, self.ops)  # [B, vocab] fp32
+        if batch.hidden_indices is None:
+            return self.model(batch, self.kv, self.ops), None  # [B, vocab] fp32
+        return self.model.forward_with_hidden(batch, self.kv, self.ops)

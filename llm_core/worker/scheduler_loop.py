@@ -15,12 +15,14 @@ import torch
 from llm_core.batch import SeqInput, StepInput, TokenFeed
 from llm_core.detokenizer import StopStringChecker
 from llm_core.outputs import StreamChunk
+from llm_core.pooling_params import PoolingParams
 from llm_core.sampling import PenaltyCounts, Sampler, SamplingInput
 from llm_core.sampling.sampler import to_device
 from llm_core.scheduler import Request, Router
 from llm_core.scheduler.prefix_cache import image_cache_keys
 from llm_core.scheduler.router import Batch
 from llm_core.worker.model_runner import ModelRunner
+from llm_core.worker.pooling import EmbeddingPooler
 from llm_core.worker.timeline import GpuSpan, StepTimeline
 
 # An output id the host has not seen yet: sampled by a step still queued on the device.
@@ -33,6 +35,7 @@ class AddCommand:
     prompt_ids: list[int]
     params: object  # SamplingParams
     image_embeds: object | None = None  # np.ndarray [N, hidden]
+    pooling: PoolingParams | None = None  # an embedding request: pooled hidden state instead of tokens
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class _Launched:
     host_logprobs: torch.Tensor | None = None  # [S] fp32, likewise
     copied: torch.cuda.Event | None = None  # both copies are done
     needs_sync: bool = False  # a row has penalties: its ids are needed before the next step is sampled
+    pooled: list[tuple[Request, torch.Tensor]] = field(default_factory=list)  # embeddings, [hidden] fp32 host
 
 
 class SchedulerLoop:
@@ -87,6 +91,7 @@ class SchedulerLoop:
         self.timeline = StepTimeline(runner.device)
         self.overlap = overlap  # queue step N+1 before reading step N's ids (see step())
         self.launched: _Launched | None = None
+        self.pooler = EmbeddingPooler()
 
     # --- commands ------------------------------------------------------------------------
     def add(self, cmd: AddCommand) -> None:
@@ -95,6 +100,7 @@ class SchedulerLoop:
             prompt_ids=list(cmd.prompt_ids),
             params=cmd.params,
             image_embeds=cmd.image_embeds,
+            pooling=cmd.pooling,
         )
         if cmd.image_embeds is not None:
             req.prompt_keys = image_cache_keys(
@@ -121,6 +127,7 @@ class SchedulerLoop:
     def abort(self, request_id: str) -> None:
         req = self.router.abort(request_id)
         tracked = self.tracked.pop(request_id, None)
+        self.pooler.drop(request_id)
         if req is None and tracked is None:
             return
         self.dirty = True
@@ -189,9 +196,13 @@ class SchedulerLoop:
         gpu = self.timeline.gpu_span()
         if gpu is not None:
             gpu.start.record()
-        logits = self.runner.forward(step, feed)
+        logits, hidden = self.runner.forward_with_hidden(step, feed)
         rows = [i for i, seq in enumerate(batch.seqs) if seq.samples]  # a prompt's last chunk, or decode
         launched = _Launched(batch.kind, gpu)
+        if hidden is not None:  # the step holds embedding requests: they are pooled, not sampled
+            rows = [i for i in rows if batch.seqs[i].request.pooling is None]
+            for pooled in self.pooler.pool(step, [seq.request for seq in batch.seqs], hidden):
+                launched.pooled.append((pooled.request, pooled.vector.to("cpu", non_blocking=True)))
         if rows:
             if len(rows) < len(batch.seqs):
                 logits = logits.index_select(0, to_device(rows, torch.int64, device))
@@ -201,14 +212,14 @@ class SchedulerLoop:
             launched.host_ids = result.token_ids.to("cpu", non_blocking=True)  # pinned on CUDA
             if result.logprobs is not None:
                 launched.host_logprobs = result.logprobs.to("cpu", non_blocking=True)
-            if device.type == "cuda":
-                launched.copied = torch.cuda.Event()
-                launched.copied.record()
             for i, req in enumerate(reqs):
                 launched.sampled.append((req, len(req.output_ids)))
                 launched.row_of[req.request_id] = i
                 self.router.append_token(req, PLACEHOLDER)
                 launched.needs_sync |= req.params.needs_penalties
+        if device.type == "cuda" and (rows or launched.pooled):
+            launched.copied = torch.cuda.Event()
+            launched.copied.record()
         if gpu is not None:
             gpu.stop.record()
         return launched
@@ -250,8 +261,23 @@ class SchedulerLoop:
                 if chunk is not None:
                     chunks.append(chunk)
                 self.counters["generation_tokens_total"] += 1
+        chunks += [self._on_embedding(req, vector) for req, vector in launched.pooled if self._live(req)]
         self.timeline.mark("output")
         return chunks
+
+    def _live(self, req: Request) -> bool:
+        tracked = self.tracked.get(req.request_id)
+        return tracked is not None and tracked.request is req
+
+    def _on_embedding(self, req: Request, vector: torch.Tensor) -> StreamChunk:
+        """An embedding request's vector has reached the host: it finishes (its slots go back to the free list)."""
+        self.router.finish(req, "stop", num_output=0)
+        del self.tracked[req.request_id]
+        self.counters["requests_finished"] += 1
+        return StreamChunk(
+            req.request_id, [], "stop", num_prompt_tokens=len(req.prompt_ids), time=time.monotonic(),
+            embedding=vector.numpy(),
+        )  # fmt: skip
 
     def _seq_input(self, seq) -> SeqInput:
         req = seq.request
@@ -265,6 +291,7 @@ class SchedulerLoop:
             req.image_embeds if in_prompt else None,
             list(seq.cached_slots) if seq.cached_slots else None,
             self._image_rows_before(req, seq.prefix_len) if in_prompt else 0,
+            req.pooling.mode if req.pooling is not None else None,
         )
 
     def _image_rows_before(self, req: Request, position: int) -> int:

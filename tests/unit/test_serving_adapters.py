@@ -97,3 +97,33 @@ def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_pat
     assert done.outputs["finish_reason"].tolist() == [[b"length"]] and done.outputs["text_output"].shape == (1, 1)
     assert cancelled.error is None and cancelled.outputs["text_output"].tolist() == [[b""]]
     model.finalize()
+
+
+def test_embedding_adapter_batches_texts_and_splits_per_request(load_model, monkeypatch, tiny_qwen2):
+    monkeypatch.setenv("LLM_MODEL_DIR", str(tiny_qwen2))
+    monkeypatch.setenv("LLM_EMBEDDING", "1")
+    monkeypatch.setenv("LLM_EMBED_POOLING", "mean")
+    model = load_model("embedding")
+    texts = [b"hello world", b"a", b"the embedding of a longer sentence"]
+    one = Request({"text_input": np.array([[texts[0]]], np.object_)})
+    many = Request({"text_input": np.array([[t] for t in texts], np.object_)})
+    missing = Request({})
+    try:
+        first, second, bad = model.execute([one, many, missing])
+        tokenizer = model.engine.tokenizer
+        expected = model.engine.embed([tokenizer(t.decode())["input_ids"] for t in texts], pooling="mean")
+    finally:
+        model.finalize()
+    assert first.error is None and second.error is None and bad.error.message == "missing input 'text_input'"
+    assert first.outputs["embedding"].shape == (1, expected.shape[1])
+    np.testing.assert_allclose(first.outputs["embedding"][0], expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second.outputs["embedding"], expected, rtol=1e-5, atol=1e-6)
+    assert second.outputs["embedding"].dtype == np.float32
+
+
+def test_embedding_adapter_is_inert_unless_enabled(load_model, monkeypatch):
+    monkeypatch.delenv("LLM_EMBEDDING", raising=False)
+    model = load_model("embedding")
+    (response,) = model.execute([Request({"text_input": np.array([[b"hi"]], np.object_)})])
+    assert model.engine is None and "LLM_EMBEDDING=1" in response.error.message
+    model.finalize()

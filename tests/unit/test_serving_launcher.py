@@ -63,6 +63,8 @@ def test_triton_command_and_model_env(tiny_llama):
     assert "--backend-config=python,shm-region-prefix-name=pfx_" in cmd
     env = launcher.model_env(args)
     assert env == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_TP": "2", "LLM_DEVICE": "cuda"}
+    embedding = launcher.parse_args(["--model-dir", str(tiny_llama), "--embedding"])
+    assert launcher.model_env(embedding) == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_EMBEDDING": "1"}
 
 
 def test_remove_shm_only_touches_the_prefix():

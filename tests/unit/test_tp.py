@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,12 +18,14 @@ def test_tp2_matches_tp1(tiny_model_factory, arch, overrides):
     model_dir = str(tiny_model_factory(arch, **overrides))
     prompts = [[3, 4, 5, 6, 7], [9] * 13, [20, 21], list(range(30, 52))]
     params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-    outs = {}
+    outs, embeds = {}, {}
     for tp in (1, 2):
         with Engine(EngineConfig(model_dir=model_dir, tp=tp, dtype="float32")) as engine:
             outs[tp] = [o.token_ids for o in engine.generate(prompts, params)]
+            embeds[tp] = engine.embed(prompts, pooling="mean")  # every rank all-reduces the pooled rows
             assert engine.stats()["slots_used"] == 0
     assert outs[1] == outs[2]
+    np.testing.assert_allclose(embeds[1], embeds[2], rtol=1e-4, atol=1e-5)
 
 
 def test_tp2_llava_matches_tp1(tiny_llava):

@@ -1,0 +1,169 @@
+"""Start, watch and stop the servers of a fleet; keep the state file clients read.
+
+Each server is one `python -m llm_core.serving.launcher` child (its own tritonserver, engine workers and
+clean-up) with its ports, model and, on CUDA, `CUDA_VISIBLE_DEVICES` set to the GPUs it was given. All are
+started at once, then `poll()` (every poll_s) ready-checks the starting ones, restarts one that has exited
+(after `restart_backoff_s`) and rewrites the state file when anything changed. `stop()` stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_core.lifetime import set_parent_death_signal
+from llm_core.serving.fleet.config import FleetConfig, ServerSpec
+
+log = logging.getLogger("llm_core.fleet")
+
+
+def launcher_command(spec: ServerSpec) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "llm_core.serving.launcher", "--model-dir", spec.model_dir,
+        "--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port),
+        "--metrics-port", str(spec.metrics_port), "--openai-port", "0", "--device", spec.device,
+        "--tp", str(spec.tp),
+    ]  # fmt: skip
+    if spec.kind == "embedding":
+        cmd.append("--embedding")
+    return cmd + list(spec.args)
+
+
+def http_ready(host: str, port: int, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v2/health/ready", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@dataclass(slots=True)
+class ServerState:
+    spec: ServerSpec
+    gpus: list[int]
+    process: subprocess.Popen | None = None
+    status: str = "stopped"  # starting | ready | dead | stopped
+    started_at: float = 0.0
+    died_at: float = 0.0
+    restarts: int = 0
+
+    def record(self, host: str) -> dict:
+        spec = self.spec
+        return {
+            "name": spec.name, "kind": spec.kind, "model": spec.model, "size": spec.size,
+            "model_dir": spec.model_dir, "host": host, "http_port": spec.http_port, "grpc_port": spec.grpc_port,
+            "metrics_port": spec.metrics_port, "gpus": self.gpus, "status": self.status,
+            "pid": self.process.pid if self.process is not None else None, "restarts": self.restarts,
+        }  # fmt: skip
+
+
+class FleetLauncher:
+    def __init__(
+        self,
+        config: FleetConfig,
+        gpus: dict[str, list[int]],
+        spawn: Callable[[list[str], dict[str, str]], subprocess.Popen] | None = None,
+        ready: Callable[[str, int], bool] = http_ready,
+        clock: Callable[[], float] = time.monotonic,
+        restart_backoff_s: float = 2.0,
+    ) -> None:
+        self.config = config
+        self.servers = [ServerState(spec, gpus.get(spec.name, [])) for spec in config.servers]
+        self.spawn = spawn or _spawn
+        self.ready = ready
+        self.clock = clock
+        self.restart_backoff_s = restart_backoff_s
+
+    def start(self) -> None:
+        for server in self.servers:  # Popen returns at once: the servers load concurrently
+            self._start(server)
+        self.write_state()
+
+    def _start(self, server: ServerState) -> None:
+        env = dict(os.environ)
+        if server.spec.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in server.gpus)
+        server.process = self.spawn(launcher_command(server.spec), env)
+        server.status, server.started_at = "starting", self.clock()
+        log.info("fleet: started %s (pid %d, port %d, gpus %s)", server.spec.name, server.process.pid,
+                 server.spec.http_port, server.gpus or "-")  # fmt: skip
+
+    def poll(self) -> bool:
+        """One round of checks; True when some server's status changed (the state file is rewritten)."""
+        changed = False
+        for server in self.servers:
+            changed |= self._check(server)
+        if changed:
+            self.write_state()
+        return changed
+
+    def _check(self, server: ServerState) -> bool:
+        process, now = server.process, self.clock()
+        if server.status in ("starting", "ready") and process is not None and process.poll() is not None:
+            log.warning("fleet: %s exited with %s", server.spec.name, process.returncode)
+            server.status, server.died_at = "dead", now
+            return True
+        if server.status == "dead" and self.config.restart and now - server.died_at >= self.restart_backoff_s:
+            server.restarts += 1
+            self._start(server)
+            return True
+        if server.status == "starting":
+            if self.ready(self.config.host, server.spec.http_port):
+                log.info("fleet: %s ready after %.1f s", server.spec.name, now - server.started_at)
+                server.status = "ready"
+                return True
+            if now - server.started_at > self.config.ready_timeout_s:
+                log.error("fleet: %s not ready after %.0f s; stopping it", server.spec.name, now - server.started_at)
+                _terminate(process)
+                server.status, server.died_at = "dead", now
+                return True
+        return False
+
+    def all_ready(self) -> bool:
+        return all(s.status == "ready" for s in self.servers)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for server in self.servers:
+            if server.process is not None and server.process.poll() is None:
+                server.process.terminate()
+        for server in self.servers:
+            _terminate(server.process, timeout)
+            server.status = "stopped"
+        self.write_state()
+
+    def write_state(self) -> None:
+        """Atomically (rename) so a client never reads half a file."""
+        path = Path(self.config.state_file)
+        state = {"updated": time.time(), "servers": [s.record(self.config.host) for s in self.servers]}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(path)
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Its own session (a Ctrl-C reaches it once, through stop()); SIGTERM when the fleet dies, even by SIGKILL.
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    set_parent_death_signal(signal.SIGTERM)
+
+
+def _terminate(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
