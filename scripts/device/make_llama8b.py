@@ -12,6 +12,7 @@ special tokens. A post-processor prepends <|begin_of_text|> like Llama 3.
 Usage: python3 make_model.py --out /tmp/llama8b [--device cuda] [--layers 32] ...
 Small shapes (e.g. --layers 2 --hidden 256 ...) are for CPU smoke tests.
 """
+
 import argparse
 import json
 import os
@@ -169,8 +170,11 @@ def main():
             weight_map[k] = name
             total += v.numel() * v.element_size()
         del t, cpu
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
-              open(os.path.join(args.out, "model.safetensors.index.json"), "w"), indent=2)
+    json.dump(
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
+        open(os.path.join(args.out, "model.safetensors.index.json"), "w"),
+        indent=2,
+    )
     print(f"wrote {args.out}: {total / 1e9:.2f} GB in {nshards} shards, {time.time() - t0:.1f}s", flush=True)
 
 
