@@ -154,9 +154,11 @@ def test_disconnect_while_waiting_for_a_full_answer_frees_the_slots(model, trito
     _assert_slots_freed(triton_server)
 
 
-def test_embeddings_are_not_served_yet(client, model):
-    with pytest.raises(openai.NotFoundError):
-        client.embeddings.create(model=model, input="hi")
+def test_embeddings_need_the_embedding_model_enabled(client, model):
+    # The test server starts no embedding engine (LLM_EMBEDDING unset): a clear 503 saying how to enable it.
+    with pytest.raises(openai.APIStatusError) as info:
+        client.embeddings.create(model=model, input="hi", encoding_format="float")
+    assert info.value.status_code == 503 and "LLM_EMBEDDING" in info.value.body["message"]
 
 
 def test_standalone_server_against_a_running_tritonserver(triton_server, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -119,3 +120,39 @@ def test_errors_in_openai_format(client, call, status, param):
         call(client)
     assert info.value.status_code == status
     assert info.value.body["param"] == param and info.value.body["message"]
+
+
+class EmbeddingBackend(ScriptedBackend):
+    """Has an `embedding` model: text i -> a vector of len(text) repeated; "OFF" answers as a disabled model."""
+
+    async def has_model(self, name: str) -> bool:
+        return name == "embedding"
+
+    async def embed(self, texts):
+        if texts[0] == "OFF":
+            raise from_triton("the embedding model is not enabled on this server (LLM_EMBEDDING=1)")
+        return np.array([[float(len(t))] * 3 for t in texts], dtype=np.float32)
+
+
+def test_embeddings_over_the_embedding_model(tiny_llava):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llava))
+    renderer = ChatRenderer(tokenizer, str(tiny_llava), accepts_images=True)
+    app = create_app(lambda: ServerState(EmbeddingBackend(), tokenizer, renderer, "tiny", None, 1))
+    with TestClient(app) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=http, max_retries=0)
+        out = client.embeddings.create(model="tiny", input=["ab", "abcd"], encoding_format="float")
+        assert [d.index for d in out.data] == [0, 1] and out.data[1].embedding == [4.0, 4.0, 4.0]
+        packed = client.embeddings.create(model="tiny", input=["ab", "abcd"])  # the client's default: base64
+        assert packed.data[1].embedding == [4.0, 4.0, 4.0]
+        assert out.model == "tiny" and out.object == "list"
+        assert (
+            client.embeddings.create(model="tiny", input="xyz", encoding_format="float").data[0].embedding == [3.0] * 3
+        )
+        for kwargs, status, param in [
+            ({"input": "OFF"}, 503, None),
+            ({"input": [1, 2, 3]}, 400, "input"),
+            ({"input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
+        ]:
+            with pytest.raises(openai.APIStatusError) as info:
+                client.embeddings.create(model="tiny", **kwargs)
+            assert info.value.status_code == status and info.value.body.get("param") == param

@@ -175,6 +175,7 @@ def create_app(make_state: Callable[[], ServerState]) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: dict[str, Any], request: Request) -> dict[str, Any]:
-        return await create_embeddings(_state(request).backend, body)
+        state = _state(request)
+        return await create_embeddings(state.backend, body, state.model_name)
 
     return app

@@ -12,7 +12,15 @@ import re
 from dataclasses import dataclass
 
 _TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 501: "invalid_request_error"}
-_UNAVAILABLE = ("engine failure", "restarting", "not healthy", "unavailable", "connect failed", "not ready")
+_UNAVAILABLE = (
+    "engine failure",
+    "restarting",
+    "not healthy",
+    "unavailable",
+    "connect failed",
+    "not ready",
+    "not enabled",
+)
 _FIELD_ERROR = re.compile(r"^(?:in ensemble '[^']*', )?(?P<field>[A-Za-z_<][\w.\[\]<>]*): (?P<problem>.+)$", re.S)
 
 

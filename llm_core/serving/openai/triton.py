@@ -80,6 +80,19 @@ class TritonBackend:
             return False
         return any(m.get("name") == name for m in index.get("models", []))
 
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """[n, hidden] fp32 pooled vectors from the `embedding` model (one non-decoupled request)."""
+        array = np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
+        try:
+            result = await self.client.infer(
+                "embedding",
+                _infer_inputs({"text_input": array}),
+                outputs=[grpcclient.InferRequestedOutput("embedding")],
+            )
+        except InferenceServerException as exc:
+            raise from_triton(exc.message() or str(exc)) from None
+        return result.as_numpy("embedding").astype(np.float32, copy=False)
+
     async def generate(self, generation: Generation, request_id: str) -> AsyncIterator[Delta]:
         """Deltas until the one with a finish_reason. Raises OpenAIError on a Triton error; closing
         the iterator early (client gone) cancels the gRPC call, so Triton cancels the request."""
