@@ -36,7 +36,10 @@ def test_worker_kill_loses_no_request(fault_server):
     ]
     for thread in threads:
         thread.start()
-    assert wait_until(lambda: metrics(fault_server.metrics_url).get("llm_kv_slots_used", 0) > 0, 10) is not None
+    # All four streams in the engine before the kill (the first admission alone is too early: the others would
+    # arrive during the restart and queue, not resume).
+    in_engine = lambda: metrics(fault_server.metrics_url).get("llm_requests_running", 0) >= len(PROMPTS)  # noqa: E731
+    assert wait_until(in_engine, 10) is not None
     watch = ReadinessWatch(fault_server)
     for pid in engine_worker_pids(fault_server):
         os.kill(pid, signal.SIGKILL)
