@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from llm_core.serving.triton_inputs import infer_inputs
+
 
 class TransportError(RuntimeError):
     """The server failed the request or could not be reached."""
@@ -98,12 +100,4 @@ class GrpcTransport:
 
 
 def _inputs(**arrays: np.ndarray) -> list:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    out = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        out.append(tensor)
-    return out
+    return infer_inputs(arrays)

@@ -17,20 +17,12 @@ from typing import Any
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from llm_core.serving.openai.errors import OpenAIError, from_triton
 from llm_core.serving.openai.mapping import Generation
 from llm_core.serving.openai.results import Delta
-
-
-def _infer_inputs(arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+from llm_core.serving.triton_inputs import infer_inputs
 
 
 def _first(result: Any, name: str) -> Any:
@@ -86,7 +78,7 @@ class TritonBackend:
         try:
             result = await self.client.infer(
                 "embedding",
-                _infer_inputs({"text_input": array}),
+                infer_inputs({"text_input": array}),
                 outputs=[grpcclient.InferRequestedOutput("embedding")],
             )
         except InferenceServerException as exc:
@@ -99,7 +91,7 @@ class TritonBackend:
         done = asyncio.Event()
         request = {
             "model_name": self.model,
-            "inputs": _infer_inputs(generation.ensemble_inputs()),
+            "inputs": infer_inputs(generation.ensemble_inputs()),
             "request_id": request_id,
         }
 
