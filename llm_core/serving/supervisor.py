@@ -29,6 +29,16 @@ SENTINEL = "engine_health"
 STUB_BINARY = "triton_python_backend_stub"
 
 
+def describe(pid: int) -> str:
+    """What /proc says of a pid (for the log: a stub that vanished, or one that only looked so)."""
+    try:
+        state, ppid = (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() + ["?", "?"])[:2]
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return f"pid {pid}: state {state}, parent {ppid}, {len(args)} args, {args[0][-40:].decode(errors='replace')}"
+    except OSError as exc:
+        return f"pid {pid}: gone ({type(exc).__name__})"
+
+
 def stub_pids(server_pid: int) -> dict[str, int]:
     """model name -> pid of its Python stub, among the children of `server_pid`."""
     stubs = {}
@@ -118,7 +128,8 @@ class Supervisor:
 
     def reload(self, models: list[str]) -> None:
         start = time.monotonic()
-        self.log(f"[supervisor] Python stub of {models} died; reloading (server not ready meanwhile)")
+        seen = "; ".join(describe(self.known[m]) for m in models if m in self.known)
+        self.log(f"[supervisor] Python stub of {models} died ({seen}); reloading (server not ready meanwhile)")
         self.set_ready(False, f"reloading {', '.join(models)} (its stub died)")
         for model in models:
             self.repo.unload(model)  # the ensemble goes with it

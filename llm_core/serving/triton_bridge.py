@@ -6,6 +6,7 @@ module imports anywhere and is tested with a stand-in.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,7 +77,9 @@ class PbMetricsSink:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Log llm_core's messages to the stub's stderr (Triton shows it in the server log)."""
+    """Log llm_core's messages to the stub's stderr (Triton shows it in the server log); a crash in native
+    code (a segfault, an abort) prints every thread's Python stack there too."""
+    faulthandler.enable()
     logger = logging.getLogger("llm_core")
     if not logger.handlers:
         handler = logging.StreamHandler()

@@ -1,0 +1,129 @@
+"""Where a running server's CPU time goes under load: CPU seconds per process, and py-spy profiles.
+
+Waits until a process whose command line contains `--wait-for` runs (the load generator), lets it run
+`--delay` seconds, then over `--duration` seconds: CPU seconds of each of the server's processes
+(tritonserver, each Python stub, the engine workers, the load generator) from /proc, and, when py-spy is
+installed, a sampled profile of the llm stub, engine rank 0 and postprocess (each thread's hottest
+frames, and the share of samples that held the GIL). Writes `<out>/profile.json` and `<out>/profile.txt`.
+
+  python3 scripts/device/serving_profile.py --wait-for bench_driver.py --out $OUT/profile &
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+HZ = os.sysconf("SC_CLK_TCK")
+STUBS = ("llm", "preprocess", "postprocess", "visual", "embedding", "engine_health")
+
+
+def processes(wait_for: str) -> dict[int, dict]:
+    """pid -> {name, ppid, cpu_s} for the server's processes and the load generator."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = None
+        if "bin/tritonserver" in cmd:
+            name = "tritonserver"
+        elif "triton_python_backend_stub" in cmd:
+            name = next((f"stub:{s}" for s in STUBS if f"/{s}/1/model.py" in cmd), "stub:?")
+        elif "spawn_main" in cmd:
+            name = "engine-worker"
+        elif wait_for in cmd and "serving_profile" not in cmd:
+            name = "load"
+        if name:
+            found[int(entry)] = {"name": name, "ppid": int(stat[1]), "cpu_s": (int(stat[11]) + int(stat[12])) / HZ}
+    return found
+
+
+def summarize_raw(path: Path, top: int = 25) -> dict:
+    """py-spy's raw (collapsed) output -> samples per thread and the top inclusive frames."""
+    threads: collections.Counter = collections.Counter()
+    frames: collections.Counter = collections.Counter()  # inclusive, outside threading.py
+    leaves: collections.Counter = collections.Counter()  # the innermost frame
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        parts = stack.split(";")
+        thread = parts[0].split(":")[-1].strip()
+        threads[thread] += int(count)
+        leaves[f"{thread} | {parts[-1]}"] += int(count)
+        for frame in set(parts[1:]):
+            if "threading.py" not in frame:
+                frames[f"{thread} | {frame}"] += int(count)
+    return {
+        "threads": dict(threads.most_common()),
+        "top_frames": frames.most_common(top),
+        "top_leaves": leaves.most_common(top // 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wait-for", default="bench_driver.py")
+    ap.add_argument("--delay", type=float, default=6.0)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.timeout
+    while not any(p["name"] == "load" for p in processes(args.wait_for).values()):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.5)
+    time.sleep(args.delay)
+    before, t0 = processes(args.wait_for), time.monotonic()
+    stub_pids = {p["name"]: pid for pid, p in before.items() if p["name"].startswith("stub:")}
+    targets = {"llm": stub_pids.get("stub:llm"), "postprocess": stub_pids.get("stub:postprocess")}
+    targets["rank0"] = next(
+        (pid for pid, p in before.items() if p["name"] == "engine-worker" and p["ppid"] == targets["llm"]), None
+    )
+    spies = {}
+    py_spy = shutil.which("py-spy")
+    for label, pid in targets.items():
+        if py_spy and pid:
+            for mode in ("all", "gil"):
+                cmd = [py_spy, "record", "--pid", str(pid), "-d", str(int(args.duration)), "-r", "200", "-f", "raw"]
+                cmd += ["--threads", "--nonblocking", "-o", str(out / f"{label}_{mode}.raw")]
+                cmd += ["--gil"] if mode == "gil" else ["--idle"]
+                spies[(label, mode)] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(args.duration)
+    after, elapsed = processes(args.wait_for), time.monotonic() - t0
+    cpu = sorted(
+        ((after[pid]["cpu_s"] - p["cpu_s"]) / elapsed, p["name"], pid) for pid, p in before.items() if pid in after
+    )
+    result = {
+        "elapsed_s": elapsed,
+        "cores_busy": [{"name": n, "pid": pid, "cores": round(c, 3)} for c, n, pid in cpu[::-1]],
+    }
+    for (label, mode), proc in spies.items():
+        _, err = proc.communicate(timeout=args.duration + 60)
+        raw = out / f"{label}_{mode}.raw"
+        result[f"pyspy_{label}_{mode}"] = summarize_raw(raw) if raw.exists() else {"error": err.decode()[-400:]}
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    lines = [f"over {elapsed:.1f} s: cores busy per process"]
+    lines += [f"  {r['cores']:6.2f}  {r['name']} ({r['pid']})" for r in result["cores_busy"] if r["cores"] > 0.01]
+    for key, value in result.items():
+        if key.startswith("pyspy_"):
+            lines.append(f"== {key}: {value.get('threads', value)}")
+            lines += [f"  {c:6d} {f[:150]}" for f, c in value.get("top_frames", [])]
+            lines += [f"  {c:6d} leaf {f[:150]}" for f, c in value.get("top_leaves", [])]
+    (out / "profile.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
