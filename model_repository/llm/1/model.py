@@ -25,42 +25,58 @@ from llm_core.serving.watchdog import exit_with_parent
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _tensors(r: LlmResponse) -> list:
-    def scalar(value, dtype) -> np.ndarray:
-        return np.array([[value]], dtype=dtype)
+def _scalar(value, dtype) -> np.ndarray:
+    return np.array([[value]], dtype=dtype)
 
-    return [
-        pb_utils.Tensor("output_ids", np.array([r.output_ids], np.int32).reshape(1, -1)),
-        pb_utils.Tensor("context_ids", np.array([r.context_ids], np.int32).reshape(1, -1)),
-        pb_utils.Tensor("text", scalar(r.text.encode("utf-8"), np.object_)),
-        pb_utils.Tensor("finish_reason", scalar(r.finish_reason.encode(), np.object_)),
-        pb_utils.Tensor("text_trim", scalar(r.text_trim, np.int32)),
-        pb_utils.Tensor("num_input_tokens", scalar(r.num_input_tokens, np.int32)),
-        pb_utils.Tensor("response_index", scalar(r.response_index, np.int32)),
-        pb_utils.Tensor("request_id", scalar(r.request_id.encode(), np.object_)),
-        pb_utils.Tensor("postprocess_options", scalar(r.options.encode(), np.object_)),
-        pb_utils.Tensor("output_log_probs", np.array([r.logprobs or []], np.float32).reshape(1, -1)),
-        pb_utils.Tensor("cum_log_probs", scalar(r.cum_log_prob, np.float32)),
-    ]
+
+# Output name -> its tensor, built only when the request asked for it (an ensemble asks only for the
+# outputs it maps). Each tensor costs shared memory and time on every response, and on the GPU machine the
+# 3.12 stub of tritonserver 2.51 segfaulted in send() on the first response carrying outputs the ensemble
+# had not asked for (benchmarks/RESULTS.md, serving on a GPU host).
+_OUTPUTS = {
+    "output_ids": lambda r: np.array([r.output_ids], np.int32).reshape(1, -1),
+    "context_ids": lambda r: np.array([r.context_ids], np.int32).reshape(1, -1),
+    "text": lambda r: _scalar(r.text.encode("utf-8"), np.object_),
+    "finish_reason": lambda r: _scalar(r.finish_reason.encode(), np.object_),
+    "text_trim": lambda r: _scalar(r.text_trim, np.int32),
+    "num_input_tokens": lambda r: _scalar(r.num_input_tokens, np.int32),
+    "response_index": lambda r: _scalar(r.response_index, np.int32),
+    "request_id": lambda r: _scalar(r.request_id.encode(), np.object_),
+    "postprocess_options": lambda r: _scalar(r.options.encode(), np.object_),
+    "output_log_probs": lambda r: np.array([r.logprobs or []], np.float32).reshape(1, -1),
+    "cum_log_probs": lambda r: _scalar(r.cum_log_prob, np.float32),
+}
+
+
+class _Handle:
+    """A request's response sender and the outputs it asked for (Triton lists every output when a
+    client names none)."""
+
+    __slots__ = ("sender", "outputs")
+
+    def __init__(self, request) -> None:
+        self.sender = request.get_response_sender()
+        self.outputs = [name for name in _OUTPUTS if name in set(request.requested_output_names())]
 
 
 class _Transport:
     """LlmService's view of pb_utils response senders (used from the sender thread only)."""
 
-    def send(self, sender, response: LlmResponse | None, final: bool) -> None:
+    def send(self, handle: _Handle, response: LlmResponse | None, final: bool) -> None:
         if response is None:
-            sender.send(flags=_FINAL)
-        else:
-            sender.send(pb_utils.InferenceResponse(output_tensors=_tensors(response)), flags=_FINAL if final else 0)
+            handle.sender.send(flags=_FINAL)
+            return
+        tensors = [pb_utils.Tensor(name, _OUTPUTS[name](response)) for name in handle.outputs]
+        handle.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=_FINAL if final else 0)
 
-    def send_error(self, sender, message: str, retryable: bool = False) -> None:
+    def send_error(self, handle: _Handle, message: str, retryable: bool = False) -> None:
         # UNAVAILABLE: HTTP 503 / gRPC UNAVAILABLE, which clients retry; the rest are client errors (400).
         code = pb_utils.TritonError.UNAVAILABLE if retryable else pb_utils.TritonError.INVALID_ARG
         error = pb_utils.TritonError(message, code)
-        sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=_FINAL)
+        handle.sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=_FINAL)
 
-    def is_cancelled(self, sender) -> bool:
-        return sender.is_cancelled()
+    def is_cancelled(self, handle: _Handle) -> bool:
+        return handle.sender.is_cancelled()
 
 
 class TritonPythonModel:
@@ -81,7 +97,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> None:
         for request in requests:
-            self.service.submit(request.get_response_sender(), request_inputs(pb_utils, request, self.inputs))
+            self.service.submit(_Handle(request), request_inputs(pb_utils, request, self.inputs))
         return None
 
     def finalize(self) -> None:
