@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,6 +81,41 @@ class LlmResponse:
     options: str
     logprobs: list[float] | None
     cum_log_prob: float
+
+
+def _scalar(value: Any, dtype: Any) -> np.ndarray:
+    return np.array([[value]], dtype=dtype)
+
+
+# Output name -> its array (with the batch dim), in the llm model's config order.
+_OUTPUTS: dict[str, Callable[[LlmResponse], np.ndarray]] = {
+    "output_ids": lambda r: np.array(r.output_ids, np.int32).reshape(1, -1),
+    "context_ids": lambda r: np.array(r.context_ids, np.int32).reshape(1, -1),
+    "text": lambda r: _scalar(r.text.encode("utf-8"), np.object_),
+    "finish_reason": lambda r: _scalar(r.finish_reason.encode(), np.object_),
+    "text_trim": lambda r: _scalar(r.text_trim, np.int32),
+    "num_input_tokens": lambda r: _scalar(r.num_input_tokens, np.int32),
+    "response_index": lambda r: _scalar(r.response_index, np.int32),
+    "request_id": lambda r: _scalar(r.request_id.encode(), np.object_),
+    "postprocess_options": lambda r: _scalar(r.options.encode(), np.object_),
+    "output_log_probs": lambda r: np.array(r.logprobs or [], np.float32).reshape(1, -1),
+    "cum_log_probs": lambda r: _scalar(r.cum_log_prob, np.float32),
+}
+
+
+def requested_outputs(names: Iterable[str]) -> tuple[str, ...]:
+    """The llm outputs among `names` (a request's requested outputs; Triton lists every output when a
+    client names none), in config order."""
+    wanted = set(names)
+    return tuple(name for name in _OUTPUTS if name in wanted)
+
+
+def response_arrays(response: LlmResponse, names: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """The arrays of the outputs `names` only. An ensemble asks the llm step only for the outputs it maps;
+    building the others costs shared memory and time on every response, and on the GPU machine the 3.12
+    stub of tritonserver 2.51 segfaulted in send() on the first response carrying outputs the ensemble had
+    not asked for (docs/SERVING.md)."""
+    return [(name, _OUTPUTS[name](response)) for name in names]
 
 
 class Transport(Protocol):

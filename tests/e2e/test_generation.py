@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
+import queue
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
-from e2e_helpers import PROMPTS, grpc_stream, http_generate, http_stream, metrics, wait_for_metric
+import tritonclient.grpc as grpcclient
+from e2e_helpers import PROMPTS, grpc_inputs, grpc_stream, http_generate, http_stream, metrics, wait_for_metric
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -135,3 +137,33 @@ def test_32_concurrent_streams(triton_server, reference):
         assert got.num_output_tokens == len(want.token_ids)
         assert got.finish_reason == want.finish_reason
     assert np.mean([len(r.chunks) for r in results]) > 1
+
+
+def test_llm_sends_only_the_outputs_a_request_asked_for(triton_server, reference):
+    # The llm step builds only the outputs a request names (an ensemble names those it maps; the unit test
+    # test_llm_builds_only_the_outputs_a_request_asked_for checks what is built, since Triton drops unasked
+    # outputs before a client sees them). End to end: a subset works, and naming none still gets them all.
+    ids = reference.tokenizer("Hello there")["input_ids"]
+    inputs = grpc_inputs({"input_ids": ids, "max_tokens": 6, "stream": True})
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        asked = [grpcclient.InferRequestedOutput(name) for name in ("output_ids", "text")]
+        client.async_stream_infer("llm", inputs, outputs=asked, enable_empty_final_response=True)
+        names, num_ids = set(), 0
+        while True:
+            result, error = responses.get(timeout=60)
+            assert error is None, error
+            names |= {out.name for out in result.get_response().outputs}
+            if (ids_out := result.as_numpy("output_ids")) is not None:
+                num_ids += ids_out.size
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    assert names == {"output_ids", "text"} and num_ids == 6, (names, num_ids)
+    # A client that names no output gets every one (Triton asks for all of them).
+    everything = grpc_stream(triton_server.grpc_url, {"input_ids": ids, "max_tokens": 2}, model="llm")
+    assert everything.error is None and len(everything.output_ids) == 2, everything

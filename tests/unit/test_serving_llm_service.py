@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from llm_core.engine_workers import EngineUnavailableError
 from llm_core.outputs import StreamChunk
 from llm_core.sampling_params import SamplingParams
 from llm_core.serving.health import HealthWriter, read_json
-from llm_core.serving.llm_io import parse_llm_request
+from llm_core.serving.llm_io import LlmResponse, parse_llm_request, requested_outputs, response_arrays
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import EngineMetrics, RecordingSink
 from llm_core.serving.postprocess import chunk_text, parse_postprocess_input
@@ -330,3 +332,16 @@ def test_step_timeline_becomes_counters():
     assert values["llm_engine_host_seconds_total"] == pytest.approx(0.06)
     assert values["llm_engine_wait_seconds_total"] == pytest.approx(0.3)
     assert values["llm_engine_idle_seconds_total"] == pytest.approx(1.5)
+
+
+def test_llm_builds_only_the_outputs_a_request_asked_for():
+    config = (Path(__file__).parents[2] / "model_repository/llm/config.pbtxt").read_text()
+    declared = re.findall(r'\{ name: "(\w+)"', config.split("output [", 1)[1].split("]\n", 1)[0])
+    assert requested_outputs(reversed(declared)) == tuple(declared)  # every declared output, in config order
+    response = LlmResponse("llm-1", [5, 6], [4], "ab", "", 0, 3, 0, "{}", None, 0.0)
+    # What the ensemble maps (everything but context_ids and text_trim), plus a name the llm does not have.
+    mapped = requested_outputs(["text", "output_ids", "finish_reason", "no_such_output"])
+    arrays = dict(response_arrays(response, mapped))
+    assert list(arrays) == ["output_ids", "text", "finish_reason"]
+    assert arrays["output_ids"].tolist() == [[5, 6]] and arrays["text"].tolist() == [[b"ab"]]
+    assert arrays["finish_reason"].shape == (1, 1)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from llm_core.engine import Engine
 from llm_core.serving.cancel_relay import CancelRelayServer
 from llm_core.serving.health import HealthWriter, stub_reloads
-from llm_core.serving.llm_io import LlmResponse
+from llm_core.serving.llm_io import LlmResponse, requested_outputs, response_arrays
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
 from llm_core.serving.settings import load_settings, model_parameters
@@ -23,29 +22,6 @@ from llm_core.serving.triton_bridge import PbMetricsSink, input_names, request_i
 from llm_core.serving.watchdog import exit_with_parent
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _scalar(value, dtype) -> np.ndarray:
-    return np.array([[value]], dtype=dtype)
-
-
-# Output name -> its tensor, built only when the request asked for it (an ensemble asks only for the
-# outputs it maps). Each tensor costs shared memory and time on every response, and on the GPU machine the
-# 3.12 stub of tritonserver 2.51 segfaulted in send() on the first response carrying outputs the ensemble
-# had not asked for (benchmarks/RESULTS.md, serving on a GPU host).
-_OUTPUTS = {
-    "output_ids": lambda r: np.array([r.output_ids], np.int32).reshape(1, -1),
-    "context_ids": lambda r: np.array([r.context_ids], np.int32).reshape(1, -1),
-    "text": lambda r: _scalar(r.text.encode("utf-8"), np.object_),
-    "finish_reason": lambda r: _scalar(r.finish_reason.encode(), np.object_),
-    "text_trim": lambda r: _scalar(r.text_trim, np.int32),
-    "num_input_tokens": lambda r: _scalar(r.num_input_tokens, np.int32),
-    "response_index": lambda r: _scalar(r.response_index, np.int32),
-    "request_id": lambda r: _scalar(r.request_id.encode(), np.object_),
-    "postprocess_options": lambda r: _scalar(r.options.encode(), np.object_),
-    "output_log_probs": lambda r: np.array([r.logprobs or []], np.float32).reshape(1, -1),
-    "cum_log_probs": lambda r: _scalar(r.cum_log_prob, np.float32),
-}
 
 
 class _Handle:
@@ -56,7 +32,7 @@ class _Handle:
 
     def __init__(self, request) -> None:
         self.sender = request.get_response_sender()
-        self.outputs = [name for name in _OUTPUTS if name in set(request.requested_output_names())]
+        self.outputs = requested_outputs(request.requested_output_names())
 
 
 class _Transport:
@@ -66,7 +42,7 @@ class _Transport:
         if response is None:
             handle.sender.send(flags=_FINAL)
             return
-        tensors = [pb_utils.Tensor(name, _OUTPUTS[name](response)) for name in handle.outputs]
+        tensors = [pb_utils.Tensor(name, array) for name, array in response_arrays(response, handle.outputs)]
         handle.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=_FINAL if final else 0)
 
     def send_error(self, handle: _Handle, message: str, retryable: bool = False) -> None:
