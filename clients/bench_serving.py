@@ -93,9 +93,11 @@ async def run_workload(args: argparse.Namespace, requests: list[GenerateRequest]
         nonlocal tokens
         async with slots:
             try:
-                timer = await run_request(client, args.model, req)
+                timer = await asyncio.wait_for(run_request(client, args.model, req), args.request_timeout)
                 tokens += timer.num_output_tokens
                 return timer
+            except TimeoutError:  # a server that stopped answering must not hang the benchmark
+                return TimeoutError(f"no final response within --request-timeout {args.request_timeout:g} s")
             except Exception as exc:  # counted as a failed request
                 return exc
             finally:
@@ -106,7 +108,7 @@ async def run_workload(args: argparse.Namespace, requests: list[GenerateRequest]
         if args.warmup:
             print(f"warm-up: {args.warmup} request(s) one by one ...", file=sys.stderr, flush=True)
         for req in requests[: args.warmup]:
-            await run_request(client, args.model, req)
+            await asyncio.wait_for(run_request(client, args.model, req), args.request_timeout)
         print(f"running {len(requests)} requests ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         tasks = []
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len", type=int, default=2048, help="lognormal lengths are clipped to 4..this")
     parser.add_argument("--workload", choices=sorted(WORKLOADS), help="a preset of the flags above (they still win)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--request-timeout", type=float, default=600.0, help="seconds before a request counts as failed"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the summary and settings as JSON here")
     args = parser.parse_args(argv)

@@ -7,6 +7,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,29 @@ def test_llm_direct_inputs_and_incremental_decoding():
     data = " 世界🙂".encode()
     deltas = [decoder.add([b], final=False) for b in data]
     assert "".join(deltas) == " 世界🙂" and "\ufffd" not in "".join(deltas)
+
+
+def test_bench_a_request_that_never_ends_fails_after_the_timeout(monkeypatch):
+    import asyncio
+
+    import bench_serving
+
+    class Client:  # the gRPC client of a server that accepted the stream and then said nothing
+        def __init__(self, url):
+            pass
+
+        async def stream_infer(self, requests):
+            await asyncio.sleep(3600)
+            yield None, None
+
+        async def close(self):
+            pass
+
+    monkeypatch.setattr(bench_serving.grpcclient_aio, "InferenceServerClient", Client)
+    args = argparse.Namespace(url="x", model="ensemble", concurrency=2, request_rate=float("inf"), warmup=0,
+                              no_progress=True, request_timeout=0.2)  # fmt: skip
+    reqs = [GenerateRequest("hi", 4, True, (), {}, (), None)] * 3
+    start = time.monotonic()
+    results, _ = asyncio.run(bench_serving.run_workload(args, reqs, np.random.default_rng(0)))
+    assert time.monotonic() - start < 5
+    assert all(isinstance(r, TimeoutError) and "--request-timeout 0.2" in str(r) for r in results), results
