@@ -6,7 +6,8 @@ Run by the HOST python (standard library only; setup_env.sh does this):
 
 It writes VIEW_DIR: one symlink per entry of every site-packages directory the host python sees
 (system python, venv or conda env alike), less what must not reach an environment that runs
-numpy 1.x (the Python backend stub of tritonserver 2.51 needs numpy<2, DESIGN §5):
+numpy 1.x (the Python backend stub of tritonserver 2.51 needs numpy<2: docs/SERVING.md,
+'Facts about tritonserver 2.51'):
 - numpy itself (the venv installs numpy<2 over it);
 - every distribution that requires numpy and either ships compiled modules (built against the
   host's numpy, e.g. scipy, scikit-learn, pandas) or whose numpy requirement excludes 1.26;

@@ -1,7 +1,8 @@
 """Check that this Python can run the models: `python -I -m llm_core.serving.env_check [--clients]`.
 
-scripts/setup_env.sh runs it with `-I`, as isolated as the Python backend stubs run (DESIGN §5), so
-a bad environment fails at setup, never when tritonserver loads a model. It executes every import
+scripts/setup_env.sh runs it with `-I`, as isolated as the Python backend stubs run
+(docs/SERVING.md, 'Facts about tritonserver 2.51'), so a bad environment fails at setup, never when
+tritonserver loads a model. It executes every import
 statement of `model_repository/*/1/model.py`, those inside functions too (e.g.
 `from transformers import AutoTokenizer`, which imports scikit-learn and scipy when they are
 installed), except `triton_python_backend_utils`, which only a stub provides. It then checks that
