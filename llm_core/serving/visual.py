@@ -44,6 +44,8 @@ class VisualService:
             pixels = pixels.reshape(pixels.shape[-4:]) if pixels.ndim == 5 else pixels
             md5s = [m.decode() if isinstance(m, bytes) else str(m) for m in inputs["image_md5"].reshape(-1)]
             requests.append(VisualRequest(pixels, md5s))
+        if not any(r.md5s for r in requests):  # text only (the common case): no cache lookup, no metric update
+            return [np.zeros((1, 0, self.hidden_size), np.float32) for _ in requests]
         embeds = embed_batch(requests, self.cache, self._encode, self.hidden_size)
         publish_cache(self.sink, self.counters, self.cache.hits, self.cache.misses, len(self.cache))
         return [e[None] for e in embeds]

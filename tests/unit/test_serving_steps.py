@@ -151,3 +151,15 @@ def test_cancel_relay_without_launcher_uses_a_private_dir(monkeypatch):
     assert directory.is_dir() and str(directory.name).startswith("llm_core_triton_")
     server.close()
     assert not directory.exists()
+
+
+def test_visual_text_only_batch_skips_the_cache_and_its_metrics(tiny_llava):
+    from llm_core.serving.settings import load_settings
+    from llm_core.serving.visual import VisualService
+
+    sink = RecordingSink()
+    service = VisualService(load_settings({"model_dir": str(tiny_llava)}, env={}), sink)
+    text_only = {"pixel_values": np.zeros((1, 0, 3, 8, 8), np.float32), "image_md5": np.zeros((1, 0), np.object_)}
+    out = service.run([text_only, text_only])
+    assert [e.shape for e in out] == [(1, 0, service.hidden_size)] * 2
+    assert (service.cache.hits, service.cache.misses) == (0, 0) and not sink.values  # no metric round trip
