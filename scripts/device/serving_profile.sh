@@ -2,13 +2,13 @@
 # Our server under the anchor kit's load, profiled: CPU cores busy per process (tritonserver, each Python
 # stub, the engine workers, the load generator) and py-spy profiles of the llm stub, engine rank 0 and
 # postprocess while W1 runs (scripts/device/serving_profile.py), plus the kit's bench.json and metrics.
-# Needs the kit in .anchor/ (../shared/anchor/make_kit.sh) and, for the profiles, a py-spy wheel in .device/:
+# Needs the kit in .anchor/ (../shared/anchor/make_kit.sh) and, for the profiles, a py-spy wheel in .device/pyspy/:
 #   run: bash scripts/device/serving_profile.sh [workloads, default warmup,W1]
-#   carry: [".anchor/bin", ".anchor/ours", ".device"]
+#   carry: [".anchor/bin", ".anchor/ours", ".device/pyspy"]
 set -uo pipefail
 OUT=${OUT:-/tmp/serving_profile}; mkdir -p "$OUT"
 W=${1:-warmup,W1}
-ls .device/py_spy-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps .device/py_spy-*.whl >/dev/null 2>&1
+ls .device/pyspy/py_spy-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps .device/pyspy/py_spy-*.whl >/dev/null 2>&1
 python3 scripts/device/serving_profile.py --wait-for "bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads W1" --out "$OUT/profile" &
 prof=$!
 DEADLINE=${DEADLINE:-520}

@@ -3,10 +3,10 @@
 # its own deadline, plus a profile of our serving processes while W1 runs (serving_profile.py). A failed
 # first request stops the call after ~2 minutes instead of hanging it (the kit's driver has no timeout).
 #   run: bash scripts/device/side_by_side.sh [workloads, default warmup,LAT,W1,W2]
-#   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device"]   timeout_s: 600
+#   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device/pyspy"]   timeout_s: 600
 # Back in $OUT: ours_*.json/log/txt, lightllm_bench.json, lightllm_env.txt, compare.txt, profile/ (and
 # ours_server.log whenever our server failed). Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
-# for the profile: `pip download py-spy -d .device` (without it the profile has CPU figures only).
+# for the profile: `pip download py-spy -d .device/pyspy` (without it the profile has CPU figures only).
 set -uo pipefail
 OUT=${OUT:-/tmp/side_by_side}; mkdir -p "$OUT"
 W=${1:-warmup,LAT,W1,W2}
@@ -14,7 +14,7 @@ T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }
 say() { echo "[side_by_side +$(elapsed)s] $*"; }
 keep() { for f in "$@"; do [ -f "/tmp/ours_res/$f" ] && cp "/tmp/ours_res/$f" "$OUT/ours_$f"; done; }
-ls .device/py_spy-*.whl > /dev/null 2>&1 && python3 -m pip install -q --no-deps .device/py_spy-*.whl > /dev/null 2>&1
+ls .device/pyspy/py_spy-*.whl > /dev/null 2>&1 && python3 -m pip install -q --no-deps .device/pyspy/py_spy-*.whl > /dev/null 2>&1
 
 # 1. Our server and its first requests: the kit's warm-up (8 requests) must all succeed.
 R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours_start.log" 2>&1
