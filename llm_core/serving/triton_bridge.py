@@ -86,3 +86,9 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
+
+
+def end_crash_reports() -> None:
+    """Call last in finalize(): the 2.51 stub's own teardown segfaults after it (no Python frame, exit
+    code still 0), which faulthandler would report as a crash on every clean shutdown."""
+    faulthandler.disable()

@@ -7,7 +7,13 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.serving.embedding import EmbeddingService, load_embedding_settings
 from llm_core.serving.settings import load_settings, model_parameters
-from llm_core.serving.triton_bridge import error_response, make_response, request_inputs, setup_logging
+from llm_core.serving.triton_bridge import (
+    end_crash_reports,
+    error_response,
+    make_response,
+    request_inputs,
+    setup_logging,
+)
 from llm_core.serving.watchdog import exit_with_parent
 
 
@@ -38,3 +44,4 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
+        end_crash_reports()

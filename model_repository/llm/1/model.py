@@ -18,7 +18,7 @@ from llm_core.serving.llm_io import LlmResponse, requested_outputs, response_arr
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
 from llm_core.serving.settings import load_settings, model_parameters
-from llm_core.serving.triton_bridge import PbMetricsSink, input_names, request_inputs, setup_logging
+from llm_core.serving.triton_bridge import PbMetricsSink, end_crash_reports, input_names, request_inputs, setup_logging
 from llm_core.serving.watchdog import exit_with_parent
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -80,3 +80,4 @@ class TritonPythonModel:
         self.relay.close()
         self.engine.shutdown()  # ends every in-flight request ("abort" chunks)
         self.service.stop()
+        end_crash_reports()

@@ -8,7 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.serving.cancel_relay import CancelRelayClient
 from llm_core.serving.postprocess import cancelled_outputs, parse_postprocess_input, postprocess_outputs
-from llm_core.serving.triton_bridge import input_names, make_response, request_inputs, setup_logging
+from llm_core.serving.triton_bridge import end_crash_reports, input_names, make_response, request_inputs, setup_logging
 from llm_core.serving.watchdog import exit_with_parent
 
 
@@ -39,3 +39,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.relay.close()
+        end_crash_reports()

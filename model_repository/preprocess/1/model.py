@@ -10,6 +10,7 @@ from llm_core.serving.preprocess import Preprocessor
 from llm_core.serving.request import InputError
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import (
+    end_crash_reports,
     error_response,
     input_names,
     make_response,
@@ -45,3 +46,6 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - never let one request kill the stub
                 responses.append(error_response(pb_utils, f"preprocess failed: {type(exc).__name__}: {exc}"))
         return responses
+
+    def finalize(self) -> None:
+        end_crash_reports()

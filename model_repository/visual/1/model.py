@@ -6,7 +6,14 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.serving.metrics import VISUAL_METRICS
 from llm_core.serving.settings import load_settings, model_parameters
-from llm_core.serving.triton_bridge import PbMetricsSink, error_response, make_response, request_inputs, setup_logging
+from llm_core.serving.triton_bridge import (
+    PbMetricsSink,
+    end_crash_reports,
+    error_response,
+    make_response,
+    request_inputs,
+    setup_logging,
+)
 from llm_core.serving.visual import VisualService
 from llm_core.serving.watchdog import exit_with_parent
 
@@ -28,3 +35,6 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep the stub alive
             return [error_response(pb_utils, f"visual failed: {type(exc).__name__}: {exc}") for _ in requests]
         return [make_response(pb_utils, {"image_embeds": e}) for e in embeds]
+
+    def finalize(self) -> None:
+        end_crash_reports()
