@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -98,10 +99,14 @@ def test_start_ready_restart_and_stop(config):
     state = json.loads(config.state_file.read_text())
     assert [(s["name"], s["status"], s["grpc_port"]) for s in state["servers"]][1] == ("chat-large", "ready", 9001)
 
-    world.spawned[1][2].returncode = -9  # kill -9 of chat-large
+    world.spawned[1][2].returncode = -9  # kill -9 of chat-large (its launcher too: nobody removed its shm)
     world.ready_ports.discard(9000)
+    prefix = fleet.servers[1].shm_prefix
+    assert f"--shm-prefix={prefix}" in world.spawned[1][0] and prefix != fleet.servers[0].shm_prefix
+    leftover = Path("/dev/shm") / f"{prefix}segment"
+    leftover.write_bytes(b"x")
     fleet.poll()
-    assert fleet.servers[1].status == "dead"
+    assert fleet.servers[1].status == "dead" and not leftover.exists()
     assert json.loads(config.state_file.read_text())["servers"][1]["status"] == "dead"
     world.now = 1.0
     fleet.poll()
@@ -112,6 +117,7 @@ def test_start_ready_restart_and_stop(config):
     world.ready_ports.add(9000)
     fleet.poll()
     assert fleet.all_ready() and json.loads(config.state_file.read_text())["servers"][1]["pid"] == 1003
+    assert fleet.servers[1].shm_prefix not in (prefix, "")  # each start its own
 
     fleet.stop()
     assert all(p.terminated for _, _, p in world.spawned if p.returncode != -9)
@@ -127,8 +133,8 @@ def test_a_server_never_ready_is_stopped_after_the_timeout(config):
     assert {s.status for s in fleet.servers} == {"dead"} and all(p.terminated for _, _, p in world.spawned)
 
 
-def test_cuda_servers_get_their_gpus(config, monkeypatch):
-    cuda = parse_fleet_config({"device": "cuda", "server": [{"name": "a", "model_dir": "m", "tp": 2}]})
+def test_cuda_servers_get_their_gpus(config, monkeypatch, tmp_path):
+    cuda = parse_fleet_config({"device": "cuda", "server": [{"name": "a", "model_dir": "m", "tp": 2}]}, tmp_path)
     monkeypatch.setattr(fleet_main, "query_gpus", lambda: [GpuMemory(i, 60 * GIB, 80 * GIB) for i in (0, 3)])
     world = FakeWorld()
     fleet = FleetLauncher(cuda, fleet_main.gpu_plan(cuda), spawn=world.spawn, ready=lambda h, p: True)

@@ -11,7 +11,7 @@
   part of an answer: StreamInterruptedError). With no server left: FleetUnavailableError, the client closes
   its connections, and later calls fail at once with the same error.
 Every switch and failure is logged (logger `llm_core.fleet.client`). Thread-safe: the choice is guarded by a
-lock, requests run outside it, each thread on its own connections.
+lock, requests run outside it, each on a pooled connection of its own (transport.py).
 """
 
 from __future__ import annotations

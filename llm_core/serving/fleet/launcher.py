@@ -4,6 +4,10 @@ Each server is one `python -m llm_core.serving.launcher` child (its own tritonse
 clean-up) with its ports, model and, on CUDA, `CUDA_VISIBLE_DEVICES` set to the GPUs it was given. All are
 started at once, then `poll()` (every poll_s) ready-checks the starting ones, restarts one that has exited
 (after `restart_backoff_s`) and rewrites the state file when anything changed. `stop()` stops them all.
+
+Each start gets a Python-backend shm prefix of its own (`--shm-prefix`): a server killed with its launcher
+(kill -9 of the tree, the OOM killer) leaves its /dev/shm segments behind, and nobody else would remove them;
+the fleet removes them once it sees the server gone, and again after stop().
 """
 
 from __future__ import annotations
@@ -22,17 +26,23 @@ from pathlib import Path
 
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.serving.fleet.config import FleetConfig, ServerSpec
+from llm_core.serving.launcher import SHM_PREFIX_BASE, remove_shm
 
 log = logging.getLogger("llm_core.fleet")
+# How long stop() waits for a launcher: tritonserver's own exit timeout is 30 s (in-flight requests), and the
+# launcher cleans up (shm, runtime directory) after it; a launcher killed before that leaves both behind.
+STOP_TIMEOUT_S = 45.0
 
 
-def launcher_command(spec: ServerSpec) -> list[str]:
+def launcher_command(spec: ServerSpec, shm_prefix: str | None = None) -> list[str]:
     cmd = [
         sys.executable, "-m", "llm_core.serving.launcher", "--model-dir", spec.model_dir,
         "--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port),
         "--metrics-port", str(spec.metrics_port), "--openai-port", "0", "--device", spec.device,
         "--tp", str(spec.tp),
     ]  # fmt: skip
+    if shm_prefix:
+        cmd.append(f"--shm-prefix={shm_prefix}")
     if spec.kind == "embedding":
         cmd.append("--embedding")
     return cmd + list(spec.args)
@@ -55,6 +65,7 @@ class ServerState:
     started_at: float = 0.0
     died_at: float = 0.0
     restarts: int = 0
+    shm_prefix: str = ""  # this start's Python-backend shm prefix
 
     def record(self, host: str) -> dict:
         spec = self.spec
@@ -63,6 +74,7 @@ class ServerState:
             "model_dir": spec.model_dir, "host": host, "http_port": spec.http_port, "grpc_port": spec.grpc_port,
             "metrics_port": spec.metrics_port, "gpus": self.gpus, "status": self.status,
             "pid": self.process.pid if self.process is not None else None, "restarts": self.restarts,
+            "shm_prefix": self.shm_prefix,
         }  # fmt: skip
 
 
@@ -92,7 +104,9 @@ class FleetLauncher:
         env = dict(os.environ)
         if server.spec.device == "cuda":
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in server.gpus)
-        server.process = self.spawn(launcher_command(server.spec), env)
+        # unique per fleet, server and start: removing a dead start's leftovers never touches a live one's
+        server.shm_prefix = f"{SHM_PREFIX_BASE}f{os.getpid()}_{server.spec.http_port}_{server.restarts}_"
+        server.process = self.spawn(launcher_command(server.spec, server.shm_prefix), env)
         server.status, server.started_at = "starting", self.clock()
         log.info("fleet: started %s (pid %d, port %d, gpus %s)", server.spec.name, server.process.pid,
                  server.spec.http_port, server.gpus or "-")  # fmt: skip
@@ -111,6 +125,7 @@ class FleetLauncher:
         if server.status in ("starting", "ready") and process is not None and process.poll() is not None:
             log.warning("fleet: %s exited with %s", server.spec.name, process.returncode)
             server.status, server.died_at = "dead", now
+            _remove_leftovers(server)
             return True
         if server.status == "dead" and self.config.restart and now - server.died_at >= self.restart_backoff_s:
             server.restarts += 1
@@ -125,19 +140,21 @@ class FleetLauncher:
                 log.error("fleet: %s not ready after %.0f s; stopping it", server.spec.name, now - server.started_at)
                 _terminate(process)
                 server.status, server.died_at = "dead", now
+                _remove_leftovers(server)
                 return True
         return False
 
     def all_ready(self) -> bool:
         return all(s.status == "ready" for s in self.servers)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         for server in self.servers:
             if server.process is not None and server.process.poll() is None:
                 server.process.terminate()
         for server in self.servers:
             _terminate(server.process, timeout)
             server.status = "stopped"
+            _remove_leftovers(server)
         self.write_state()
 
     def write_state(self) -> None:
@@ -158,7 +175,14 @@ def _die_with_parent() -> None:
     set_parent_death_signal(signal.SIGTERM)
 
 
-def _terminate(process: subprocess.Popen | None, timeout: float = 30.0) -> None:
+def _remove_leftovers(server: ServerState) -> None:
+    """The /dev/shm segments a server that is gone left behind (none when its launcher cleaned up)."""
+    if server.shm_prefix and (removed := remove_shm(server.shm_prefix)):
+        log.warning("fleet: removed %d shm segment(s) %s* that %s left", len(removed), server.shm_prefix,
+                    server.spec.name)  # fmt: skip
+
+
+def _terminate(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_S) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()

@@ -1,6 +1,12 @@
 """gRPC calls of the fleet client (tritonclient.grpc): the chat ensemble over a bidirectional stream, the
-embedding model over unary infer. One client per server and calling thread, kept open, so latency probes
-and requests reuse connections and concurrent callers never share a stream."""
+embedding model over unary infer.
+
+Each server's clients (gRPC channels) are kept open in a pool, so latency probes and requests reuse
+connections; a request takes one for itself (concurrent callers never share a stream) and gives it back.
+A chat request opens its own stream on it and closes that stream once the final response is in: a stream
+left open keeps tritonserver from shutting down (its ensemble stays "live" through the whole exit timeout,
+then the gRPC server waits for the stream), so a long-lived client would stall every server it talked to.
+"""
 
 from __future__ import annotations
 
@@ -17,41 +23,31 @@ class TransportError(RuntimeError):
     """The server failed the request or could not be reached."""
 
 
-class _Stream:
-    def __init__(self, url: str) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self.client = grpcclient.InferenceServerClient(url)
-        self.responses: queue.Queue = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
-
-    def close(self) -> None:
-        try:
-            self.client.stop_stream(cancel_requests=True)
-            self.client.close()
-        except Exception:  # noqa: BLE001 - a dead server's channel may fail to close
-            pass
+def _close(client, cancel: bool = True) -> None:
+    try:
+        client.stop_stream(cancel_requests=cancel)
+        client.close()
+    except Exception:  # noqa: BLE001 - a dead server's channel may fail to close
+        pass
 
 
 class GrpcTransport:
     def __init__(self) -> None:
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: dict[str, list] = {}  # url -> open clients no request is using
 
-    def _clients(self) -> dict[str, _Stream]:
-        if not hasattr(self._local, "clients"):
-            self._local.clients = {}
-        return self._local.clients
+    def _take(self, url: str):
+        with self._lock:
+            idle = self._idle.get(url)
+            if idle:
+                return idle.pop()
+        import tritonclient.grpc as grpcclient
 
-    def _stream(self, url: str) -> _Stream:
-        clients = self._clients()
-        if url not in clients:
-            clients[url] = _Stream(url)
-        return clients[url]
+        return grpcclient.InferenceServerClient(url)
 
-    def _drop(self, url: str) -> None:
-        stream = self._clients().pop(url, None)
-        if stream is not None:
-            stream.close()
+    def _give_back(self, url: str, client) -> None:
+        with self._lock:
+            self._idle.setdefault(url, []).append(client)
 
     def generate(self, url: str, prompt: str, max_tokens: int, timeout: float) -> Iterator[str]:
         """The text pieces of one streamed completion; TransportError / TimeoutError on failure."""
@@ -59,17 +55,21 @@ class GrpcTransport:
             text_input=np.array([[prompt.encode()]], np.object_), max_tokens=np.array([[max_tokens]], np.int32),
             stream=np.array([[True]], np.bool_),
         )  # fmt: skip
+        responses: queue.Queue = queue.Queue()
+        client = None
         try:
-            stream = self._stream(url)
-            stream.client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
+            client = self._take(url)
+            client.start_stream(callback=lambda result, error: responses.put((result, error)))
+            client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
         except Exception as exc:  # noqa: BLE001 - tritonclient raises several kinds
-            self._drop(url)
+            if client is not None:
+                _close(client)
             raise TransportError(f"{url}: {exc}") from exc
         finished = False
         try:
             while not finished:
                 try:
-                    result, error = stream.responses.get(timeout=timeout)
+                    result, error = responses.get(timeout=timeout)
                 except queue.Empty:
                     raise TimeoutError(f"{url}: no response within {timeout:.2f} s") from None
                 if error is not None:
@@ -80,23 +80,38 @@ class GrpcTransport:
                 if text is not None and text.size:
                     yield b"".join(text.reshape(-1)).decode("utf-8", errors="replace")
         finally:
-            if not finished:  # failed, timed out, or closed by the caller: cancel it with its stream
-                self._drop(url)
+            if finished:  # the server is done with it: end the stream, keep the channel
+                try:
+                    client.stop_stream()
+                except Exception:  # noqa: BLE001
+                    _close(client)
+                else:
+                    self._give_back(url, client)
+            else:  # failed, timed out, or closed by the caller: cancel it with its channel
+                _close(client)
 
     def embed(self, url: str, texts: list[str], timeout: float) -> np.ndarray:
         inputs = _inputs(text_input=np.array([[t.encode()] for t in texts], np.object_))
+        client = None
         try:
-            result = self._stream(url).client.infer("embedding", inputs, client_timeout=timeout)
+            client = self._take(url)
+            result = client.infer("embedding", inputs, client_timeout=timeout)
         except Exception as exc:  # noqa: BLE001
-            self._drop(url)
+            if client is not None:
+                _close(client)
             if "Deadline" in str(exc):
                 raise TimeoutError(f"{url}: no response within {timeout:.2f} s") from exc
             raise TransportError(f"{url}: {exc}") from exc
+        self._give_back(url, client)
         return result.as_numpy("embedding")
 
     def close(self) -> None:
-        for url in list(self._clients()):
-            self._drop(url)
+        """Close every idle client (one a request still uses is closed when that request ends or fails)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for clients in idle.values():
+            for client in clients:
+                _close(client)
 
 
 def _inputs(**arrays: np.ndarray) -> list:
