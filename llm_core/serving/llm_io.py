@@ -114,7 +114,8 @@ def response_arrays(response: LlmResponse, names: Sequence[str]) -> list[tuple[s
     """The arrays of the outputs `names` only. An ensemble asks the llm step only for the outputs it maps;
     building the others costs shared memory and time on every response, and on the GPU machine the 3.12
     stub of tritonserver 2.51 segfaulted in send() on the first response carrying outputs the ensemble had
-    not asked for (docs/SERVING.md)."""
+    not asked for. The stub's send() releases the GIL and then drops the unasked tensors from the response
+    (python_backend's PruneOutputTensors), so their numpy arrays are freed without the GIL held."""
     return [(name, _OUTPUTS[name](response)) for name in names]
 
 
