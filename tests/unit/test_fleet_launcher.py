@@ -155,3 +155,29 @@ def test_run_stops_everything_when_told(config, monkeypatch):
     timer.start()
     fleet_main.run(config, stop, poll_s=0.01)
     assert all(p.terminated for _, _, p in world.spawned) and len(world.spawned) == 3
+
+
+def test_a_server_that_keeps_dying_before_ready_is_restarted_ever_later(config):
+    world = FakeWorld()
+    fleet = FleetLauncher(config, {}, spawn=world.spawn, ready=lambda host, port: port in world.ready_ports,
+                          clock=lambda: world.now, restart_backoff_s=2.0, max_restart_backoff_s=10.0)  # fmt: skip
+    fleet.start()
+    world.ready_ports |= {8100, 8120}  # chat-large (port 9000) never gets ready: it dies while starting
+    large, starts = fleet.servers[1], []
+    for _ in range(600):  # 60 s in steps of 0.1 s; each start of chat-large dies at once
+        if large.status == "starting":
+            large.process.returncode = 1
+        spawned = len(world.spawned)
+        fleet.poll()
+        if len(world.spawned) > spawned:
+            starts.append(world.now)
+        world.now = round(world.now + 0.1, 1)
+    gaps = [round(b - a, 1) for a, b in zip(starts, starts[1:], strict=False)]
+    assert starts[0] == pytest.approx(2.0, abs=0.15)  # the first restart after restart_backoff_s
+    assert gaps[:3] == pytest.approx([4.1, 8.1, 10.1], abs=0.15) and all(g <= 10.2 for g in gaps), gaps
+    assert [s.restarts for s in fleet.servers] == [0, len(starts), 0]
+    world.ready_ports.add(9000)  # once it got ready, a later death waits restart_backoff_s again
+    while large.status != "ready":
+        world.now += 0.1
+        fleet.poll()
+    assert large.failed_starts == 0 and fleet.restart_wait(large) == 2.0

@@ -3,7 +3,8 @@
 Each server is one `python -m llm_core.serving.launcher` child (its own tritonserver, engine workers and
 clean-up) with its ports, model and, on CUDA, `CUDA_VISIBLE_DEVICES` set to the GPUs it was given. All are
 started at once, then `poll()` (every poll_s) ready-checks the starting ones, restarts one that has exited
-(after `restart_backoff_s`) and rewrites the state file when anything changed. `stop()` stops them all.
+(after `restart_backoff_s`, doubled for each further start that dies before getting ready) and rewrites the
+state file when anything changed. `stop()` stops them all.
 
 Each start gets a Python-backend shm prefix of its own (`--shm-prefix`): a server killed with its launcher
 (kill -9 of the tree, the OOM killer) leaves its /dev/shm segments behind, and nobody else would remove them;
@@ -65,6 +66,7 @@ class ServerState:
     started_at: float = 0.0
     died_at: float = 0.0
     restarts: int = 0
+    failed_starts: int = 0  # deaths in a row before becoming ready (the restart wait doubles with each)
     shm_prefix: str = ""  # this start's Python-backend shm prefix
 
     def record(self, host: str) -> dict:
@@ -87,6 +89,7 @@ class FleetLauncher:
         ready: Callable[[str, int], bool] = http_ready,
         clock: Callable[[], float] = time.monotonic,
         restart_backoff_s: float = 2.0,
+        max_restart_backoff_s: float = 120.0,
     ) -> None:
         self.config = config
         self.servers = [ServerState(spec, gpus.get(spec.name, [])) for spec in config.servers]
@@ -94,6 +97,7 @@ class FleetLauncher:
         self.ready = ready
         self.clock = clock
         self.restart_backoff_s = restart_backoff_s
+        self.max_restart_backoff_s = max_restart_backoff_s
 
     def start(self) -> None:
         for server in self.servers:  # Popen returns at once: the servers load concurrently
@@ -123,26 +127,35 @@ class FleetLauncher:
     def _check(self, server: ServerState) -> bool:
         process, now = server.process, self.clock()
         if server.status in ("starting", "ready") and process is not None and process.poll() is not None:
-            log.warning("fleet: %s exited with %s", server.spec.name, process.returncode)
+            if server.status == "starting":
+                server.failed_starts += 1
+            log.warning("fleet: %s exited with %s; restart in %.0f s", server.spec.name, process.returncode,
+                        self.restart_wait(server))  # fmt: skip
             server.status, server.died_at = "dead", now
             _remove_leftovers(server)
             return True
-        if server.status == "dead" and self.config.restart and now - server.died_at >= self.restart_backoff_s:
+        if server.status == "dead" and self.config.restart and now - server.died_at >= self.restart_wait(server):
             server.restarts += 1
             self._start(server)
             return True
         if server.status == "starting":
             if self.ready(self.config.host, server.spec.http_port):
                 log.info("fleet: %s ready after %.1f s", server.spec.name, now - server.started_at)
-                server.status = "ready"
+                server.status, server.failed_starts = "ready", 0
                 return True
             if now - server.started_at > self.config.ready_timeout_s:
                 log.error("fleet: %s not ready after %.0f s; stopping it", server.spec.name, now - server.started_at)
                 _terminate(process)
+                server.failed_starts += 1
                 server.status, server.died_at = "dead", now
                 _remove_leftovers(server)
                 return True
         return False
+
+    def restart_wait(self, server: ServerState) -> float:
+        """`restart_backoff_s` after a death; doubled for each further start in a row that died before getting
+        ready (a bad model directory, a GPU that is gone), up to `max_restart_backoff_s`."""
+        return min(self.restart_backoff_s * 2 ** max(server.failed_starts - 1, 0), self.max_restart_backoff_s)
 
     def all_ready(self) -> bool:
         return all(s.status == "ready" for s in self.servers)
