@@ -1,8 +1,8 @@
-"""The llm stub's engine state, shared with the supervisor through the server's runtime directory.
+"""The engines' states, shared with the supervisor through the server's runtime directory.
 
-The llm stub writes `llm-health.json` ({"state", "reason", "pid", "time"}) whenever the engine's
-state changes ("ready", "restarting", "down"); the supervisor (launcher) reads it to decide server
-readiness, and reads `pid` to notice a dead stub. The supervisor writes `supervisor.json`
+The llm stub writes `llm-health.json` ({"state", "reason", "pid", "time"}) whenever its engine's
+state changes ("ready", "restarting", "down"), the embedding stub (when enabled) `embedding-health.json`;
+the supervisor (launcher) reads them to decide server readiness. The supervisor writes `supervisor.json`
 ({"stub_reloads": n}) so that a reloaded llm stub can count the reloads in its metrics.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from llm_core.serving.cancel_relay import relay_path
 
-HEALTH_FILE = "llm-health.json"
+HEALTH_FILES = {"llm": "llm-health.json", "embedding": "embedding-health.json"}  # model -> its engine's file
 SUPERVISOR_FILE = "supervisor.json"
 
 
@@ -42,10 +43,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 class HealthWriter:
-    """Used from the llm sender thread: writes the file only when the state changes."""
+    """Used from one thread (the llm sender, the embedding stub's watch): writes the file only when the
+    state changes."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.path = (directory or runtime_dir()) / HEALTH_FILE
+    def __init__(self, directory: Path | None = None, model: str = "llm") -> None:
+        self.path = (directory or runtime_dir()) / HEALTH_FILES[model]
         self._last: tuple[str, str] | None = None
 
     def update(self, state: str, reason: str = "") -> bool:
@@ -55,6 +57,20 @@ class HealthWriter:
         self._last = (state, reason)
         write_json(self.path, {"state": state, "reason": reason, "pid": os.getpid(), "time": time.time()})
         return True
+
+
+def watch_engine(engine: Any, writer: HealthWriter, interval_s: float = 0.25) -> threading.Thread:
+    """A daemon thread that writes `engine`'s state through `writer` every `interval_s` (for a stub with no
+    thread of its own to do it, e.g. the embedding model's)."""
+
+    def run() -> None:
+        while not getattr(engine, "_closed", False):
+            writer.update(engine.state, engine.state_reason)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=run, name="engine-health", daemon=True)
+    thread.start()
+    return thread
 
 
 def stub_reloads(directory: Path | None = None) -> int:

@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--embedding", action="store_true",
         help="also serve the embedding model (LLM_EMBEDDING=1): a second engine, with its own KV pool",
     )  # fmt: skip
+    p.add_argument(
+        "--embedding-only", action="store_true",
+        help="serve only the embedding model (no chat pipeline, one engine); implies --embedding",
+    )  # fmt: skip
     p.add_argument("--shm-prefix", help="Python backend shm-region prefix (default: unique per launch)")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
@@ -85,7 +89,7 @@ def model_env(args: argparse.Namespace) -> dict[str, str]:
         value = getattr(args, flag)
         if value is not None:
             env[name] = str(value)
-    if args.embedding:
+    if args.embedding or args.embedding_only:
         env["LLM_EMBEDDING"] = "1"
     return env
 
@@ -102,8 +106,11 @@ def triton_command(binary: Path, backend_dir: Path | None, args: argparse.Namesp
     ]
     if backend_dir is not None:
         cmd.append(f"--backend-directory={backend_dir}")
-    if not args.no_supervisor and not any(a.startswith("--model-control-mode") for a in args.triton_args):
-        cmd += ["--model-control-mode=explicit", "--load-model=*"]
+    if not any(a.startswith("--model-control-mode") for a in args.triton_args):
+        if args.embedding_only:  # the sentinel too: /v2/health/ready needs a ready model set
+            cmd += ["--model-control-mode=explicit", "--load-model=embedding", "--load-model=engine_health"]
+        elif not args.no_supervisor:
+            cmd += ["--model-control-mode=explicit", "--load-model=*"]
     return cmd + list(args.triton_args)
 
 

@@ -5,10 +5,10 @@ not healthy", readiness still 200) and lets no model mark itself unready. The su
 thread of the launcher (or `python -m llm_core.serving.supervisor` beside a plain tritonserver
 started with `--model-control-mode=explicit --load-model=*`), every `poll_s`:
 - finds the Python stubs (children of tritonserver) and, when one has died, unloads its model
-  and loads it again through the repository API (the ensemble after it), logging and counting
+  and loads it again through the repository API (the ensemble after it, for one of its steps), logging and counting
   each reload (supervisor.json -> `llm_stub_reloads_total`);
-- reads the llm engine's state (llm-health.json, written by the llm stub) and, while it is not
-  "ready" or a reload runs, keeps the `engine_health` sentinel model failed, so
+- reads the engines' states (llm-health.json and embedding-health.json, written by those stubs) and,
+  while one is not "ready" or a reload runs, keeps the `engine_health` sentinel model failed, so
   `/v2/health/ready` is non-200 (see model_repository/engine_health/config.pbtxt).
 """
 
@@ -23,9 +23,10 @@ from pathlib import Path
 
 import requests
 
-from llm_core.serving.health import HEALTH_FILE, SUPERVISOR_FILE, read_json, write_json
+from llm_core.serving.health import HEALTH_FILES, SUPERVISOR_FILE, read_json, write_json
 
 SENTINEL = "engine_health"
+ENSEMBLE_STEPS = ("preprocess", "visual", "llm", "postprocess")
 STUB_BINARY = "triton_python_backend_stub"
 
 
@@ -122,9 +123,13 @@ class Supervisor:
             self.reload(dead)
             stubs = stub_pids(self.server_pid)
         self.known = stubs
-        health = read_json(self.runtime_dir / HEALTH_FILE) or {"state": "ready"}
-        state = str(health.get("state", "ready"))
-        self.set_ready(state == "ready", f"{state}: {health.get('reason', '')}".rstrip(": "))
+        for model, name in HEALTH_FILES.items():  # not ready while any engine is not
+            health = read_json(self.runtime_dir / name) or {"state": "ready"}
+            state = str(health.get("state", "ready"))
+            if state != "ready":
+                self.set_ready(False, f"{model} engine {state}: {health.get('reason', '')}".rstrip(": "))
+                return
+        self.set_ready(True, "ready")
 
     def reload(self, models: list[str]) -> None:
         start = time.monotonic()
@@ -141,8 +146,10 @@ class Supervisor:
             )
             if not ok:
                 self.log(f"[supervisor] reloading {model} failed: {text}")
-        ok, text = self.repo.load("ensemble")
-        outcome = "done" if ok else f"ensemble failed: {text}"
+        outcome = "done"
+        if any(m in ENSEMBLE_STEPS for m in models):  # unloading a step took the ensemble with it
+            ok, text = self.repo.load("ensemble")
+            outcome = "done" if ok else f"ensemble failed: {text}"
         self.log(f"[supervisor] reload {self.reloads} of {models} {outcome} in {time.monotonic() - start:.1f}s")
 
     def set_ready(self, ready: bool, reason: str) -> None:

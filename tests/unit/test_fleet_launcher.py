@@ -72,7 +72,7 @@ def test_config_ports_kinds_and_commands(config, tmp_path):
     assert config.state_file == tmp_path / "state.json" and small.model == "chat-small" and embed.kind == "embedding"
     cmd = launcher_command(large)
     assert cmd[-2:] == ["--max-total-tokens", "4096"] and "--http-port" in cmd and "--embedding" not in cmd
-    assert "--embedding" in launcher_command(embed)
+    assert "--embedding-only" in launcher_command(embed)  # no chat pipeline, one engine
     with pytest.raises(ValueError, match="overlap"):
         parse_fleet_config({"server": [{"name": "a", "model_dir": "m", "port": 8000}, {"name": "b", "model_dir": "m",
                                                                                       "port": 8002}]})  # fmt: skip

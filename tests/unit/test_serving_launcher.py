@@ -65,6 +65,11 @@ def test_triton_command_and_model_env(tiny_llama):
     assert env == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_TP": "2", "LLM_DEVICE": "cuda"}
     embedding = launcher.parse_args(["--model-dir", str(tiny_llama), "--embedding"])
     assert launcher.model_env(embedding) == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_EMBEDDING": "1"}
+    assert "--load-model=*" in launcher.triton_command(Path("/t"), None, embedding, "p_")
+    only = launcher.parse_args(["--model-dir", str(tiny_llama), "--embedding-only"])
+    assert launcher.model_env(only) == {"LLM_MODEL_DIR": str(tiny_llama), "LLM_EMBEDDING": "1"}
+    cmd = launcher.triton_command(Path("/t"), None, only, "p_")
+    assert [a for a in cmd if a.startswith("--load-model")] == ["--load-model=embedding", "--load-model=engine_health"]
 
 
 def test_remove_shm_only_touches_the_prefix():

@@ -45,7 +45,7 @@ def launcher_command(spec: ServerSpec, shm_prefix: str | None = None) -> list[st
     if shm_prefix:
         cmd.append(f"--shm-prefix={shm_prefix}")
     if spec.kind == "embedding":
-        cmd.append("--embedding")
+        cmd.append("--embedding-only")
     return cmd + list(spec.args)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from llm_core.serving.embedding import EmbeddingService, load_embedding_settings
+from llm_core.serving.health import HealthWriter, watch_engine
 from llm_core.serving.settings import load_settings, model_parameters
 from llm_core.serving.triton_bridge import (
     end_crash_reports,
@@ -28,6 +29,7 @@ class TritonPythonModel:
             from llm_core.engine import Engine
 
             self.engine = Engine(load_settings(parameters).engine)
+            watch_engine(self.engine, HealthWriter(model="embedding"))  # the supervisor's readiness
         self.service = EmbeddingService(self.engine, options.pooling)
 
     def execute(self, requests: list) -> list:

@@ -13,7 +13,7 @@ class TritonPythonModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         self.state = params.get("engine_state", {}).get("string_value", "ready")
         if self.state != "ready":
-            raise RuntimeError(f"llm engine not ready: {self.state}")
+            raise RuntimeError(f"not ready: {self.state}")
 
     def execute(self, requests: list) -> list:
         out = pb_utils.Tensor("engine_state", np.array([self.state.encode()], np.object_))
