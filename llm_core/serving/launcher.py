@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve only the embedding model (no chat pipeline, one engine); implies --embedding",
     )  # fmt: skip
     p.add_argument("--shm-prefix", help="Python backend shm-region prefix (default: unique per launch)")
+    p.add_argument("--runtime-dir", help="this launch's runtime directory, removed at exit (default: a new temp dir)")
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
     p.add_argument("--no-supervisor", action="store_true", help="no explicit model control, no stub reloads")
@@ -220,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     install = find_tritonserver()
     shm_prefix = args.shm_prefix or f"{SHM_PREFIX_BASE}{os.getpid()}_"
-    runtime_dir = Path(tempfile.mkdtemp(prefix="llm_core_triton_"))
+    if args.runtime_dir:
+        runtime_dir = Path(args.runtime_dir)
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        runtime_dir = Path(tempfile.mkdtemp(prefix="llm_core_triton_"))
     env = server_env(install)
     env.update(model_env(args))
     env[ENV_RUNTIME_DIR] = str(runtime_dir)

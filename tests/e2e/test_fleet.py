@@ -323,6 +323,8 @@ def test_picks_the_faster_server_fails_over_on_kill_9_and_returns_after_the_rest
         # The fleet removes what the killed tree left in /dev/shm and restarts chat-b; no traffic meanwhile (on
         # 2 cores a server loads in ~20 s beside idle ones, in minutes beside a saturated one).
         wait_for(lambda: not _shm_segments([old_b["shm_prefix"]]), 15, "the killed chat-b's shm segments removed")
+        assert old_b["runtime_dir"]
+        wait_for(lambda: not Path(old_b["runtime_dir"]).exists(), 15, "the killed chat-b's runtime directory removed")
         new_b = wait_for(
             lambda: (s := fleet.state().get("chat-b", {})).get("status") == "ready" and s["pid"] != old_b["pid"] and s,
             90, lambda: f"chat-b restarted and ready; {fleet.tail(20)}",

@@ -105,8 +105,12 @@ def test_start_ready_restart_and_stop(config):
     assert f"--shm-prefix={prefix}" in world.spawned[1][0] and prefix != fleet.servers[0].shm_prefix
     leftover = Path("/dev/shm") / f"{prefix}segment"
     leftover.write_bytes(b"x")
+    runtime = Path(fleet.servers[1].runtime_dir)
+    assert f"--runtime-dir={runtime}" in world.spawned[1][0]
+    runtime.mkdir(parents=True)
+    (runtime / "llm-health.json").write_text("{}")
     fleet.poll()
-    assert fleet.servers[1].status == "dead" and not leftover.exists()
+    assert fleet.servers[1].status == "dead" and not leftover.exists() and not runtime.exists()
     assert json.loads(config.state_file.read_text())["servers"][1]["status"] == "dead"
     world.now = 1.0
     fleet.poll()

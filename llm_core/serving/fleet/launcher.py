@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -35,7 +37,7 @@ log = logging.getLogger("llm_core.fleet")
 STOP_TIMEOUT_S = 45.0
 
 
-def launcher_command(spec: ServerSpec, shm_prefix: str | None = None) -> list[str]:
+def launcher_command(spec: ServerSpec, shm_prefix: str | None = None, runtime_dir: str | None = None) -> list[str]:
     cmd = [
         sys.executable, "-m", "llm_core.serving.launcher", "--model-dir", spec.model_dir,
         "--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port),
@@ -44,6 +46,8 @@ def launcher_command(spec: ServerSpec, shm_prefix: str | None = None) -> list[st
     ]  # fmt: skip
     if shm_prefix:
         cmd.append(f"--shm-prefix={shm_prefix}")
+    if runtime_dir:
+        cmd.append(f"--runtime-dir={runtime_dir}")
     if spec.kind == "embedding":
         cmd.append("--embedding-only")
     return cmd + list(spec.args)
@@ -68,6 +72,7 @@ class ServerState:
     restarts: int = 0
     failed_starts: int = 0  # deaths in a row before becoming ready (the restart wait doubles with each)
     shm_prefix: str = ""  # this start's Python-backend shm prefix
+    runtime_dir: str = ""  # this start's runtime directory (the launcher removes it, unless killed)
 
     def record(self, host: str) -> dict:
         spec = self.spec
@@ -76,7 +81,7 @@ class ServerState:
             "model_dir": spec.model_dir, "host": host, "http_port": spec.http_port, "grpc_port": spec.grpc_port,
             "metrics_port": spec.metrics_port, "gpus": self.gpus, "status": self.status,
             "pid": self.process.pid if self.process is not None else None, "restarts": self.restarts,
-            "shm_prefix": self.shm_prefix,
+            "shm_prefix": self.shm_prefix, "runtime_dir": self.runtime_dir,
         }  # fmt: skip
 
 
@@ -110,7 +115,8 @@ class FleetLauncher:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in server.gpus)
         # unique per fleet, server and start: removing a dead start's leftovers never touches a live one's
         server.shm_prefix = f"{SHM_PREFIX_BASE}f{os.getpid()}_{server.spec.http_port}_{server.restarts}_"
-        server.process = self.spawn(launcher_command(server.spec, server.shm_prefix), env)
+        server.runtime_dir = str(Path(tempfile.gettempdir()) / f"llm_core_fleet_{server.shm_prefix.rstrip('_')}")
+        server.process = self.spawn(launcher_command(server.spec, server.shm_prefix, server.runtime_dir), env)
         server.status, server.started_at = "starting", self.clock()
         log.info("fleet: started %s (pid %d, port %d, gpus %s)", server.spec.name, server.process.pid,
                  server.spec.http_port, server.gpus or "-")  # fmt: skip
@@ -189,10 +195,14 @@ def _die_with_parent() -> None:
 
 
 def _remove_leftovers(server: ServerState) -> None:
-    """The /dev/shm segments a server that is gone left behind (none when its launcher cleaned up)."""
+    """The /dev/shm segments and the runtime directory a server that is gone left behind (none when its
+    launcher cleaned up)."""
     if server.shm_prefix and (removed := remove_shm(server.shm_prefix)):
         log.warning("fleet: removed %d shm segment(s) %s* that %s left", len(removed), server.shm_prefix,
                     server.spec.name)  # fmt: skip
+    if server.runtime_dir and Path(server.runtime_dir).exists():
+        shutil.rmtree(server.runtime_dir, ignore_errors=True)
+        log.warning("fleet: removed the runtime directory %s that %s left", server.runtime_dir, server.spec.name)
 
 
 def _terminate(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_S) -> None:
