@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_core.serving.triton_inputs import infer_inputs
+
 # Optional sampling inputs of the ensemble and their tensor types.
 SAMPLING_DTYPES: dict[str, type] = {
     "temperature": np.float32,
@@ -74,19 +76,7 @@ def input_arrays(req: GenerateRequest) -> dict[str, np.ndarray]:
 
 def grpc_inputs(req: GenerateRequest) -> list:
     """The request as a list of tritonclient.grpc.InferInput for the ensemble."""
-    return to_grpc_inputs(input_arrays(req))
-
-
-def to_grpc_inputs(arrays: dict[str, np.ndarray]) -> list:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import np_to_triton_dtype
-
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+    return infer_inputs(input_arrays(req))
 
 
 def http_body(req: GenerateRequest) -> dict:

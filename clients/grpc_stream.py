@@ -21,9 +21,10 @@ from common import (
     chunk_from_grpc,
     grpc_inputs,
     request_from_args,
-    to_grpc_inputs,
 )
 from llm_direct import IncrementalDecoder, chunk_from_llm, llm_input_arrays, load_tokenizer
+
+from llm_core.serving.triton_inputs import infer_inputs
 
 
 class GrpcStreamer:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     req = request_from_args(args)
     if args.model == "llm":
         tokenizer = load_tokenizer(args.tokenizer)
-        inputs = to_grpc_inputs(llm_input_arrays(req, tokenizer(req.prompt)["input_ids"]))
+        inputs = infer_inputs(llm_input_arrays(req, tokenizer(req.prompt)["input_ids"]))
         decoder = IncrementalDecoder(tokenizer)
         parse = lambda result: chunk_from_llm(result, decoder)
     else:

@@ -127,7 +127,8 @@ def openai_command(args: argparse.Namespace, model_dir: str) -> list[str]:
     return cmd + ([f"--chat-template={args.chat_template}"] if args.chat_template else [])
 
 
-def _stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; waits for the exit (nothing to do when it is gone)."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         code = proc.wait()
     finally:
         stop.set()
-        _stop(openai)
+        stop_process(openai)
         removed = remove_shm(shm_prefix)
         shutil.rmtree(runtime_dir, ignore_errors=True)
     if removed:

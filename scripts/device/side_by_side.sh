@@ -4,40 +4,32 @@
 # first request stops the call after ~2 minutes instead of hanging it (the kit's driver has no timeout).
 #   run: bash scripts/device/side_by_side.sh [workloads, default warmup,LAT,W1,W2]
 #   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device/pyspy"]   timeout_s: 600
-# Back in $OUT: ours_*.json/log/txt, lightllm_bench.json, lightllm_env.txt, compare.txt, profile/ (and
-# ours_server.log whenever our server failed). Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
+# Back in $OUT: ours/ (serving_profile.sh's files: bench.json, metrics, logs, profile/), lightllm_bench.json,
+# lightllm_env.txt, compare.txt. Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
 # for the profile: `pip download py-spy -d .device/pyspy` (without it the profile has CPU figures only).
 set -uo pipefail
-OUT=${OUT:-/tmp/side_by_side}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/side_by_side}; mkdir -p "$OUT/ours"
 W=${1:-warmup,LAT,W1,W2}
 T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }
 say() { echo "[side_by_side +$(elapsed)s] $*"; }
-keep() { for f in "$@"; do [ -f "/tmp/ours_res/$f" ] && cp "/tmp/ours_res/$f" "$OUT/ours_$f"; done; }
-ls .device/pyspy/py_spy-*.whl > /dev/null 2>&1 && python3 -m pip install -q --no-deps .device/pyspy/py_spy-*.whl > /dev/null 2>&1
 
 # 1. Our server and its first requests: the kit's warm-up (8 requests) must all succeed.
-R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours_start.log" 2>&1
+R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours/start.log" 2>&1
 ok=$(python3 -c "import json; print(json.load(open('/tmp/ours_res/bench.json'))['warmup']['ok'])" 2> /dev/null)
-keep env.txt keylines.txt
 if [ "$ok" != 8 ]; then
   say "our server did not answer its first requests (warmup ok=${ok:-none}); stopping"
-  keep server.log driver.log
+  cp /tmp/ours_res/server.log /tmp/ours_res/driver.log "$OUT/ours/" 2> /dev/null
   tail -n 30 /tmp/ours_res/server.log
   R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
   exit 1
 fi
 say "ours: warm-up ok"
 
-# 2. Our workloads, profiled while W1 runs.
-python3 scripts/device/serving_profile.py --wait-for "bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads W1" \
-  --out "$OUT/profile" --timeout 300 &
-prof=$!
-R=/tmp/ours_res DEADLINE=240 timeout 260 bash .anchor/bin/run_ours.sh "${W#warmup,}" > "$OUT/ours_run.log" 2>&1
-kill $prof 2> /dev/null; wait $prof 2> /dev/null
-keep bench.json metrics.txt driver.log
+# 2. Our workloads on the same server, profiled while W1 runs.
+OUT=$OUT/ours FRESH=0 DEADLINE=240 bash scripts/device/serving_profile.sh "${W#warmup,}" > /dev/null
 R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
-say "ours done"; tail -n 5 "$OUT/ours_run.log"
+say "ours done"; tail -n 5 "$OUT/ours/run_ours.log"
 
 # 3. LightLLM on the same machine, right after.
 left=$((570 - $(elapsed)))
@@ -47,4 +39,4 @@ OUT=/tmp/ll_out STOP_OURS=1 timeout $((left - 10)) bash .anchor/bin/run_lightllm
 cp /tmp/ll_out/bench.json "$OUT/lightllm_bench.json" 2> /dev/null
 cp /tmp/ll_out/env.txt "$OUT/lightllm_env.txt" 2> /dev/null
 say "lightllm done"
-python3 .anchor/bin/compare.py "$OUT/ours_bench.json" "$OUT/lightllm_bench.json" | tee "$OUT/compare.txt"
+python3 .anchor/bin/compare.py "$OUT/ours/bench.json" "$OUT/lightllm_bench.json" | tee "$OUT/compare.txt"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.serving.fleet.config import FleetConfig, ServerSpec
-from llm_core.serving.launcher import SHM_PREFIX_BASE, remove_shm
+from llm_core.serving.launcher import SHM_PREFIX_BASE, remove_shm, stop_process
 
 log = logging.getLogger("llm_core.fleet")
 # How long stop() waits for a launcher: tritonserver's own exit timeout is 30 s (in-flight requests), and the
@@ -151,7 +151,7 @@ class FleetLauncher:
                 return True
             if now - server.started_at > self.config.ready_timeout_s:
                 log.error("fleet: %s not ready after %.0f s; stopping it", server.spec.name, now - server.started_at)
-                _terminate(process)
+                stop_process(process, STOP_TIMEOUT_S)
                 server.failed_starts += 1
                 server.status, server.died_at = "dead", now
                 _remove_leftovers(server)
@@ -171,7 +171,7 @@ class FleetLauncher:
             if server.process is not None and server.process.poll() is None:
                 server.process.terminate()
         for server in self.servers:
-            _terminate(server.process, timeout)
+            stop_process(server.process, timeout)
             server.status = "stopped"
             _remove_leftovers(server)
         self.write_state()
@@ -203,14 +203,3 @@ def _remove_leftovers(server: ServerState) -> None:
     if server.runtime_dir and Path(server.runtime_dir).exists():
         shutil.rmtree(server.runtime_dir, ignore_errors=True)
         log.warning("fleet: removed the runtime directory %s that %s left", server.runtime_dir, server.spec.name)
-
-
-def _terminate(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_S) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
