@@ -19,7 +19,12 @@ from llm_core.kernels._checks import check_attention_inputs, check_device, check
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# The index pointers are slices at any offset (a mixed step passes rows [num_decode:]) and num_m_blocks any
+# count: neither specialised, so one compiled variant serves every step (each of them is read once per program).
+@triton.jit(
+    do_not_specialize=["num_m_blocks"],
+    do_not_specialize_on_alignment=["req_rows_ptr", "prefix_lens_ptr", "seq_lens_ptr", "query_start_loc_ptr"],
+)
 def _prefill_attention_kernel(
     q_ptr,  # [T, Hq, D]
     k_cache_ptr,  # [S + 1, Hk, D]

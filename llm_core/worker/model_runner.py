@@ -18,7 +18,7 @@ from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.ops import select_ops, torch_ops
 from llm_core.worker.cuda_graph import DecodeGraphRunner, bucket_for, context_buckets
-from llm_core.worker.warmup import warmup_steps
+from llm_core.worker.warmup import LateCompiles, warmup_steps
 
 log = logging.getLogger("llm_core.worker")
 _GIB = 1 << 30
@@ -71,6 +71,7 @@ class ModelRunner:
         self.graph_runner: DecodeGraphRunner | None = None
         self.graph_failed = False
         self.warmup_s = 0.0
+        self.late_compiles = LateCompiles()  # kernels compiled after warm-up: installed once it is done
 
     # --- KV pool -------------------------------------------------------------------------
     def kv_heads_per_rank(self) -> int:
@@ -138,6 +139,7 @@ class ModelRunner:
         graphs = self.graph_runner.num_graphs if self.graph_runner is not None else 0
         log.info("rank %d warm: %d prefill shapes, %d decode graphs in %.1f s", self.rank, len(steps), graphs,
                  self.warmup_s)  # fmt: skip
+        self.late_compiles.install()
 
     def _warm_decode_attention(self) -> None:
         """The decode kernel at every row count a mixed step can carry and every context bucket: its split

@@ -361,4 +361,5 @@ class SchedulerLoop:
         return StreamChunk(request_id, [], "error", error=message, time=time.monotonic())
 
     def stats(self) -> dict:
-        return {**self.router.stats(), **self.counters, **self.startup, **self.timeline.summary()}
+        return {**self.router.stats(), **self.counters, **self.startup, **self.runner.late_compiles.stats(),
+                **self.timeline.summary()}  # fmt: skip

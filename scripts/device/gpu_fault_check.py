@@ -108,7 +108,7 @@ async def phase(args, kind: str) -> dict:
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--url", default="127.0.0.1:8001")
     p.add_argument("--http", default="http://127.0.0.1:8000")
@@ -122,8 +122,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--kills", default="worker,stub")
     p.add_argument("--out", default="fault_check.json")
-    args = p.parse_args()
-    args.allow_early_stop, args.temperature = False, None
+    args = p.parse_args(argv)
+    # the rest of what bench_serving.make_requests reads: uniform lengths, each request runs to max_tokens
+    args.length_dist, args.allow_early_stop, args.temperature = "uniform", False, None
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     summary = [asyncio.run(phase(args, kind)) for kind in args.kills.split(",")]
     print(json.dumps(summary, indent=2))
     Path(args.out).write_text(json.dumps(summary, indent=2))

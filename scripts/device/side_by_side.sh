@@ -4,8 +4,8 @@
 # first request stops the call after ~2 minutes instead of hanging it (the kit's driver has no timeout).
 #   run: bash scripts/device/side_by_side.sh [workloads, default warmup,LAT,W1,W2]
 #   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device/pyspy"]   timeout_s: 600
-# Back in $OUT: ours/ (serving_profile.sh's files: bench.json, metrics, logs, profile/), lightllm_bench.json,
-# lightllm_env.txt, compare.txt. Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
+# Back in $OUT: compare.txt and side_by_side.tgz holding ours/ (serving_profile.sh's files: bench.json, metrics,
+# logs, profile/), lightllm_bench.json, lightllm_env.txt. Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
 # for the profile: `pip download py-spy -d .device/pyspy` (without it the profile has CPU figures only).
 set -uo pipefail
 OUT=${OUT:-/tmp/side_by_side}; mkdir -p "$OUT/ours"
@@ -13,6 +13,12 @@ W=${1:-warmup,LAT,W1,W2}
 T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }
 say() { echo "[side_by_side +$(elapsed)s] $*"; }
+# The device tool returns at most 8 files from $OUT: everything goes back as one archive beside compare.txt.
+pack() {
+  (cd "$OUT" && tar czf /tmp/side_by_side.tgz . && find . -mindepth 1 -depth ! -name compare.txt -delete \
+    && mv /tmp/side_by_side.tgz .)
+}
+trap pack EXIT
 
 # 1. Our server and its first requests: the kit's warm-up (8 requests) must all succeed.
 R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours/start.log" 2>&1
@@ -27,7 +33,9 @@ fi
 say "ours: warm-up ok"
 
 # 2. Our workloads on the same server, profiled while W1 runs.
-OUT=$OUT/ours FRESH=0 DEADLINE=240 bash scripts/device/serving_profile.sh "${W#warmup,}" > /dev/null
+OUT=$OUT/ours FRESH=0 DEADLINE=240 bash scripts/device/serving_profile.sh "${W#warmup,}" > "$OUT/ours/profile_run.log" 2>&1
+head -n 12 "$OUT/ours/profile/profile.txt" 2> /dev/null
+grep -a "after warm-up" /tmp/ours_res/server.log | head -n 20
 R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
 say "ours done"; tail -n 5 "$OUT/ours/run_ours.log"
 
@@ -40,3 +48,4 @@ cp /tmp/ll_out/bench.json "$OUT/lightllm_bench.json" 2> /dev/null
 cp /tmp/ll_out/env.txt "$OUT/lightllm_env.txt" 2> /dev/null
 say "lightllm done"
 python3 .anchor/bin/compare.py "$OUT/ours/bench.json" "$OUT/lightllm_bench.json" | tee "$OUT/compare.txt"
+

@@ -1,0 +1,62 @@
+"""Warm-up: its steps fit what they are given, and kernels compiled after it are counted and logged."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from llm_core.worker.warmup import LateCompiles, warmup_steps
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_warmup_steps_fit_pool_rows_and_context():
+    steps = warmup_steps(num_slots=100, max_rows=4, max_model_len=64)
+    assert steps, "some steps fit"
+    for step in steps:
+        assert len(step.seqs) <= 4
+        assert sum(len(s.new_token_ids) for s in step.seqs) <= 100
+        assert all(s.prefix_len + len(s.new_token_ids) <= 64 for s in step.seqs)
+        if step.num_decode:  # a mixed step: its decode rows come first, one new token each
+            assert all(len(s.new_token_ids) == 1 and s.prefix_len > 0 for s in step.seqs[: step.num_decode])
+    # the long chunks need a larger pool and context
+    assert max(sum(len(s.new_token_ids) for s in st.seqs) for st in warmup_steps(4096, 64, 4096)) == 2048
+
+
+def test_late_compiles_are_counted_and_logged(caplog):
+    watch = LateCompiles()
+    assert watch.stats() == {"kernels_compiled_after_warmup": 0, "compile_s_after_warmup": 0.0}
+    with caplog.at_level(logging.WARNING):
+        assert watch._before(key=("k", 1), repr="_prefill_attention_kernel[...](num_m_blocks: i32)") is False
+        watch._after(key=("k", 1), repr="_prefill_attention_kernel[...](num_m_blocks: i32)")
+    assert watch.stats()["kernels_compiled_after_warmup"] == 1
+    assert "_prefill_attention_kernel" in caplog.text and "after warm-up" in caplog.text
+
+
+def test_late_compiles_install_sets_triton_hooks():
+    from triton import knobs
+
+    saved = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
+    try:
+        watch = LateCompiles()
+        watch.install()
+        assert knobs.runtime.jit_cache_hook == watch._before
+        assert knobs.runtime.jit_post_compile_hook == watch._after
+    finally:
+        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = saved
+
+
+def test_gpu_fault_check_builds_its_requests():
+    """scripts/device/gpu_fault_check.py feeds its own arguments to bench_serving.make_requests."""
+    sys.path.insert(0, str(ROOT / "clients"))
+    spec = importlib.util.spec_from_file_location("gpu_fault_check", ROOT / "scripts/device/gpu_fault_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from bench_serving import make_requests
+
+    reqs = make_requests(module.parse_args(["--num-requests", "5"]), np.random.default_rng(0))
+    assert len(reqs) == 5 and all(r.max_tokens >= 1 and r.prompt for r in reqs)
