@@ -18,7 +18,8 @@ from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.ops import select_ops, torch_ops
 from llm_core.worker.cuda_graph import DecodeGraphRunner, bucket_for, context_buckets
-from llm_core.worker.warmup import LateCompiles, warmup_steps
+from llm_core.worker.timeline import LateCompiles
+from llm_core.worker.warmup import warmup_steps
 
 log = logging.getLogger("llm_core.worker")
 _GIB = 1 << 30

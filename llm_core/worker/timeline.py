@@ -9,10 +9,13 @@ device work is bracketed by two events (`GpuSpan`); their elapsed time is read o
 
 `summary()` gives totals per kind ("decode", "prefill", "mixed") in the engine's stats, as flat keys
 `step_<kind>_<field>` (counts, rows, tokens and seconds), plus `step_between_s` and `step_idle_s`.
+`LateCompiles` adds the time spent compiling Triton kernels after warm-up (none when warm-up is complete).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, fields
 
@@ -110,3 +113,41 @@ class StepTimeline:
                 value = getattr(totals, f.name)
                 out[f"step_{kind}_{f.name}"] = round(value, 6) if isinstance(value, float) else value
         return out
+
+
+class LateCompiles:
+    """Counts the Triton kernels compiled after warm-up (each one stalls every request for a second or more)
+    and logs each with its specialisation, so that a variant the steps above miss shows up in the log and in
+    `Engine.stats()` (`kernels_compiled_after_warmup`, `compile_s_after_warmup`) instead of as slow requests.
+    Installed by the worker once warm-up is done; through Triton's JIT hooks (no effect in the interpreter)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self._started: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        try:
+            from triton import knobs
+        except ImportError:  # a Triton without knobs: nothing to watch
+            return
+        knobs.runtime.jit_cache_hook = self._before
+        knobs.runtime.jit_post_compile_hook = self._after
+
+    def _before(self, *, key, repr, **_) -> bool:
+        with self._lock:
+            self._started[str(key)] = time.perf_counter()
+        return False  # compile as usual
+
+    def _after(self, *, key, repr, **_) -> None:
+        with self._lock:
+            seconds = time.perf_counter() - self._started.pop(str(key), time.perf_counter())
+            self.count += 1
+            self.seconds += seconds
+        logging.getLogger(__name__).warning(
+            "compiled a Triton kernel after warm-up in %.2f s (worker/warmup.py misses this variant): %s", seconds, repr
+        )
+
+    def stats(self) -> dict:
+        return {"kernels_compiled_after_warmup": self.count, "compile_s_after_warmup": round(self.seconds, 3)}

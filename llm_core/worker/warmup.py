@@ -15,10 +15,6 @@ the first real requests before it is read (a request reads only positions it has
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-
 import numpy as np
 
 from llm_core.batch import SeqInput, StepInput
@@ -70,41 +66,3 @@ def warmup_steps(
         embeds = np.zeros((num_image_tokens, hidden_size), dtype=np.float32)
         steps.append(StepInput(is_prefill=True, seqs=[SeqInput(0, 0, ids, list(range(n)), n, embeds)]))
     return steps
-
-
-class LateCompiles:
-    """Counts the Triton kernels compiled after warm-up (each one stalls every request for a second or more)
-    and logs each with its specialisation, so that a variant the steps above miss shows up in the log and in
-    `Engine.stats()` (`kernels_compiled_after_warmup`, `compile_s_after_warmup`) instead of as slow requests.
-    Installed by the worker once warm-up is done; through Triton's JIT hooks (no effect in the interpreter)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.seconds = 0.0
-        self._started: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        try:
-            from triton import knobs
-        except ImportError:  # a Triton without knobs: nothing to watch
-            return
-        knobs.runtime.jit_cache_hook = self._before
-        knobs.runtime.jit_post_compile_hook = self._after
-
-    def _before(self, *, key, repr, **_) -> bool:
-        with self._lock:
-            self._started[str(key)] = time.perf_counter()
-        return False  # compile as usual
-
-    def _after(self, *, key, repr, **_) -> None:
-        with self._lock:
-            seconds = time.perf_counter() - self._started.pop(str(key), time.perf_counter())
-            self.count += 1
-            self.seconds += seconds
-        logging.getLogger(__name__).warning(
-            "compiled a Triton kernel after warm-up in %.2f s (warm-up misses this variant): %s", seconds, repr
-        )
-
-    def stats(self) -> dict:
-        return {"kernels_compiled_after_warmup": self.count, "compile_s_after_warmup": round(self.seconds, 3)}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_core.worker.warmup import LateCompiles, warmup_steps
+from llm_core.worker.timeline import LateCompiles
+from llm_core.worker.warmup import warmup_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 
