@@ -2,9 +2,12 @@
 
 Waits until a process whose command line contains `--wait-for` runs (the load generator), lets it run
 `--delay` seconds, then over `--duration` seconds: CPU seconds of each of the server's processes
-(tritonserver, each Python stub, the engine workers, the load generator) from /proc, and, when py-spy is
-installed, a sampled profile of the llm stub, engine rank 0 and postprocess (each thread's hottest
-frames, and the share of samples that held the GIL). Writes `<out>/profile.json` and `<out>/profile.txt`.
+(tritonserver, each Python stub, the engine workers, the load generator) from /proc; where the requests'
+time goes on the server over the same window, from two scrapes of Triton's metrics (`--metrics`): each
+model's mean request, queue and compute time, and the llm step's own time to first token (from the request
+reaching llm to its first token); and, when py-spy is installed, a sampled profile of the llm stub, engine
+rank 0 and postprocess (each thread's hottest frames, and the share of samples that held the GIL). Writes
+`<out>/profile.json` and `<out>/profile.txt`.
 
   python3 scripts/device/serving_profile.py --wait-for bench_driver.py --out $OUT/profile &
 """
@@ -18,6 +21,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -49,6 +53,54 @@ def processes(wait_for: str) -> dict[int, dict]:
     return found
 
 
+# Triton's per-model counters (microseconds, summed over requests) and our llm histograms (seconds).
+_COUNTERS = ("nv_inference_request_success", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+             "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+             "nv_inference_compute_output_duration_us")  # fmt: skip
+_HISTOGRAMS = ("llm_time_to_first_token_seconds", "llm_inter_token_latency_seconds")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The series above from one scrape of the metrics endpoint: `name{model}` or `name_sum` / `name_count`."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        if name in _COUNTERS:
+            model = labels.split('model="', 1)[1].split('"', 1)[0] if 'model="' in labels else "?"
+            values[f"{name}{{{model}}}"] = float(value)
+        elif name.removesuffix("_sum") in _HISTOGRAMS or name.removesuffix("_count") in _HISTOGRAMS:
+            values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
+def serving_breakdown(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Per model: requests and mean request / queue / compute ms over the window; the llm histograms' means."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    models = sorted({k.split("{")[1].rstrip("}") for k in delta if k.startswith("nv_inference_request_success")})
+    out: dict = {"models": {}}
+    for model in models:
+        n = delta.get(f"nv_inference_request_success{{{model}}}", 0.0)
+        if n <= 0:
+            continue
+        row = {"requests": int(n)}
+        for key in _COUNTERS[1:]:
+            short = key.removeprefix("nv_inference_").removesuffix("_duration_us")
+            row[f"{short}_ms"] = round(delta.get(f"{key}{{{model}}}", 0.0) / n / 1e3, 3)
+        out["models"][model] = row
+    for name in _HISTOGRAMS:
+        count = delta.get(f"{name}_count", 0.0)
+        if count > 0:
+            out[name] = {"count": int(count), "mean_ms": round(delta[f"{name}_sum"] / count * 1e3, 3)}
+    return out
+
+
 def summarize_raw(path: Path, top: int = 25) -> dict:
     """py-spy's raw (collapsed) output -> samples per thread and the top inclusive frames."""
     threads: collections.Counter = collections.Counter()
@@ -76,6 +128,7 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=6.0)
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--metrics", default="http://127.0.0.1:8002/metrics", help="Triton's metrics endpoint")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -86,7 +139,7 @@ def main() -> None:
             return
         time.sleep(0.5)
     time.sleep(args.delay)
-    before, t0 = processes(args.wait_for), time.monotonic()
+    before, t0, metrics_before = processes(args.wait_for), time.monotonic(), scrape(args.metrics)
     stub_pids = {p["name"]: pid for pid, p in before.items() if p["name"].startswith("stub:")}
     targets = {"llm": stub_pids.get("stub:llm"), "postprocess": stub_pids.get("stub:postprocess")}
     targets["rank0"] = next(
@@ -102,13 +155,14 @@ def main() -> None:
                 cmd += ["--gil"] if mode == "gil" else ["--idle"]
                 spies[(label, mode)] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(args.duration)
-    after, elapsed = processes(args.wait_for), time.monotonic() - t0
+    after, elapsed, metrics_after = processes(args.wait_for), time.monotonic() - t0, scrape(args.metrics)
     cpu = sorted(
         ((after[pid]["cpu_s"] - p["cpu_s"]) / elapsed, p["name"], pid) for pid, p in before.items() if pid in after
     )
     result = {
         "elapsed_s": elapsed,
         "cores_busy": [{"name": n, "pid": pid, "cores": round(c, 3)} for c, n, pid in cpu[::-1]],
+        "serving": serving_breakdown(metrics_before, metrics_after),
     }
     for (label, mode), proc in spies.items():
         _, err = proc.communicate(timeout=args.duration + 60)
@@ -117,6 +171,16 @@ def main() -> None:
     (out / "profile.json").write_text(json.dumps(result, indent=1))
     lines = [f"over {elapsed:.1f} s: cores busy per process"]
     lines += [f"  {r['cores']:6.2f}  {r['name']} ({r['pid']})" for r in result["cores_busy"] if r["cores"] > 0.01]
+    serving = result["serving"]
+    lines.append("per model (Triton's metrics): requests, mean ms of request / queue / compute in,infer,out")
+    for model, row in serving["models"].items():
+        lines.append(
+            f"  {model:12s} {row['requests']:7d}  {row['request_ms']:8.2f} / {row['queue_ms']:7.2f} / "
+            f"{row['compute_input_ms']:.2f},{row['compute_infer_ms']:.2f},{row['compute_output_ms']:.2f}"
+        )
+    for name in _HISTOGRAMS:
+        if name in serving:
+            lines.append(f"  {name}: mean {serving[name]['mean_ms']:.2f} ms over {serving[name]['count']}")
     for key, value in result.items():
         if key.startswith("pyspy_"):
             lines.append(f"== {key}: {value.get('threads', value)}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from llm_core.serving.cancel_relay import CancelRelayClient, CancelRelayServer
 from llm_core.serving.metrics import LLM_METRICS, CounterTracker, EngineMetrics, RecordingSink
-from llm_core.serving.postprocess import PostprocessInput, cancelled_outputs, postprocess_outputs
+from llm_core.serving.postprocess import CancelPolls, PostprocessInput, cancelled_outputs, postprocess_outputs
 from llm_core.serving.request import OutputOptions
 from llm_core.serving.triton_bridge import PbMetricsSink
 from llm_core.serving.visual_cache import EmbeddingCache, VisualRequest, embed_batch
@@ -163,3 +163,23 @@ def test_visual_text_only_batch_skips_the_cache_and_its_metrics(tiny_llava):
     out = service.run([text_only, text_only])
     assert [e.shape for e in out] == [(1, 0, service.hidden_size)] * 2
     assert (service.cache.hits, service.cache.misses) == (0, 0) and not sink.values  # no metric round trip
+
+
+def test_cancel_polls_ask_each_stream_at_most_once_per_interval():
+    polls = CancelPolls(interval_s=0.25)
+    assert not polls.due("a", final=False, now=10.0)  # first response: time to first token, not asked
+    assert not polls.due("a", final=False, now=10.1)  # within the interval
+    assert polls.due("a", final=False, now=10.3)
+    assert not polls.due("a", final=False, now=10.4)
+    assert polls.due("a", final=False, now=10.6)
+    assert not polls.due("b", final=False, now=10.6)  # streams are timed apart
+    assert not polls.due("a", final=True, now=20.0)  # the last response: the engine request has ended
+    assert not polls.due("a", final=False, now=20.1)  # forgotten: a new stream with that id starts over
+
+
+def test_cancel_polls_forget_streams_that_never_finished():
+    polls = CancelPolls(interval_s=0.25, max_tracked=4)
+    for i in range(4):
+        polls.due(f"old{i}", final=False, now=0.0)
+    assert not polls.due("new", final=False, now=100.0)  # full: the stale ones are dropped first
+    assert len(polls._last) == 1 and polls.due("new", final=False, now=100.5)
