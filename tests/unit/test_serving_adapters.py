@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llm_core.serving import watchdog
+from llm_core.serving.postprocess import CancelPolls
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -86,17 +87,25 @@ def test_preprocess_adapter_maps_errors_to_error_responses(load_model):
 
 def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_path):
     model = load_model("postprocess")
-    inputs = {
-        "output_ids": np.array([[72, 105]], np.int32),
-        "text": np.array([[b"Hi"]], np.object_),
-        "finish_reason": np.array([[b"length"]], np.object_),
-        "request_id": np.array([[b"llm-1"]], np.object_),
-        "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_),
-    }
-    done, cancelled = model.execute([Request(inputs), Request(inputs, cancelled=True)])
-    assert done.outputs["finish_reason"].tolist() == [[b"length"]] and done.outputs["text_output"].shape == (1, 1)
-    assert cancelled.error is None and cancelled.outputs["text_output"].tolist() == [[b""]]
-    model.finalize()
+    model.cancel_polls = CancelPolls(interval_s=0.0)  # every response of a stream but its first and last
+
+    def inputs(finish_reason: bytes = b"") -> dict:
+        return {
+            "output_ids": np.array([[72, 105]], np.int32),
+            "text": np.array([[b"Hi"]], np.object_),
+            "finish_reason": np.array([[finish_reason]], np.object_),
+            "request_id": np.array([[b"llm-1"]], np.object_),
+            "postprocess_options": np.array([[b'{"return_finish_reason": true}']], np.object_),
+        }
+
+    try:
+        first, cancelled = model.execute([Request(inputs(), cancelled=True), Request(inputs(), cancelled=True)])
+        assert first.outputs["text_output"].tolist() == [[b"Hi"]]  # a stream's first response is not asked
+        assert cancelled.error is None and cancelled.outputs["text_output"].tolist() == [[b""]]
+        (last,) = model.execute([Request(inputs(b"length"), cancelled=True)])  # nor its last
+        assert last.outputs["finish_reason"].tolist() == [[b"length"]] and last.outputs["text_output"].shape == (1, 1)
+    finally:
+        model.finalize()
 
 
 def test_embedding_adapter_batches_texts_and_splits_per_request(load_model, monkeypatch, tiny_qwen2):
