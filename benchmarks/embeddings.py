@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.engine_decode import bench_model  # noqa: E402
+from benchmarks.engine_decode import bench_config, bench_model, model_arguments  # noqa: E402
 
 
 def run(engine, batch: int, seq_len: int, rounds: int, vocab: int, rng: np.random.Generator) -> dict:
@@ -52,25 +52,19 @@ def run(engine, batch: int, seq_len: int, rounds: int, vocab: int, rng: np.rando
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 8B-shaped dummy")
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[model_arguments([1, 64])]
+    )
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from llm_core import Engine
-    from llm_core.config import engine_config_from_env
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, load_format, dtype, vocab = bench_model(Path(tmp), args.tiny)
-        config = engine_config_from_env(
-            model_dir=model_dir, device=args.device, dtype=dtype, load_format=load_format,
-            max_running_requests=max(args.batch), max_model_len=args.seq_len + 8,
-            max_total_tokens=max(args.batch) * (args.seq_len + 8) * 2,
-        )  # fmt: skip
+        model = bench_model(Path(tmp), args.tiny)
+        vocab = model[3]
+        config = bench_config(args, model, args.seq_len + 8, max(args.batch) * (args.seq_len + 8) * 2)
         with Engine(config) as engine:
             rng = np.random.default_rng(0)
             for batch in args.batch:

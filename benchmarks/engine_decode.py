@@ -73,29 +73,44 @@ def bench_model(tmp: Path, tiny: bool, **config) -> tuple[str, str, str, int]:
     return str(tmp), "dummy", "bfloat16", LLAMA3_8B["vocab_size"]
 
 
+def model_arguments(default_batch: list[int]) -> argparse.ArgumentParser:
+    """The arguments of a benchmark on `bench_model` (a parent parser): device, --tiny, batch sizes, --out."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 8B-shaped dummy")
+    p.add_argument("--batch", type=int, nargs="+", default=default_batch)
+    p.add_argument("--out", type=Path)
+    return p
+
+
+def bench_config(args: argparse.Namespace, model: tuple[str, str, str, int], max_model_len: int,
+                 max_total_tokens: int, **fields):  # fmt: skip
+    """The EngineConfig of `model` (`bench_model`'s tuple) for `model_arguments`' args: up to max(--batch) requests."""
+    from llm_core.config import engine_config_from_env
+
+    model_dir, load_format, dtype, _ = model
+    return engine_config_from_env(
+        model_dir=model_dir, device=args.device, dtype=dtype, load_format=load_format,
+        max_running_requests=max(args.batch), max_model_len=max_model_len, max_total_tokens=max_total_tokens,
+        **fields,
+    )  # fmt: skip
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    ap.add_argument("--tiny", action="store_true", help="the tiny test model instead of the 8B-shaped dummy")
+    ap = argparse.ArgumentParser(parents=[model_arguments([1, 64])])
     ap.add_argument("--tp", type=int, nargs="+", default=[1])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from llm_core import Engine
-    from llm_core.config import engine_config_from_env
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, load_format, dtype, vocab = bench_model(Path(tmp), args.tiny)
-        max_batch = max(args.batch)
+        model = bench_model(Path(tmp), args.tiny)
+        vocab = model[3]
+        max_len = max(args.prompt_len, 16) + max(args.new_tokens, 8) + 8
         for tp in args.tp:
-            config = engine_config_from_env(
-                model_dir=model_dir, device=args.device, tp=tp, dtype=dtype, load_format=load_format,
-                max_running_requests=max_batch, max_model_len=max(args.prompt_len, 16) + max(args.new_tokens, 8) + 8,
-                max_total_tokens=max_batch * (max(args.prompt_len, 16) + max(args.new_tokens, 8) + 8),
-            )  # fmt: skip
+            config = bench_config(args, model, max_len, max(args.batch) * max_len, tp=tp)
             with Engine(config) as engine:
                 run_case(engine, 1, 16, 8, vocab, seed=0)  # warm-up (captures the batch-1 graph)
                 for batch in args.batch:
