@@ -288,6 +288,11 @@ class Engine:
     def worker_pids(self) -> list[int]:
         return self._workers.pids()
 
+    @property
+    def closed(self) -> bool:
+        """shutdown() was called."""
+        return self._closed
+
     def shutdown(self) -> None:
         if self._closed:
             return

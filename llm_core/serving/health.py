@@ -64,7 +64,7 @@ def watch_engine(engine: Any, writer: HealthWriter, interval_s: float = 0.25) ->
     thread of its own to do it, e.g. the embedding model's)."""
 
     def run() -> None:
-        while not getattr(engine, "_closed", False):
+        while not engine.closed:
             writer.update(engine.state, engine.state_reason)
             time.sleep(interval_s)
 

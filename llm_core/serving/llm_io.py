@@ -83,7 +83,8 @@ class LlmResponse:
     cum_log_prob: float
 
 
-def _scalar(value: Any, dtype: Any) -> np.ndarray:
+def _one(value: Any, dtype: Any) -> np.ndarray:
+    """`value` as a [1, 1] array (the batch dim and one element): an output of one response."""
     return np.array([[value]], dtype=dtype)
 
 
@@ -91,15 +92,15 @@ def _scalar(value: Any, dtype: Any) -> np.ndarray:
 _OUTPUTS: dict[str, Callable[[LlmResponse], np.ndarray]] = {
     "output_ids": lambda r: np.array(r.output_ids, np.int32).reshape(1, -1),
     "context_ids": lambda r: np.array(r.context_ids, np.int32).reshape(1, -1),
-    "text": lambda r: _scalar(r.text.encode("utf-8"), np.object_),
-    "finish_reason": lambda r: _scalar(r.finish_reason.encode(), np.object_),
-    "text_trim": lambda r: _scalar(r.text_trim, np.int32),
-    "num_input_tokens": lambda r: _scalar(r.num_input_tokens, np.int32),
-    "response_index": lambda r: _scalar(r.response_index, np.int32),
-    "request_id": lambda r: _scalar(r.request_id.encode(), np.object_),
-    "postprocess_options": lambda r: _scalar(r.options.encode(), np.object_),
+    "text": lambda r: _one(r.text.encode("utf-8"), np.object_),
+    "finish_reason": lambda r: _one(r.finish_reason.encode(), np.object_),
+    "text_trim": lambda r: _one(r.text_trim, np.int32),
+    "num_input_tokens": lambda r: _one(r.num_input_tokens, np.int32),
+    "response_index": lambda r: _one(r.response_index, np.int32),
+    "request_id": lambda r: _one(r.request_id.encode(), np.object_),
+    "postprocess_options": lambda r: _one(r.options.encode(), np.object_),
     "output_log_probs": lambda r: np.array(r.logprobs or [], np.float32).reshape(1, -1),
-    "cum_log_probs": lambda r: _scalar(r.cum_log_prob, np.float32),
+    "cum_log_probs": lambda r: _one(r.cum_log_prob, np.float32),
 }
 
 
