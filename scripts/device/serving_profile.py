@@ -58,6 +58,11 @@ _COUNTERS = ("nv_inference_request_success", "nv_inference_request_duration_us",
              "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
              "nv_inference_compute_output_duration_us")  # fmt: skip
 _HISTOGRAMS = ("llm_time_to_first_token_seconds", "llm_inter_token_latency_seconds")
+# The engine's own counters (seconds and counts over the window) and gauges (sampled through the window).
+_ENGINE = ("llm_engine_steps_total", "llm_generation_tokens_total", "llm_prompt_tokens_total",
+           "llm_engine_step_seconds_total", "llm_engine_gpu_seconds_total", "llm_engine_host_seconds_total",
+           "llm_engine_wait_seconds_total", "llm_engine_idle_seconds_total")  # fmt: skip
+_GAUGES = ("llm_requests_running", "llm_requests_waiting", "llm_kv_slots_used")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -76,6 +81,8 @@ def scrape(url: str) -> dict[str, float]:
             model = labels.split('model="', 1)[1].split('"', 1)[0] if 'model="' in labels else "?"
             values[f"{name}{{{model}}}"] = float(value)
         elif name.removesuffix("_sum") in _HISTOGRAMS or name.removesuffix("_count") in _HISTOGRAMS:
+            values[name] = values.get(name, 0.0) + float(value)
+        elif name in _ENGINE or name in _GAUGES:
             values[name] = values.get(name, 0.0) + float(value)
     return values
 
@@ -98,7 +105,29 @@ def serving_breakdown(before: dict[str, float], after: dict[str, float]) -> dict
         count = delta.get(f"{name}_count", 0.0)
         if count > 0:
             out[name] = {"count": int(count), "mean_ms": round(delta[f"{name}_sum"] / count * 1e3, 3)}
+    steps = delta.get("llm_engine_steps_total", 0.0)
+    if steps > 0:  # the engine loop over the window: tokens per step, and where a step's wall time went
+        out["engine"] = {"steps": int(steps)}
+        for name in _ENGINE[1:3]:
+            key = name.removeprefix("llm_").removesuffix("_total") + "_per_step"
+            out["engine"][key] = round(delta.get(name, 0.0) / steps, 2)
+        for name in _ENGINE[3:]:
+            out["engine"][name.removeprefix("llm_engine_").removesuffix("_seconds_total") + "_ms_per_step"] = round(
+                delta.get(name, 0.0) / steps * 1e3, 3
+            )
     return out
+
+
+def sample_gauges(url: str, seconds: float, every: float = 0.25) -> dict[str, float]:
+    """The engine's gauges (running and waiting requests, KV slots in use) averaged over `seconds`."""
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        values = {g: v for g, v in scrape(url).items() if g in _GAUGES}
+        if values:
+            samples.append(values)
+        time.sleep(every)
+    return {g: round(sum(s.get(g, 0.0) for s in samples) / len(samples), 1) for g in _GAUGES} if samples else {}
 
 
 def summarize_raw(path: Path, top: int = 25) -> dict:
@@ -154,7 +183,7 @@ def main() -> None:
                 cmd += ["--threads", "--nonblocking", "-o", str(out / f"{label}_{mode}.raw")]
                 cmd += ["--gil"] if mode == "gil" else ["--idle"]
                 spies[(label, mode)] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(args.duration)
+    gauges = sample_gauges(args.metrics, args.duration)
     after, elapsed, metrics_after = processes(args.wait_for), time.monotonic() - t0, scrape(args.metrics)
     cpu = sorted(
         ((after[pid]["cpu_s"] - p["cpu_s"]) / elapsed, p["name"], pid) for pid, p in before.items() if pid in after
@@ -162,7 +191,7 @@ def main() -> None:
     result = {
         "elapsed_s": elapsed,
         "cores_busy": [{"name": n, "pid": pid, "cores": round(c, 3)} for c, n, pid in cpu[::-1]],
-        "serving": serving_breakdown(metrics_before, metrics_after),
+        "serving": serving_breakdown(metrics_before, metrics_after) | {"gauges_mean": gauges},
     }
     for (label, mode), proc in spies.items():
         _, err = proc.communicate(timeout=args.duration + 60)
@@ -181,6 +210,8 @@ def main() -> None:
     for name in _HISTOGRAMS:
         if name in serving:
             lines.append(f"  {name}: mean {serving[name]['mean_ms']:.2f} ms over {serving[name]['count']}")
+    lines.append(f"  engine: {serving.get('engine')}")
+    lines.append(f"  gauges (mean over the window): {serving['gauges_mean']}")
     for key, value in result.items():
         if key.startswith("pyspy_"):
             lines.append(f"== {key}: {value.get('threads', value)}")
