@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from e2e_helpers import grpc_inputs, wait_for_metric
+from e2e_helpers import grpc_inputs, metrics, wait_for_metric
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +82,39 @@ def test_cancel_ensemble_sse_disconnect(triton_server):
     resp.close()  # the client goes away
     cancelled_at = time.monotonic()
     _assert_freed(triton_server, cancelled_at)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="tritonserver 2.51's HTTP frontend marks a request cancelled only when writing a response to a closed "
+    "connection fails; a non-streamed answer writes nothing before it ends, so no model can see the client "
+    "go (tried: empty probe responses through a decoupled postprocess, is_cancelled() stayed False, direct "
+    "llm calls alike). Streamed requests and the OpenAI API (streamed or not) are cancelled.",
+)
+@pytest.mark.parametrize("model", ["ensemble", "llm"])
+@pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])
+def test_cancel_non_streaming_http_disconnect(triton_server, model, endpoint):
+    """A non-streamed answer (`generate`, or `generate_stream` without "stream": true) whose client goes away."""
+    if model == "ensemble":
+        params = {"text_input": "Tell me everything", "sampling_parameters": json.dumps({"ignore_eos": True}), **LONG}
+    else:
+        params = {"input_ids": [1020, 771, 277, 78], "sampling_parameters": json.dumps({"ignore_eos": True, **LONG})}
+    body = json.dumps(params).encode()
+    url = urlsplit(triton_server.http_url)
+    before = metrics(triton_server.metrics_url).get("llm_generation_tokens_total", 0.0)
+    conn = socket.create_connection((url.hostname, url.port), timeout=30)
+    head = (
+        f"POST /v2/models/{model}/{endpoint} HTTP/1.1\r\nHost: {url.hostname}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + body)
+    _slots_busy(triton_server)
+    time.sleep(0.3)  # a few tokens in
+    conn.close()  # the client goes away before its one response
+    cancelled_at = time.monotonic()
+    _assert_freed(triton_server, cancelled_at)
+    generated = metrics(triton_server.metrics_url)["llm_generation_tokens_total"] - before
+    assert generated < LONG["max_tokens"], f"ran to the end ({generated} tokens): never cancelled"
 
 
 def test_server_serves_after_cancellations(triton_server):
