@@ -4,6 +4,8 @@
 # first request stops the call after ~2 minutes instead of hanging it (the kit's driver has no timeout).
 #   run: bash scripts/device/side_by_side.sh [workloads, default warmup,LAT,W1,W2]
 #   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device/pyspy"]   timeout_s: 600
+#   (+ ".device/openai-whl": tritonclient in our venv, and W1 once more over gRPC streaming with
+#   clients/bench_serving.py after the kit's workloads: HTTP generate_stream against gRPC on one server)
 # Back in $OUT: compare.txt and side_by_side.tgz holding ours/ (serving_profile.sh's files: bench.json, metrics,
 # logs, profile/), lightllm_bench.json, lightllm_env.txt. Needs `bash ../shared/anchor/make_kit.sh` here first; py-spy
 # for the profile: `pip download py-spy -d .device/pyspy` (without it the profile has CPU figures only).
@@ -19,6 +21,11 @@ pack() {
     && mv /tmp/side_by_side.tgz .)
 }
 trap pack EXIT
+
+if [ -d .device/openai-whl ]; then  # see scripts/device/README.md
+  mkdir -p /tmp/w && cp .anchor/ours/whl/*.whl .device/openai-whl/*.whl /tmp/w/
+  export WHL_DIR=/tmp/w VENV=/tmp/venv_ours_openai
+fi
 
 # 1. Our server and its first requests: the kit's warm-up (8 requests) must all succeed.
 R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours/start.log" 2>&1
@@ -36,6 +43,13 @@ say "ours: warm-up ok"
 OUT=$OUT/ours FRESH=0 DEADLINE=240 bash scripts/device/serving_profile.sh "${W#warmup,}" > "$OUT/ours/profile_run.log" 2>&1
 head -n 12 "$OUT/ours/profile/profile.txt" 2> /dev/null
 grep -a "after warm-up" /tmp/ours_res/server.log | head -n 20
+if [ -n "${VENV:-}" ] && [ "$(elapsed)" -lt 300 ]; then  # the same server, W1 over gRPC streaming
+  timeout 120 "$VENV/bin/python" clients/bench_serving.py --workload W1 --url 127.0.0.1:8001 --no-progress \
+    --out "$OUT/ours/w1_grpc.json" > "$OUT/ours/w1_grpc.log" 2>&1 || say "W1 over gRPC failed"
+  python3 -c "import json, sys; g = json.load(open(sys.argv[1])); print(f\"ours W1 over gRPC (bench_serving.py): \
+{g['output_token_throughput']:.0f} out tok/s, TTFT p50 {g['ttft_ms']['p50']:.0f} ms, ok {g['completed']}\")" \
+    "$OUT/ours/w1_grpc.json" 2> /dev/null | tee "$OUT/grpc.txt"
+fi
 R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
 say "ours done"; tail -n 5 "$OUT/ours/run_ours.log"
 
@@ -48,4 +62,5 @@ cp /tmp/ll_out/bench.json "$OUT/lightllm_bench.json" 2> /dev/null
 cp /tmp/ll_out/env.txt "$OUT/lightllm_env.txt" 2> /dev/null
 say "lightllm done"
 python3 .anchor/bin/compare.py "$OUT/ours/bench.json" "$OUT/lightllm_bench.json" | tee "$OUT/compare.txt"
+cat "$OUT/grpc.txt" >> "$OUT/compare.txt" 2> /dev/null
 
