@@ -2,10 +2,11 @@
 
 Threads: Triton's `execute` calls `submit` (parse, register, engine.add_request: never blocks
 on generation); ONE sender thread (`run`) drains the engine's shared output queue, groups the
-chunks per stream, sends one response per stream per pass (docs/SERVING.md: one response carrying
+chunks per stream, makes one response per stream per pass (docs/SERVING.md: one response carrying
 every token since the stream's previous response, plus the context ids the stateless
-postprocess needs), polls client cancellation, and publishes metrics. Every request ends with
-exactly one final send, errors included; all sends and metric updates happen on that thread.
+postprocess needs), polls client cancellation, and publishes metrics; a few send lanes
+(`SendLanes`) hand the responses to Triton, each stream always on the same lane. Every request
+ends with exactly one final send, errors included.
 """
 
 from __future__ import annotations
@@ -52,6 +53,45 @@ class _Stream:
     cancelled: bool = False  # the client is gone: end with a bare final flag
 
 
+class SendLanes:
+    """Sends responses on `lanes` threads; a stream's responses always take the same lane, so they stay in
+    order. A send is a round trip to tritonserver during which the GIL is free (python_backend's
+    ResponseSender.send waits for the server's thread pool to take the response): one thread sending every
+    response spent ~60% of the W1 run (256 streams, one H200) waiting in it, and each stream's tokens
+    waited for the sends of all the others."""
+
+    def __init__(self, lanes: int, on_failure: Any) -> None:
+        self.on_failure = on_failure  # (request_id, state, final) after a send raised
+        self._queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(max(1, lanes))]
+        self._threads = [
+            threading.Thread(target=self._run, args=(q,), name=f"llm-send-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, request_id: str, state: _Stream, final: bool, send: Any, *args: Any) -> None:
+        self._queues[hash(request_id) % len(self._queues)].put((request_id, state, final, send, args))
+
+    def _run(self, lane: queue.SimpleQueue) -> None:
+        while (item := lane.get()) is not None:
+            request_id, state, final, send, args = item
+            try:
+                send(*args)
+            except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
+                log.exception("sending a response of %s failed", request_id)
+                self.on_failure(request_id, state, final)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then end the lanes."""
+        for lane in self._queues:
+            lane.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+
 class LlmService:
     def __init__(
         self,
@@ -62,6 +102,7 @@ class LlmService:
         cancel_poll_s: float = 0.2,
         stats_interval_s: float = 0.25,
         health: HealthWriter | None = None,
+        send_lanes: int = 4,
     ) -> None:
         self.engine = engine
         self.transport = transport
@@ -76,12 +117,14 @@ class LlmService:
         self._lock = threading.Lock()
         self._dirty: dict[str, None] = {}  # streams with news since their last response, in order
         self._thread = threading.Thread(target=self.run, name="llm-sender", daemon=True)
+        self._lanes = SendLanes(send_lanes, self._send_failed)
         self._stopping = False
         self.max_itl_per_tick = max(1, int(1000 * stats_interval_s))  # ~1000 ITL observations/s
         self._itl_budget = self.max_itl_per_tick
 
     # --- any thread ----------------------------------------------------------------------
     def start(self) -> None:
+        self._lanes.start()
         self._thread.start()
 
     def submit(self, handle: Any, inputs: Mapping[str, np.ndarray]) -> str:
@@ -133,6 +176,7 @@ class LlmService:
             now = time.monotonic()
             if stop:
                 self._fail_remaining("the server is shutting down")
+                self._lanes.close()
                 return
             if now >= next_cancel_poll:
                 self._poll_cancelled()
@@ -198,13 +242,7 @@ class LlmService:
             text = self._text(context, state, final)
             if not final and text == "":
                 continue  # only an incomplete character so far: never send an empty text chunk
-            try:
-                self._send(request_id, state, context, text or "", final)
-            except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
-                log.exception("sending a response of %s failed", request_id)
-                if not final:
-                    self.engine.abort(request_id)
-                final = True
+            self._send(request_id, state, context, text or "", final)
             if final:
                 with self._lock:
                     self._streams.pop(request_id, None)
@@ -220,11 +258,13 @@ class LlmService:
         return text
 
     def _send(self, request_id: str, state: _Stream, context: list[int], text: str, final: bool) -> None:
+        """Make the stream's next response and queue it on its lane."""
         if final and state.finish_reason == "error":
-            self.transport.send_error(state.handle, state.error or "generation failed", state.retryable)
+            message = state.error or "generation failed"
+            self._lanes.put(request_id, state, True, self.transport.send_error, state.handle, message, state.retryable)
             return
         if final and state.cancelled:
-            self.transport.send(state.handle, None, True)
+            self._lanes.put(request_id, state, True, self.transport.send, state.handle, None, True)
             return
         req = state.request
         logprobs = state.pending_logprobs if req.params.logprobs else None
@@ -244,8 +284,15 @@ class LlmService:
         state.history = (state.history + state.pending)[-MAX_CONTEXT:]
         state.pending, state.pending_logprobs = [], []
         state.num_responses += 1
-        self.transport.send(state.handle, response, final)
+        self._lanes.put(request_id, state, final, self.transport.send, state.handle, response, final)
         self._observe_latencies(state)
+
+    def _send_failed(self, request_id: str, state: _Stream, final: bool) -> None:
+        """On a lane, after a send raised: the client is gone. Stop generating for it; its last response
+        will be a bare final flag."""
+        if not final and not state.cancelled:
+            state.cancelled = True
+            self.engine.abort(request_id)
 
     def _observe_latencies(self, state: _Stream) -> None:
         """One TTFT per request; one ITL per response (the mean gap of the tokens it carries), at
@@ -291,8 +338,5 @@ class LlmService:
         with self._lock:
             remaining = list(self._streams.items())
             self._streams.clear()
-        for _, state in remaining:
-            try:
-                self.transport.send_error(state.handle, message, True)
-            except Exception:  # noqa: BLE001
-                pass
+        for request_id, state in remaining:
+            self._lanes.put(request_id, state, True, self.transport.send_error, state.handle, message, True)

@@ -265,6 +265,52 @@ def test_metrics_published_from_the_sender(setup):
     assert len(sink.observations["llm_inter_token_latency_seconds"]) == 1
 
 
+class SlowFlakyTransport(FakeTransport):
+    """Sends take a random 0-2 ms (a round trip to the server); sends to "dead" handles raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(1)
+        self.in_flight = self.most_in_flight = 0
+
+    def send(self, handle, response, final):
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            pause = float(self.rng.uniform(0, 0.002))
+        time.sleep(pause)
+        with self.lock:
+            self.in_flight -= 1
+        if str(handle).startswith("dead") and response is not None:
+            raise ConnectionError("client gone")
+        super().send(handle, response, final)
+
+
+def test_send_lanes_keep_each_stream_in_order_and_send_in_parallel():
+    engine, transport = FakeEngine(), SlowFlakyTransport()
+    service = LlmService(engine, transport, EngineMetrics(RecordingSink()), send_lanes=4)
+    service.start()
+    rids = {f"s{i}": service.submit(f"s{i}", _inputs([1])) for i in range(24)}
+    dead = service.submit("dead", _inputs([1]))
+    for step in range(20):
+        for rid in rids.values():
+            engine.emit(rid, [100 + step], "length" if step == 19 else None)
+        if step == 0:
+            engine.emit(dead, [5])
+        time.sleep(0.001)
+    wait_until(lambda: all(transport.of(h) and transport.of(h)[-1][1] for h in rids))
+    for handle in rids:
+        sent = transport.of(handle)
+        ids = [t for response, _ in sent for t in response.output_ids]
+        assert ids == [100 + step for step in range(20)], (handle, ids)  # every token, in order
+        assert [final for _, final in sent] == [False] * (len(sent) - 1) + [True]
+        assert [r.response_index for r, _ in sent] == list(range(len(sent)))
+    assert transport.most_in_flight > 1  # the sends overlapped
+    wait_until(lambda: dead in engine.aborted)  # a failed send stops the engine request ...
+    wait_until(lambda: transport.of("dead") == [(None, True)])  # ... and it ends with a bare final flag
+    service.stop()
+
+
 def test_stop_fails_requests_still_open():
     engine, transport = FakeEngine(), FakeTransport()
     service = LlmService(engine, transport, EngineMetrics(RecordingSink()))
