@@ -1,5 +1,5 @@
 """Settings of the Triton models: the engine's (`EngineConfig`, its environment variables in
-`llm_core.config.ENV_VARS`) plus two of serving's own, each from config.pbtxt `parameters`
+`llm_core.config.ENV_VARS`) plus three of serving's own, each from config.pbtxt `parameters`
 (same key as the field) overridden by its environment variable.
 
 | parameter key        | environment            | meaning                                         |
@@ -19,6 +19,7 @@
 | (every other EngineConfig field: `llm_core/config.py` ENV_VARS, e.g. LLM_GEMV, LLM_PDL)                 |
 | default_max_tokens   | LLM_DEFAULT_MAX_TOKENS | max_tokens when a request gives none            |
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
+| send_lanes           | LLM_SEND_LANES         | threads the llm step sends responses on         |
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ from llm_core.config import ENGINE_FIELD_KINDS, ENV_VARS, EngineConfig, read_set
 from llm_core.serving.model_dir import resolve_model_dir
 
 # Serving's own settings: field -> environment variable.
-_SERVING_ENV = {"default_max_tokens": "LLM_DEFAULT_MAX_TOKENS", "visual_cache_size": "LLM_VISUAL_CACHE_SIZE"}
+_SERVING_ENV = {
+    "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
+    "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
+    "send_lanes": "LLM_SEND_LANES",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class ServingSettings:
     engine: EngineConfig  # model_dir: resolved (the built-in default model when none is set)
     default_max_tokens: int = 16
     visual_cache_size: int = 256
+    send_lanes: int = 4  # llm_service.SendLanes
 
     @property
     def model_dir(self) -> Path:

@@ -23,14 +23,13 @@ def input_names(model_config: Mapping[str, Any]) -> list[str]:
     return [spec["name"] for spec in model_config.get("input", [])]
 
 
-def request_inputs(pb: Any, request: Any, names: Iterable[str]) -> dict[str, np.ndarray]:
-    """The inputs present in `request` (optional ones may be absent) as numpy arrays."""
-    out = {}
-    for name in names:
-        tensor = pb.get_input_tensor_by_name(request, name)
-        if tensor is not None:
-            out[name] = tensor.as_numpy()
-    return out
+def request_inputs(request: Any, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The inputs among `names` present in `request` (optional ones may be absent) as numpy arrays. One pass
+    over `request.inputs()`: pb_utils.get_input_tensor_by_name builds the whole list of input tensors on every
+    call, so asking it for each of postprocess's 9 inputs made 81 tensor objects per response (py-spy, W1 on
+    one H200: a fifth of postprocess's time)."""
+    wanted = set(names)
+    return {tensor.name(): tensor.as_numpy() for tensor in request.inputs() if tensor.name() in wanted}
 
 
 def request_parameters(request: Any) -> dict[str, Any]:

@@ -33,7 +33,10 @@ class Response:
 
 class Request:
     def __init__(self, inputs: dict, parameters: dict | None = None, cancelled: bool = False):
-        self.inputs, self._parameters, self.cancelled = inputs, parameters or {}, cancelled
+        self.values, self._parameters, self.cancelled = inputs, parameters or {}, cancelled
+
+    def inputs(self):  # pb_utils.Tensor's name is a method
+        return [SimpleNamespace(name=lambda n=n: n, as_numpy=lambda v=v: v) for n, v in self.values.items()]
 
     def parameters(self):
         return json.dumps(self._parameters)
@@ -47,9 +50,6 @@ def _fake_pb() -> ModuleType:
     pb.Tensor = Tensor
     pb.InferenceResponse = Response
     pb.TritonError = lambda message: SimpleNamespace(message=message)
-    pb.get_input_tensor_by_name = lambda request, name: (
-        Tensor(name, request.inputs[name]) if name in request.inputs else None
-    )
     pb.Logger = SimpleNamespace(log_info=lambda m: None, log_error=lambda m: None)
     pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
     return pb

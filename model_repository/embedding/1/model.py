@@ -33,7 +33,7 @@ class TritonPythonModel:
         self.service = EmbeddingService(self.engine, options.pooling)
 
     def execute(self, requests: list) -> list:
-        batch = [request_inputs(pb_utils, request, ("text_input",)) for request in requests]
+        batch = [request_inputs(request, ("text_input",)) for request in requests]
         try:
             results = self.service.run(batch)
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep the stub alive

@@ -66,14 +66,19 @@ class TritonPythonModel:
         if reloads := stub_reloads():  # counted by the supervisor, which reloaded this model
             metrics.sink.increment("llm_stub_reloads_total", reloads)
         self.service = LlmService(
-            self.engine, _Transport(), metrics, settings.default_max_tokens, health=HealthWriter()
+            self.engine,
+            _Transport(),
+            metrics,
+            settings.default_max_tokens,
+            health=HealthWriter(),
+            send_lanes=settings.send_lanes,
         )
         self.service.start()
         self.relay = CancelRelayServer(self.service.abort)
 
     def execute(self, requests: list) -> None:
         for request in requests:
-            self.service.submit(_Handle(request), request_inputs(pb_utils, request, self.inputs))
+            self.service.submit(_Handle(request), request_inputs(request, self.inputs))
         return None
 
     def finalize(self) -> None:

@@ -24,7 +24,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         responses = []
         for request in requests:
-            item = parse_postprocess_input(request_inputs(pb_utils, request, self.inputs))
+            item = parse_postprocess_input(request_inputs(request, self.inputs))
             polled = self.cancel_polls.due(item.request_id, bool(item.finish_reason), time.monotonic())
             if polled and request.is_cancelled():
                 # Inside an ensemble only this step sees the client's cancellation: stop the engine.

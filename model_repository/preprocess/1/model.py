@@ -38,7 +38,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                inputs = request_inputs(pb_utils, request, self.inputs)
+                inputs = request_inputs(request, self.inputs)
                 outputs = self.preprocessor.run(inputs, request_parameters(request))
                 responses.append(make_response(pb_utils, outputs))
             except InputError as exc:

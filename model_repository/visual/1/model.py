@@ -30,7 +30,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         try:
-            batch = [request_inputs(pb_utils, request, _INPUTS) for request in requests]
+            batch = [request_inputs(request, _INPUTS) for request in requests]
             embeds = self.service.run(batch)
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep the stub alive
             return [error_response(pb_utils, f"visual failed: {type(exc).__name__}: {exc}") for _ in requests]
