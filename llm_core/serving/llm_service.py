@@ -2,11 +2,11 @@
 
 Threads: Triton's `execute` calls `submit` (parse, register, engine.add_request: never blocks
 on generation); ONE sender thread (`run`) drains the engine's shared output queue, groups the
-chunks per stream, makes one response per stream per pass (docs/SERVING.md: one response carrying
+chunks per stream, sends one response per stream per pass (docs/SERVING.md: one response carrying
 every token since the stream's previous response, plus the context ids the stateless
-postprocess needs), polls client cancellation, and publishes metrics; a few send lanes
-(`SendLanes`) hand the responses to Triton, each stream always on the same lane. Every request
-ends with exactly one final send, errors included.
+postprocess needs) but a stream's next one only `len(streams) / max_responses_per_s` after its
+last (`_interval`), polls client cancellation, and publishes metrics. Every request ends with
+exactly one final send, errors included; all sends and metric updates happen on that thread.
 """
 
 from __future__ import annotations
@@ -50,46 +50,8 @@ class _Stream:
     itl_sum: float = 0.0  # token gaps since the last response, not yet observed
     itl_tokens: int = 0
     num_responses: int = 0
+    last_sent: float = 0.0  # when its last response went out
     cancelled: bool = False  # the client is gone: end with a bare final flag
-
-
-class SendLanes:
-    """Sends responses on `lanes` threads; a stream's responses always take the same lane, so they stay in
-    order. A send is a round trip to tritonserver during which the GIL is free (python_backend's
-    ResponseSender.send waits for the server's thread pool to take the response): one thread sending every
-    response spent ~60% of the W1 run (256 streams, one H200) waiting in it, and each stream's tokens
-    waited for the sends of all the others."""
-
-    def __init__(self, lanes: int, on_failure: Any) -> None:
-        self.on_failure = on_failure  # (request_id, state, final) after a send raised
-        self._queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(max(1, lanes))]
-        self._threads = [
-            threading.Thread(target=self._run, args=(q,), name=f"llm-send-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def put(self, request_id: str, state: _Stream, final: bool, send: Any, *args: Any) -> None:
-        self._queues[hash(request_id) % len(self._queues)].put((request_id, state, final, send, args))
-
-    def _run(self, lane: queue.SimpleQueue) -> None:
-        while (item := lane.get()) is not None:
-            request_id, state, final, send, args = item
-            try:
-                send(*args)
-            except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
-                log.exception("sending a response of %s failed", request_id)
-                self.on_failure(request_id, state, final)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued, then end the lanes."""
-        for lane in self._queues:
-            lane.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
 
 
 class LlmService:
@@ -102,7 +64,7 @@ class LlmService:
         cancel_poll_s: float = 0.2,
         stats_interval_s: float = 0.25,
         health: HealthWriter | None = None,
-        send_lanes: int = 4,
+        max_responses_per_s: float = 1500.0,
     ) -> None:
         self.engine = engine
         self.transport = transport
@@ -110,6 +72,8 @@ class LlmService:
         self.default_max_tokens = default_max_tokens
         self.cancel_poll_s = cancel_poll_s
         self.stats_interval_s = stats_interval_s
+        self.max_responses_per_s = max_responses_per_s
+        self._next_due: float | None = None  # when the earliest held-back stream may send again
         self.health = health
         self.tokenizer = getattr(engine, "tokenizer", None)
         self.outputs: queue.Queue = queue.Queue()
@@ -117,14 +81,12 @@ class LlmService:
         self._lock = threading.Lock()
         self._dirty: dict[str, None] = {}  # streams with news since their last response, in order
         self._thread = threading.Thread(target=self.run, name="llm-sender", daemon=True)
-        self._lanes = SendLanes(send_lanes, self._send_failed)
         self._stopping = False
         self.max_itl_per_tick = max(1, int(1000 * stats_interval_s))  # ~1000 ITL observations/s
         self._itl_budget = self.max_itl_per_tick
 
     # --- any thread ----------------------------------------------------------------------
     def start(self) -> None:
-        self._lanes.start()
         self._thread.start()
 
     def submit(self, handle: Any, inputs: Mapping[str, np.ndarray]) -> str:
@@ -169,14 +131,16 @@ class LlmService:
     def run(self) -> None:
         next_cancel_poll = next_stats = 0.0
         while True:
-            chunks, stop = self._take(timeout=min(self.cancel_poll_s, self.stats_interval_s))
+            timeout = min(self.cancel_poll_s, self.stats_interval_s)
+            if self._next_due is not None:  # a held-back stream: wake when it may send
+                timeout = min(timeout, max(0.0, self._next_due - time.monotonic()))
+            chunks, stop = self._take(timeout=timeout)
             for chunk in chunks:
                 self._on_chunk(chunk)
             self._flush()
             now = time.monotonic()
             if stop:
                 self._fail_remaining("the server is shutting down")
-                self._lanes.close()
                 return
             if now >= next_cancel_poll:
                 self._poll_cancelled()
@@ -228,8 +192,21 @@ class LlmService:
             return history[-DEFAULT_CONTEXT:]
         return context_window(self.tokenizer, history)
 
+    def _interval(self) -> float:
+        """The least time between two responses of one stream (its first and last excepted): every live
+        stream may have one response per interval, at most `max_responses_per_s` in all. Each response costs
+        a trip through tritonserver and the postprocess step, ONE Python stub that takes ~2,000 responses/s
+        on the H200 host: past that its queue grows (1.8 s of queue per response at 256 streams, W1) and
+        every stream's tokens, first ones included, wait in it. Held back here instead, tokens merge into
+        fewer responses (a chunk of several tokens) and the queue stays empty."""
+        if self.max_responses_per_s <= 0:
+            return 0.0
+        return len(self._streams) / self.max_responses_per_s
+
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
+        now, interval = time.monotonic(), self._interval()
+        self._next_due = None
         for request_id in dirty:
             state = self._streams.get(request_id)
             if state is None:
@@ -238,11 +215,22 @@ class LlmService:
             streaming = state.request is not None and state.request.stream
             if not final and (state.cancelled or not (streaming and state.pending)):
                 continue
+            due = state.last_sent + interval
+            if not final and state.num_responses and now < due:  # keep its tokens for a later response
+                self._dirty[request_id] = None
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
+                continue
             context = self._context(state.history)
             text = self._text(context, state, final)
             if not final and text == "":
                 continue  # only an incomplete character so far: never send an empty text chunk
-            self._send(request_id, state, context, text or "", final)
+            try:
+                self._send(request_id, state, context, text or "", final)
+            except Exception:  # noqa: BLE001 - a dead client must not stop the other streams
+                log.exception("sending a response of %s failed", request_id)
+                if not final:
+                    self.engine.abort(request_id)
+                final = True
             if final:
                 with self._lock:
                     self._streams.pop(request_id, None)
@@ -258,13 +246,11 @@ class LlmService:
         return text
 
     def _send(self, request_id: str, state: _Stream, context: list[int], text: str, final: bool) -> None:
-        """Make the stream's next response and queue it on its lane."""
         if final and state.finish_reason == "error":
-            message = state.error or "generation failed"
-            self._lanes.put(request_id, state, True, self.transport.send_error, state.handle, message, state.retryable)
+            self.transport.send_error(state.handle, state.error or "generation failed", state.retryable)
             return
         if final and state.cancelled:
-            self._lanes.put(request_id, state, True, self.transport.send, state.handle, None, True)
+            self.transport.send(state.handle, None, True)
             return
         req = state.request
         logprobs = state.pending_logprobs if req.params.logprobs else None
@@ -284,15 +270,9 @@ class LlmService:
         state.history = (state.history + state.pending)[-MAX_CONTEXT:]
         state.pending, state.pending_logprobs = [], []
         state.num_responses += 1
-        self._lanes.put(request_id, state, final, self.transport.send, state.handle, response, final)
+        state.last_sent = time.monotonic()
+        self.transport.send(state.handle, response, final)
         self._observe_latencies(state)
-
-    def _send_failed(self, request_id: str, state: _Stream, final: bool) -> None:
-        """On a lane, after a send raised: the client is gone. Stop generating for it; its last response
-        will be a bare final flag."""
-        if not final and not state.cancelled:
-            state.cancelled = True
-            self.engine.abort(request_id)
 
     def _observe_latencies(self, state: _Stream) -> None:
         """One TTFT per request; one ITL per response (the mean gap of the tokens it carries), at
@@ -338,5 +318,8 @@ class LlmService:
         with self._lock:
             remaining = list(self._streams.items())
             self._streams.clear()
-        for request_id, state in remaining:
-            self._lanes.put(request_id, state, True, self.transport.send_error, state.handle, message, True)
+        for _, state in remaining:
+            try:
+                self.transport.send_error(state.handle, message, True)
+            except Exception:  # noqa: BLE001
+                pass

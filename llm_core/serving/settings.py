@@ -19,7 +19,11 @@
 | (every other EngineConfig field: `llm_core/config.py` ENV_VARS, e.g. LLM_GEMV, LLM_PDL)                 |
 | default_max_tokens   | LLM_DEFAULT_MAX_TOKENS | max_tokens when a request gives none            |
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
-| send_lanes           | LLM_SEND_LANES         | threads the llm step sends responses on         |
+| stream_responses_per_s | LLM_STREAM_RESPONSES_PER_S | streams' responses per second, in all (0: no cap) |
+
+`stream_responses_per_s` (default 1500) spaces each stream's responses by `streams / rate` seconds
+(first and last responses excepted; `LlmService._interval`): under many streams a response carries
+several tokens instead of queueing in the postprocess step.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from llm_core.serving.model_dir import resolve_model_dir
 _SERVING_ENV = {
     "default_max_tokens": "LLM_DEFAULT_MAX_TOKENS",
     "visual_cache_size": "LLM_VISUAL_CACHE_SIZE",
-    "send_lanes": "LLM_SEND_LANES",
+    "stream_responses_per_s": "LLM_STREAM_RESPONSES_PER_S",
 }
+_SERVING_KINDS = {"default_max_tokens": "int", "visual_cache_size": "int", "stream_responses_per_s": "float"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,7 @@ class ServingSettings:
     engine: EngineConfig  # model_dir: resolved (the built-in default model when none is set)
     default_max_tokens: int = 16
     visual_cache_size: int = 256
-    send_lanes: int = 4  # llm_service.SendLanes
+    stream_responses_per_s: float = 1500.0
 
     @property
     def model_dir(self) -> Path:
@@ -63,7 +68,7 @@ def load_settings(parameters: Mapping[str, str], env: Mapping[str, str] | None =
     env = os.environ if env is None else env
     engine_env = {k: v for k, v in ENV_VARS.items() if k != "model_dir"}
     engine = read_settings(engine_env, ENGINE_FIELD_KINDS, env, parameters)
-    serving = read_settings(_SERVING_ENV, {k: "int" for k in _SERVING_ENV}, env, parameters)
+    serving = read_settings(_SERVING_ENV, _SERVING_KINDS, env, parameters)
     explicit_dir = (env.get(ENV_VARS["model_dir"]) or parameters.get("model_dir", "")).strip()
     if explicit_dir.startswith("${"):
         explicit_dir = ""

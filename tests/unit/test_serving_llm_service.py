@@ -265,50 +265,43 @@ def test_metrics_published_from_the_sender(setup):
     assert len(sink.observations["llm_inter_token_latency_seconds"]) == 1
 
 
-class SlowFlakyTransport(FakeTransport):
-    """Sends take a random 0-2 ms (a round trip to the server); sends to "dead" handles raise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rng = np.random.default_rng(1)
-        self.in_flight = self.most_in_flight = 0
-
+class TimedTransport(FakeTransport):
     def send(self, handle, response, final):
-        with self.lock:
-            self.in_flight += 1
-            self.most_in_flight = max(self.most_in_flight, self.in_flight)
-            pause = float(self.rng.uniform(0, 0.002))
-        time.sleep(pause)
-        with self.lock:
-            self.in_flight -= 1
-        if str(handle).startswith("dead") and response is not None:
-            raise ConnectionError("client gone")
-        super().send(handle, response, final)
+        super().send(handle, (time.monotonic(), response), final)
 
 
-def test_send_lanes_keep_each_stream_in_order_and_send_in_parallel():
-    engine, transport = FakeEngine(), SlowFlakyTransport()
-    service = LlmService(engine, transport, EngineMetrics(RecordingSink()), send_lanes=4)
+@pytest.mark.parametrize("streams,rate", [(10, 100.0), (1, 1500.0), (10, 0.0)])
+def test_stream_responses_are_spaced_by_streams_over_rate(streams, rate):
+    """Each stream's responses come at most once per `streams / rate` s, its first and last at once; held-back
+    tokens ride in the next response, none lost or reordered. 0: a response per stream per pass."""
+    engine, transport = FakeEngine(), TimedTransport()
+    service = LlmService(engine, transport, EngineMetrics(RecordingSink()), max_responses_per_s=rate)
     service.start()
-    rids = {f"s{i}": service.submit(f"s{i}", _inputs([1])) for i in range(24)}
-    dead = service.submit("dead", _inputs([1]))
-    for step in range(20):
+    rids = {f"s{i}": service.submit(f"s{i}", _inputs([1])) for i in range(streams)}
+    tokens, ended = 60, {}
+    for step in range(tokens):
         for rid in rids.values():
-            engine.emit(rid, [100 + step], "length" if step == 19 else None)
+            engine.emit(rid, [100 + step], "length" if step == tokens - 1 else None)
         if step == 0:
-            engine.emit(dead, [5])
-        time.sleep(0.001)
+            first_at = time.monotonic()
+        time.sleep(0.005)
+    ended_at = time.monotonic()
     wait_until(lambda: all(transport.of(h) and transport.of(h)[-1][1] for h in rids))
+    service.stop()
+    interval = streams / rate if rate else 0.0
     for handle in rids:
         sent = transport.of(handle)
-        ids = [t for response, _ in sent for t in response.output_ids]
-        assert ids == [100 + step for step in range(20)], (handle, ids)  # every token, in order
-        assert [final for _, final in sent] == [False] * (len(sent) - 1) + [True]
-        assert [r.response_index for r, _ in sent] == list(range(len(sent)))
-    assert transport.most_in_flight > 1  # the sends overlapped
-    wait_until(lambda: dead in engine.aborted)  # a failed send stops the engine request ...
-    wait_until(lambda: transport.of("dead") == [(None, True)])  # ... and it ends with a bare final flag
-    service.stop()
+        times = [t for (t, _), _ in sent]
+        ids = [tok for (_, response), _ in sent for tok in response.output_ids]
+        assert ids == [100 + step for step in range(tokens)], handle  # every token, in order
+        assert times[0] - first_at < 0.05 and times[-1] - ended_at < 0.05  # first and last at once
+        gaps = [b - a for a, b in zip(times[:-2], times[1:-1], strict=True)]  # between intermediate responses
+        assert all(gap >= interval * 0.95 for gap in gaps), (handle, min(gaps))
+        ended[handle] = len(sent)
+    if rate == 100.0:  # 0.1 s apart over ~0.3 s: a few responses of many tokens, not one per token
+        assert max(ended.values()) <= 8, ended
+    elif rate == 1500.0:  # one stream: interval 0.7 ms, below the token gap: (nearly) one response per token
+        assert min(ended.values()) >= tokens * 0.8, ended
 
 
 def test_stop_fails_requests_still_open():

@@ -71,7 +71,7 @@ class TritonPythonModel:
             metrics,
             settings.default_max_tokens,
             health=HealthWriter(),
-            send_lanes=settings.send_lanes,
+            max_responses_per_s=settings.stream_responses_per_s,
         )
         self.service.start()
         self.relay = CancelRelayServer(self.service.abort)
