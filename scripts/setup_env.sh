@@ -72,6 +72,13 @@ fi
 PIP=("$VPY" -m pip install -q)
 if [[ -n "$WHEELS" ]]; then
   PIP+=(--no-index --find-links "$WHEELS")
+  # Offline, pip's isolated build of the project would need setuptools in the wheelhouse: build with
+  # the venv's own (the host's, where it has one; else from the wheelhouse).
+  if ! "$VPY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' 2> /dev/null \
+    && ! "${PIP[@]}" "setuptools>=68" > /dev/null 2>&1; then
+    die "offline setup needs setuptools>=68: in the host python or in $WHEELS (pip download setuptools)"
+  fi
+  PIP+=(--no-build-isolation)
 else
   "$VPY" -m pip install -q --upgrade pip > /dev/null 2>&1 || true
 fi
