@@ -77,7 +77,7 @@ fi
 SHM_G=$(df -BG --output=size /dev/shm 2>/dev/null | tail -1 | tr -dc 0-9)
 if [[ -z "$SHM_G" || "$SHM_G" -lt 16 ]]; then mount -o remount,size=32G /dev/shm 2>> "$LOG"; fi
 SPID=$(cat "$W/server.pid" 2>/dev/null)
-if ! ready && ! kill -0 "${SPID:-0}" 2>/dev/null; then
+if ! ready && ! { [[ -n "$SPID" ]] && kill -0 "$SPID" 2>/dev/null; }; then
   log "starting: bash scripts/serve.sh --device cuda --model-dir $MODEL --max-model-len 8192"
   PYTHON="$HOST_PY" LLM_WHEELS="$W/wheels" LLM_EXTRAS=serve setsid nohup bash scripts/serve.sh --device cuda \
     --model-dir "$MODEL" --max-model-len 8192 > "$W/server.log" 2>&1 < /dev/null &
