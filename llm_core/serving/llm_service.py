@@ -74,6 +74,7 @@ class LlmService:
         self.stats_interval_s = stats_interval_s
         self.max_responses_per_s = max_responses_per_s
         self._next_due: float | None = None  # when the earliest held-back stream may send again
+        self._producing = 0  # streamed requests that have tokens and have not ended: they share the rate
         self.health = health
         self.tokenizer = getattr(engine, "tokenizer", None)
         self.outputs: queue.Queue = queue.Queue()
@@ -172,6 +173,8 @@ class LlmService:
         if chunk.token_ids:
             if state.last_token_time is None:
                 state.ttft = when - state.arrival
+                if state.request is not None and state.request.stream:
+                    self._producing += 1
             else:
                 state.itl_sum += when - state.last_token_time
                 state.itl_tokens += len(chunk.token_ids)
@@ -193,15 +196,16 @@ class LlmService:
         return context_window(self.tokenizer, history)
 
     def _interval(self) -> float:
-        """The least time between two responses of one stream (its first and last excepted): every live
-        stream may have one response per interval, at most `max_responses_per_s` in all. Each response costs
+        """The least time between two responses of one stream (its first and last excepted): every stream
+        that is producing tokens may have one response per interval, at most `max_responses_per_s` in all
+        (requests still waiting for admission do not count). Each response costs
         a trip through tritonserver and the postprocess step, ONE Python stub that takes ~2,000 responses/s
         on the H200 host: past that its queue grows (1.8 s of queue per response at 256 streams, W1) and
         every stream's tokens, first ones included, wait in it. Held back here instead, tokens merge into
         fewer responses (a chunk of several tokens) and the queue stays empty."""
         if self.max_responses_per_s <= 0:
             return 0.0
-        return len(self._streams) / self.max_responses_per_s
+        return self._producing / self.max_responses_per_s
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
@@ -234,6 +238,8 @@ class LlmService:
             if final:
                 with self._lock:
                     self._streams.pop(request_id, None)
+                if state.last_token_time is not None and state.request is not None and state.request.stream:
+                    self._producing -= 1
 
     def _text(self, context: list[int], state: _Stream, final: bool) -> str | None:
         """The text the pending ids add after `context`, less `text_trim` at the end: where served text

@@ -21,9 +21,9 @@
 | visual_cache_size    | LLM_VISUAL_CACHE_SIZE  | image embeddings kept (LRU entries)             |
 | stream_responses_per_s | LLM_STREAM_RESPONSES_PER_S | streams' responses per second, in all (0: no cap) |
 
-`stream_responses_per_s` (default 1500) spaces each stream's responses by `streams / rate` seconds
-(first and last responses excepted; `LlmService._interval`): under many streams a response carries
-several tokens instead of queueing in the postprocess step.
+`stream_responses_per_s` (default 1500) spaces each stream's responses by `n / rate` seconds, n the
+streams producing tokens (first and last responses excepted; `LlmService._interval`): under many
+streams a response carries several tokens instead of queueing in the postprocess step.
 """
 
 from __future__ import annotations

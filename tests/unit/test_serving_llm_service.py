@@ -304,6 +304,26 @@ def test_stream_responses_are_spaced_by_streams_over_rate(streams, rate):
         assert min(ended.values()) >= tokens * 0.8, ended
 
 
+def test_only_streams_producing_tokens_share_the_rate():
+    """Requests still waiting for admission (no token yet) do not stretch the others' interval."""
+    engine, transport = FakeEngine(), TimedTransport()
+    service = LlmService(engine, transport, EngineMetrics(RecordingSink()), max_responses_per_s=40.0)
+    service.start()
+    waiting = [service.submit(f"w{i}", _inputs([1])) for i in range(38)]  # 40 / 40 = 1 s if they counted
+    rids = {f"s{i}": service.submit(f"s{i}", _inputs([1])) for i in range(2)}  # 2 / 40 = 50 ms
+    for step in range(40):
+        for rid in rids.values():
+            engine.emit(rid, [step], "length" if step == 39 else None)
+        time.sleep(0.01)
+    wait_until(lambda: all(transport.of(h) and transport.of(h)[-1][1] for h in rids))
+    for handle in rids:
+        assert len(transport.of(handle)) >= 5, transport.of(handle)  # ~0.4 s at 50 ms, not 1 s apart
+    assert service._interval() == 0.0  # both ended; the waiting ones never produced
+    for rid in waiting:
+        engine.emit(rid, [], "abort")
+    service.stop()
+
+
 def test_stop_fails_requests_still_open():
     engine, transport = FakeEngine(), FakeTransport()
     service = LlmService(engine, transport, EngineMetrics(RecordingSink()))
