@@ -8,6 +8,10 @@ rank 0 is profiled (NCCL; engine defaults for the all-reduce path).
 
   python benchmarks/profile_decode.py --batch 1 64 --ctx 512 --out profile.md
   python benchmarks/profile_decode.py --tp 2 --batch 1 64 --out profile_tp2.md
+
+With --prefill N: the same for one eager prefill step of one N-token prompt (LAT's is 512), plus the host
+time of its launch (forward() returning, before any sync): a launch as long as the GPU time with large gaps
+means launch-bound; with small gaps, something in the launch waits for the device.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,7 +47,7 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
             device_id=torch.device("cuda", rank),
         )  # fmt: skip
     lines = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}; tp={tp}, rank 0 profiled", ""]
-    max_batch, ctx = max(args.batch), args.ctx
+    max_batch, ctx = max(args.batch), max(args.ctx, args.prefill)
     cfg = engine_config_from_env(
         model_dir=model_dir, device="cuda", dtype="bfloat16", load_format="dummy", tp=tp,
         max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
@@ -53,18 +58,24 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
     runner.allocate_kv(cfg.max_total_tokens)
     for b in range(max_batch):
         runner.kv.req_to_slot[b, :ctx] = torch.arange(b * (ctx + 1), b * (ctx + 1) + ctx, dtype=torch.int32)
-    for batch in args.batch:
-        step = StepInput(
-            is_prefill=False, seqs=[SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
-        )
+    cases = [("prefill", args.prefill)] if args.prefill else [("decode", batch) for batch in args.batch]
+    for kind, batch in cases:
+        if kind == "prefill":  # one prompt of `batch` tokens into row 0's slots
+            step = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [17] * batch, list(range(batch)), batch)])
+        else:
+            step = StepInput(
+                is_prefill=False, seqs=[SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
+            )
         for _ in range(3):
             runner.forward(step)  # the first captures
         torch.cuda.synchronize()
-        times = []
+        times, host = [], []
         for _ in range(args.steps):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            t0 = time.perf_counter()
             runner.forward(step)
+            host.append((time.perf_counter() - t0) * 1e3)
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
@@ -84,9 +95,10 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         step_ms = statistics.median(times)
         total_us = sum(sum(v) for v in kernels.values()) / args.steps
         launches = sum(len(v) for v in kernels.values()) / args.steps
+        what = f"prefill of {batch} tokens" if kind == "prefill" else f"batch {batch}, context {ctx}"
         lines += [
-            f"## batch {batch}, context {ctx}: step {step_ms * 1e3:.0f} us (graph replay, median of {args.steps}); "
-            f"kernels {total_us:.0f} us in {launches:.0f} launches per step; "
+            f"## {what}: step {step_ms * 1e3:.0f} us (median of {args.steps}; host launch "
+            f"{statistics.median(host) * 1e3:.0f} us); kernels {total_us:.0f} us in {launches:.0f} launches per step; "
             f"gaps {step_ms * 1e3 - total_us:.0f} us",
             "",
             "| kernel | us per step | launches per step | us per launch |",
@@ -113,6 +125,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--prefill", type=int, default=0, help="profile one eager prefill of this many tokens instead")
     ap.add_argument("--no-fuse", action="store_true", help="tp > 1: all-reduce and RMSNorm as separate kernels")
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--out", type=Path)
