@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# nvidia-h200 (or h100): decode-attention latency at small grids (batch-1 steps; per-rank heads at tp=2)
+# nvidia-h200 (or h100): decode-attention latency at small grids (batch-1 steps; per-rank heads at tp=2),
 # the per-kernel profile of a decode step, and of a 512-token prefill (LAT's). About 3 minutes with the machine's start.
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
