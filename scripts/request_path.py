@@ -7,7 +7,8 @@ adapters only hand pb_utils tensors to these functions, so they are listed, not 
 (sys.setprofile in every thread, inherited by the engine's spawned workers through a sitecustomize
 on PYTHONPATH) records each call into a file of `llm_core/` after the request starts; start-up and
 imports are left out. Prints, per process, the files in the order the request first enters them,
-the total, and the files it comes back to after leaving them (`--returns`).
+the total, and the files each thread goes back to after leaving them within one pass (`--returns`; each
+return with its callers under REQUEST_PATH_DEBUG=1).
 
   python scripts/request_path.py                  (the default tiny model, CPU)
   python scripts/request_path.py --model-dir DIR --max-tokens 8
@@ -60,7 +61,13 @@ def _profile(frame, event, arg):
             threading.setprofile(None)
             _dump()
             return
-    _events.append((now, threading.get_ident(), name[len(_root) - 9:]))
+    stack, f = [], frame.f_back  # the repository's files below this call, innermost first
+    while f is not None:
+        caller = f.f_code.co_filename
+        if caller.startswith(_root) and (not stack or stack[-1] != caller[len(_root) - 9:]):
+            stack.append(caller[len(_root) - 9:])
+        f = f.f_back
+    _events.append((now, threading.get_ident(), name[len(_root) - 9:], stack))
 
 sys.setprofile(_profile)
 threading.setprofile(_profile)
@@ -145,6 +152,30 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     print(f"{len(transport.responses)} responses")
 
 
+def _returns(calls: list[tuple[str, list[str]]]) -> set[str]:
+    """Files a thread goes back to after leaving them, within one pass. A file is left when it no longer has
+    a frame on the stack; each call made by the thread's outermost file starts a pass (a turn of its loop: a
+    worker step, a sender pass; or the stage's entry point calling its helpers one after the other). So a
+    stage calling helper A, then helper B, is not a return; A calling B, and after B's return A's work
+    needing B's file again from somewhere else, is."""
+    returns: set[str] = set()
+    left: set[str] = set()
+    previous: list[str] = []
+    outermost = calls[0][1][-1] if calls and calls[0][1] else (calls[0][0] if calls else "")
+    for name, callers in calls:
+        full = [name, *callers] if not callers or callers[0] != name else callers
+        if set(callers) <= {outermost}:  # called by the outermost file itself: a fresh pass (a loop turn)
+            left, previous = set(), full
+            continue
+        left |= set(previous) - set(full)
+        if name in left and name not in callers:
+            returns.add(name)
+            if os.environ.get("REQUEST_PATH_DEBUG"):
+                print("      return:", name, "<-", callers)
+        previous = full
+    return returns
+
+
 def report(out: Path, show_returns: bool) -> None:
     per_process = {}
     dumps = sorted(out.glob("*.json"))
@@ -156,24 +187,16 @@ def report(out: Path, show_returns: bool) -> None:
     everything: list[str] = []
     for pid, data in per_process.items():
         events = sorted(data["events"])
-        order = list(dict.fromkeys(name for _, _, name in events))
+        order = list(dict.fromkeys(name for _, _, name, _ in events))
         role = "engine worker" if "llm_core/worker/process.py" in order else "the serving steps and the Engine"
         print(f"== process {pid} ({role}): {len(order)} files")
         for name in order:
             print(f"   {name}")
         everything += order
         if show_returns:
-            for thread in {t for _, t, _ in events}:
-                seq = [name for _, t, name in events if t == thread]
-                left, current, returns = set(), None, set()
-                for name in seq:
-                    if name != current:
-                        if name in left:
-                            returns.add(name)
-                        if current is not None:
-                            left.add(current)
-                        current = name
-                print(f"   thread {thread}: comes back to {len(returns)} files: {sorted(returns)}")
+            for thread in {t for _, t, _, _ in events}:
+                returns = _returns([(name, stack) for _, t, name, stack in events if t == thread])
+                print(f"   thread {thread}: goes back to {len(returns)} files it left: {sorted(returns)}")
     files = list(dict.fromkeys(everything))
     print(f"{len(files)} files of llm_core/ ({len(everything)} counted per process), plus {len(ADAPTERS)} run by the")
     print(f"adapters, not here: {', '.join(ADAPTERS)}")
