@@ -4,8 +4,8 @@ Threads: Triton's `execute` calls `submit` (parse, register, engine.add_request:
 on generation); ONE sender thread (`run`) drains the engine's shared output queue, groups the
 chunks per stream, sends one response per stream per pass (docs/SERVING.md: one response carrying
 every token since the stream's previous response, plus the context ids the stateless
-postprocess needs) but a stream's next one only `len(streams) / max_responses_per_s` after its
-last (`_interval`), polls client cancellation, and publishes metrics. Every request ends with
+postprocess needs) but a stream's next one only `n / max_responses_per_s` after its last, n the
+streams producing tokens (`_interval`), polls client cancellation, and publishes metrics. Every request ends with
 exactly one final send, errors included; all sends and metric updates happen on that thread.
 """
 
@@ -197,12 +197,12 @@ class LlmService:
 
     def _interval(self) -> float:
         """The least time between two responses of one stream (its first and last excepted): every stream
-        that is producing tokens may have one response per interval, at most `max_responses_per_s` in all
-        (requests still waiting for admission do not count). Each response costs
-        a trip through tritonserver and the postprocess step, ONE Python stub that takes ~2,000 responses/s
-        on the H200 host: past that its queue grows (1.8 s of queue per response at 256 streams, W1) and
-        every stream's tokens, first ones included, wait in it. Held back here instead, tokens merge into
-        fewer responses (a chunk of several tokens) and the queue stays empty."""
+        producing tokens may have one response per interval, at most `max_responses_per_s` in all (requests
+        still waiting for admission do not count). Each response costs a trip through tritonserver and the
+        postprocess step, ONE Python stub that takes ~2,000 responses/s on the H200 host: past that its
+        queue grows (1.8 s per response at 256 streams, W1) and every stream's tokens, first ones included,
+        wait in it. Held back here instead, tokens merge into fewer responses of several tokens each, and
+        the queue stays empty."""
         if self.max_responses_per_s <= 0:
             return 0.0
         return self._producing / self.max_responses_per_s
