@@ -53,6 +53,10 @@ class _Stream:
     last_sent: float = 0.0  # when its last response went out
     cancelled: bool = False  # the client is gone: end with a bare final flag
 
+    @property
+    def streaming(self) -> bool:
+        return self.request is not None and self.request.stream
+
 
 class LlmService:
     def __init__(
@@ -173,7 +177,7 @@ class LlmService:
         if chunk.token_ids:
             if state.last_token_time is None:
                 state.ttft = when - state.arrival
-                if state.request is not None and state.request.stream:
+                if state.streaming:
                     self._producing += 1
             else:
                 state.itl_sum += when - state.last_token_time
@@ -216,8 +220,7 @@ class LlmService:
             if state is None:
                 continue
             final = state.finish_reason is not None
-            streaming = state.request is not None and state.request.stream
-            if not final and (state.cancelled or not (streaming and state.pending)):
+            if not final and (state.cancelled or not (state.streaming and state.pending)):
                 continue
             due = state.last_sent + interval
             if not final and state.num_responses and now < due:  # keep its tokens for a later response
@@ -238,7 +241,7 @@ class LlmService:
             if final:
                 with self._lock:
                     self._streams.pop(request_id, None)
-                if state.last_token_time is not None and state.request is not None and state.request.stream:
+                if state.streaming and state.last_token_time is not None:
                     self._producing -= 1
 
     def _text(self, context: list[int], state: _Stream, final: bool) -> str | None:

@@ -8,8 +8,7 @@
 # If the device call is cut at 10 min, call it again: run_ours.sh skips a server already up.
 # Results: $OUT/fault_check.json and the step logs; copy the numbers into benchmarks/RESULTS.md.
 source "$(dirname "$0")/_step.sh"
-mkdir -p /tmp/w && cp .anchor/ours/whl/*.whl .device/openai-whl/*.whl /tmp/w/
-export WHL_DIR=/tmp/w VENV=/tmp/venv_ours_openai
+use_client_wheels
 step start_server 300 bash .anchor/bin/run_ours.sh warmup
 PY=${PY:-$VENV/bin/python}
 step fault_check 540 "$PY" scripts/device/gpu_fault_check.py --out "$OUT/fault_check.json"

@@ -6,8 +6,9 @@
 # .device/openai-whl: see scripts/device/README.md (pip download fastapi uvicorn for cp312). ~5 min.
 set -uo pipefail
 OUT=${OUT:-/tmp/openai_overhead}; mkdir -p "$OUT"
-mkdir -p /tmp/w && cp .anchor/ours/whl/*.whl .device/openai-whl/*.whl /tmp/w/
-WHL_DIR=/tmp/w VENV=/tmp/venv_ours_openai R=/tmp/ours_res DEADLINE=200 timeout 230 \
+source "$(dirname "$0")/_step.sh"
+use_client_wheels
+R=/tmp/ours_res DEADLINE=200 timeout 230 \
   bash .anchor/bin/run_ours.sh warmup > "$OUT/start.log" 2>&1
 cp /tmp/ours_res/server.log "$OUT/" 2> /dev/null
 if ! curl -sf -m 5 http://127.0.0.1:9000/health > /dev/null; then
@@ -22,7 +23,7 @@ for run in triton openai triton2; do
   timeout 200 python3 .anchor/bin/bench_driver.py --api "$api" --url "$url" --model "$model" --workloads W1 \
     --out "$OUT/w1_$run.json" > "$OUT/w1_$run.log" 2>&1 || echo "W1 over $run failed: $(tail -n 3 "$OUT/w1_$run.log")"
 done
-timeout 200 /tmp/venv_ours_openai/bin/python clients/bench_serving.py --workload W1 --url 127.0.0.1:8001 \
+timeout 200 "$VENV/bin/python" clients/bench_serving.py --workload W1 --url 127.0.0.1:8001 \
   --no-progress --out "$OUT/w1_grpc.json" > "$OUT/w1_grpc.log" 2>&1 || echo "W1 over gRPC failed: $(tail -n 3 "$OUT/w1_grpc.log")"
 python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import json, os, sys

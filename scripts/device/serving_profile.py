@@ -80,9 +80,7 @@ def scrape(url: str) -> dict[str, float]:
         if name in _COUNTERS:
             model = labels.split('model="', 1)[1].split('"', 1)[0] if 'model="' in labels else "?"
             values[f"{name}{{{model}}}"] = float(value)
-        elif name.removesuffix("_sum") in _HISTOGRAMS or name.removesuffix("_count") in _HISTOGRAMS:
-            values[name] = values.get(name, 0.0) + float(value)
-        elif name in _ENGINE or name in _GAUGES:
+        elif name in _ENGINE or name in _GAUGES or name.removesuffix("_sum").removesuffix("_count") in _HISTOGRAMS:
             values[name] = values.get(name, 0.0) + float(value)
     return values
 

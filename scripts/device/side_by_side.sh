@@ -22,10 +22,8 @@ pack() {
 }
 trap pack EXIT
 
-if [ -d .device/openai-whl ]; then  # see scripts/device/README.md
-  mkdir -p /tmp/w && cp .anchor/ours/whl/*.whl .device/openai-whl/*.whl /tmp/w/
-  export WHL_DIR=/tmp/w VENV=/tmp/venv_ours_openai
-fi
+source "$(dirname "$0")/_step.sh"
+[ -d .device/openai-whl ] && use_client_wheels  # see scripts/device/README.md
 
 # 1. Our server and its first requests: the kit's warm-up (8 requests) must all succeed.
 R=/tmp/ours_res FRESH=1 DEADLINE=200 timeout 230 bash .anchor/bin/run_ours.sh warmup > "$OUT/ours/start.log" 2>&1
