@@ -55,5 +55,7 @@ def test_huge_prompt_is_refused_fast_without_delaying_others(triton_server):
     elapsed = time.monotonic() - start
     other.join(30)
     assert result.error is not None and "text_input: prompt is 8000000 bytes" in result.error, result.error
-    assert elapsed < 0.1 + normal, f"rejected after {elapsed:.3f}s"
-    assert concurrent[0][0] == 200 and concurrent[0][1] < normal + 0.1, (concurrent, normal)
+    # Before the fix: 11.9 s to refuse, others blocked 11.6 s. The 1 s bound leaves room for moving 8 MB through
+    # gRPC and the stub's shared memory on a loaded 2-core CI runner (0.1-0.25 s seen there).
+    assert elapsed < 1.0 + normal, f"rejected after {elapsed:.3f}s"
+    assert concurrent[0][0] == 200 and concurrent[0][1] < normal + 1.0, (concurrent, normal)

@@ -151,7 +151,7 @@ def test_huge_prompt_is_refused_before_tokenizing(tiny_llava, llava_tokenizer):
     start = time.monotonic()
     with pytest.raises(InputError, match=r"^text_input: prompt is 8000000 bytes; the model's context"):
         pre.run(huge, {})
-    assert time.monotonic() - start < 0.1
+    assert time.monotonic() - start < 1.0  # tokenizing it took 11.9 s
 
 
 def test_missing_text_input_and_non_utf8_are_named(tiny_llava, llava_tokenizer):

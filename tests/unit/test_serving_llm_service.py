@@ -270,7 +270,7 @@ class TimedTransport(FakeTransport):
         super().send(handle, (time.monotonic(), response), final)
 
 
-@pytest.mark.parametrize("streams,rate", [(10, 100.0), (1, 1500.0), (10, 0.0)])
+@pytest.mark.parametrize("streams,rate", [(10, 50.0), (1, 1500.0), (10, 0.0)])
 def test_stream_responses_are_spaced_by_streams_over_rate(streams, rate):
     """Each stream's responses come at most once per `streams / rate` s, its first and last at once; held-back
     tokens ride in the next response, none lost or reordered. 0: a response per stream per pass."""
@@ -294,11 +294,11 @@ def test_stream_responses_are_spaced_by_streams_over_rate(streams, rate):
         times = [t for (t, _), _ in sent]
         ids = [tok for (_, response), _ in sent for tok in response.output_ids]
         assert ids == [100 + step for step in range(tokens)], handle  # every token, in order
-        assert times[0] - first_at < 0.05 and times[-1] - ended_at < 0.05  # first and last at once
+        assert times[0] - first_at < 0.1 and times[-1] - ended_at < 0.1  # first and last at once (interval 0.2 s)
         gaps = [b - a for a, b in zip(times[:-2], times[1:-1], strict=True)]  # between intermediate responses
         assert all(gap >= interval * 0.95 for gap in gaps), (handle, min(gaps))
         ended[handle] = len(sent)
-    if rate == 100.0:  # 0.1 s apart over ~0.3 s: a few responses of many tokens, not one per token
+    if rate == 50.0:  # 0.2 s apart over ~0.3 s: a few responses of many tokens, not one per token
         assert max(ended.values()) <= 8, ended
     elif rate == 1500.0:  # one stream: interval 0.7 ms, below the token gap: (nearly) one response per token
         assert min(ended.values()) >= tokens * 0.8, ended
