@@ -47,25 +47,27 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
         embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
         embeds = embeds if embeds.shape[0] else None
     from_ensemble = "postprocess_options" in inputs
-    params = _ensemble_params(inputs) if from_ensemble else _direct_params(inputs, default_max_tokens)
-    stream = as_bool("stream", scalar(inputs["stream"], "stream")) if "stream" in inputs else False
-    options = scalar(inputs.get("postprocess_options"), "postprocess_options", "") or ""
-    return LlmRequest([int(t) for t in ids.reshape(-1)], embeds, params, stream, from_ensemble, options)
+    values = {name: scalar(inputs.get(name), name) for name in _SCALAR_INPUTS}  # each input read once
+    stream = as_bool("stream", values["stream"]) if values["stream"] is not None else False
+    if from_ensemble:
+        params = _ensemble_params(values["sampling_parameters"] or "")
+    else:
+        kwargs = parse_sampling_json(values["sampling_parameters"] or "")
+        if values["max_tokens"] is not None:
+            kwargs["max_tokens"] = as_int("max_tokens", values["max_tokens"])
+        params = build_sampling_params(kwargs, default_max_tokens)
+    ids = [int(t) for t in ids.reshape(-1)]
+    return LlmRequest(ids, embeds, params, stream, from_ensemble, values["postprocess_options"] or "")
 
 
-def _ensemble_params(inputs: Mapping[str, np.ndarray]) -> SamplingParams:
-    text = scalar(inputs.get("sampling_parameters"), "sampling_parameters") or ""
+_SCALAR_INPUTS = ("sampling_parameters", "max_tokens", "stream", "postprocess_options")
+
+
+def _ensemble_params(text: str) -> SamplingParams:
     try:
         return SamplingParams.from_json(text)
     except (TypeError, ValueError) as exc:  # not what preprocess writes: a caller posing as the ensemble
         raise InputError("sampling_parameters", f"is not preprocess's canonical JSON ({exc})") from None
-
-
-def _direct_params(inputs: Mapping[str, np.ndarray], default_max_tokens: int) -> SamplingParams:
-    kwargs = parse_sampling_json(scalar(inputs.get("sampling_parameters"), "sampling_parameters") or "")
-    if "max_tokens" in inputs:
-        kwargs["max_tokens"] = as_int("max_tokens", scalar(inputs["max_tokens"], "max_tokens"))
-    return build_sampling_params(kwargs, default_max_tokens)
 
 
 @dataclass(frozen=True, slots=True)

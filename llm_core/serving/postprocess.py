@@ -29,23 +29,35 @@ class PostprocessInput:
     cum_log_prob: float
 
 
-def _ids(inputs: Mapping[str, np.ndarray], name: str) -> list[int]:
+_SCALAR_INPUTS = {
+    "request_id": "",
+    "text": "",
+    "finish_reason": "",
+    "num_input_tokens": 0,
+    "response_index": 0,
+    "postprocess_options": "",
+    "cum_log_probs": 0.0,
+}
+
+
+def _numbers(inputs: Mapping[str, np.ndarray], name: str, kind: type) -> list:
     array = inputs.get(name)
-    return [] if array is None else [int(t) for t in array.reshape(-1)]
+    return [] if array is None else [kind(v) for v in array.reshape(-1)]
 
 
 def parse_postprocess_input(inputs: Mapping[str, np.ndarray]) -> PostprocessInput:
-    logprobs = inputs.get("output_log_probs")
+    values = {name: scalar(inputs.get(name), name, default) for name, default in _SCALAR_INPUTS.items()}
+    options = OutputOptions.from_json(values["postprocess_options"])
     return PostprocessInput(
-        request_id=scalar(inputs.get("request_id"), "request_id", ""),
-        output_ids=_ids(inputs, "output_ids"),
-        text=scalar(inputs.get("text"), "text", ""),
-        finish_reason=scalar(inputs.get("finish_reason"), "finish_reason", ""),
-        num_input_tokens=int(scalar(inputs.get("num_input_tokens"), "num_input_tokens", 0)),
-        response_index=int(scalar(inputs.get("response_index"), "response_index", 0)),
-        options=OutputOptions.from_json(scalar(inputs.get("postprocess_options"), "postprocess_options", "")),
-        logprobs=[] if logprobs is None else [float(v) for v in logprobs.reshape(-1)],
-        cum_log_prob=float(scalar(inputs.get("cum_log_probs"), "cum_log_probs", 0.0)),
+        request_id=values["request_id"],
+        output_ids=_numbers(inputs, "output_ids", int),
+        text=values["text"],
+        finish_reason=values["finish_reason"],
+        num_input_tokens=int(values["num_input_tokens"]),
+        response_index=int(values["response_index"]),
+        options=options,
+        logprobs=_numbers(inputs, "output_log_probs", float),
+        cum_log_prob=float(values["cum_log_probs"]),
     )
 
 
