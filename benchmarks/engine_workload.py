@@ -1,7 +1,9 @@
 """The anchor kit's workloads through the engine alone (no Triton), with the step timeline of each.
 
 Same shapes as `../shared/anchor/bench_driver.py`: closed loop (each client sends its next request when
-its previous one ends), greedy, ignore_eos, so every request produces exactly its output length.
+its previous one ends), greedy, ignore_eos, so every request produces exactly its output length. The lengths
+are drawn as the kit draws them with its default seed (1234), so W1 here is the kit's W1: its duration is set
+by one request of 1,842 output tokens sent 840th, whose decode steps run after everything before it.
 
   LAT  1 client, 20 requests of 512 -> 256 tokens
   W1   256 clients, 1000 requests, lengths lognormal (means 200 -> 180, sigma 0.8, clipped to 4..2048)
@@ -145,6 +147,7 @@ def main() -> int:
     ap.add_argument("--workloads", nargs="+", default=["W1"], choices=sorted(WORKLOADS))
     ap.add_argument("--scale", type=float, default=1.0, help="lengths (and, below 1, request counts) scaled")
     ap.add_argument("--max-model-len", type=int, default=8192)
+    ap.add_argument("--seed", type=int, default=1234, help="length draws (the kit's --seed; 1234 there too)")
     ap.add_argument("--label", default="", help="a name for this configuration in the output")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -167,7 +170,7 @@ def main() -> int:
             result["first_requests"]["kernels_compiled"] = compiled_since(ready_at)
             result["startup"] = {k: engine.stats().get(k) for k in ("warmup_s", "cuda_graphs")}
             for name in args.workloads:
-                result[name] = run_workload(engine, name, vocab, args.scale)
+                result[name] = run_workload(engine, name, vocab, args.scale, args.seed)
                 print(json.dumps({"label": args.label, **result[name]}), flush=True)
             result["kernels_compiled_after_ready"] = compiled_since(ready_at)
     keys = ("label", "start_to_ready_s", "first_requests", "startup", "kernels_compiled_after_ready")

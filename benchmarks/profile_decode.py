@@ -9,6 +9,9 @@ rank 0 is profiled (NCCL; engine defaults for the all-reduce path).
   python benchmarks/profile_decode.py --batch 1 64 --ctx 512 --out profile.md
   python benchmarks/profile_decode.py --tp 2 --batch 1 64 --out profile_tp2.md
 
+With --mixed N1 N2 ...: an eager mixed step (what W1 runs while prompts keep arriving): --batch decode rows at
+--ctx plus one prompt per length given.
+
 With --prefill N: the same for one eager prefill step of one N-token prompt (LAT's is 512), plus the host
 time of its launch (forward() returning, before any sync): a launch as long as the GPU time with large gaps
 means launch-bound; with small gaps, something in the launch waits for the device.
@@ -17,8 +20,11 @@ means launch-bound; with small gaps, something in the launch waits for the devic
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import statistics
 import sys
 import tempfile
@@ -47,7 +53,7 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
             device_id=torch.device("cuda", rank),
         )  # fmt: skip
     lines = [f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}; tp={tp}, rank 0 profiled", ""]
-    max_batch, ctx = max(args.batch), max(args.ctx, args.prefill)
+    max_batch, ctx = max(args.batch) + len(args.mixed), max(args.ctx, args.prefill, *args.mixed)
     cfg = engine_config_from_env(
         model_dir=model_dir, device="cuda", dtype="bfloat16", load_format="dummy", tp=tp,
         max_total_tokens=max_batch * (ctx + 1), max_running_requests=max_batch, max_model_len=ctx + 8,
@@ -58,10 +64,22 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
     runner.allocate_kv(cfg.max_total_tokens)
     for b in range(max_batch):
         runner.kv.req_to_slot[b, :ctx] = torch.arange(b * (ctx + 1), b * (ctx + 1) + ctx, dtype=torch.int32)
-    cases = [("prefill", args.prefill)] if args.prefill else [("decode", batch) for batch in args.batch]
+    if args.prefill:
+        cases = [("prefill", args.prefill)]
+    elif args.mixed:
+        cases = [("mixed", batch) for batch in args.batch]
+    else:
+        cases = [("decode", batch) for batch in args.batch]
     for kind, batch in cases:
         if kind == "prefill":  # one prompt of `batch` tokens into row 0's slots
             step = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [17] * batch, list(range(batch)), batch)])
+        elif kind == "mixed":  # `batch` decode rows, then prompts of args.mixed tokens each into the last rows
+            decode = [SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
+            prompts = [
+                SeqInput(b, 0, [17] * n, list(range(b * (ctx + 1), b * (ctx + 1) + n)), n)
+                for b, n in zip(range(batch, max_batch), args.mixed, strict=False)
+            ]
+            step = StepInput(is_prefill=True, seqs=decode + prompts, num_decode=batch)
         else:
             step = StepInput(
                 is_prefill=False, seqs=[SeqInput(b, ctx, [17 + b], [b * (ctx + 1) + ctx], 1) for b in range(batch)]
@@ -84,6 +102,24 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
                 runner.forward(step)
             torch.cuda.synchronize()
             continue
+        if args.host_profile:  # where the host's launch time goes (Python functions, by own time)
+            prof_py = cProfile.Profile()
+            prof_py.enable()
+            for _ in range(args.steps):
+                runner.forward(step)
+            prof_py.disable()
+            torch.cuda.synchronize()
+            text = io.StringIO()
+            pstats.Stats(prof_py, stream=text).sort_stats("tottime").print_stats(40)
+            pstats.Stats(prof_py, stream=text).sort_stats("cumulative").print_stats(30)
+            lines += [
+                f"### host profile of {args.steps} launches (cProfile, by own time, then cumulative)",
+                "",
+                "```",
+                text.getvalue(),
+                "```",
+                "",
+            ]
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(args.steps):
                 runner.forward(step)
@@ -95,7 +131,11 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         step_ms = statistics.median(times)
         total_us = sum(sum(v) for v in kernels.values()) / args.steps
         launches = sum(len(v) for v in kernels.values()) / args.steps
-        what = f"prefill of {batch} tokens" if kind == "prefill" else f"batch {batch}, context {ctx}"
+        what = {
+            "prefill": f"prefill of {batch} tokens",
+            "decode": f"batch {batch}, context {ctx}",
+            "mixed": f"mixed, eager: {batch} decode rows at context {ctx} + prompts of {args.mixed} tokens",
+        }[kind]
         lines += [
             f"## {what}: step {step_ms * 1e3:.0f} us (median of {args.steps}; host launch "
             f"{statistics.median(host) * 1e3:.0f} us); kernels {total_us:.0f} us in {launches:.0f} launches per step; "
@@ -126,6 +166,11 @@ def main() -> int:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--prefill", type=int, default=0, help="profile one eager prefill of this many tokens instead")
+    ap.add_argument(
+        "--mixed", type=int, nargs="*", default=[],
+        help="profile eager mixed steps instead: --batch decode rows plus one prompt per length given",
+    )  # fmt: skip
+    ap.add_argument("--host-profile", action="store_true", help="also cProfile the host side of the launches")
     ap.add_argument("--no-fuse", action="store_true", help="tp > 1: all-reduce and RMSNorm as separate kernels")
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--out", type=Path)

@@ -76,9 +76,11 @@ async def phase(args, kind: str) -> dict:
         async with slots:
             start = time.monotonic()
             try:
-                timer = await run_request(client, "ensemble", req)
+                timer = await asyncio.wait_for(run_request(client, "ensemble", req), args.request_timeout)
                 times = [start, *timer.chunk_times]
                 results.append(("ok", max(np.diff(times)) if len(times) > 1 else 0.0, None))
+            except TimeoutError:
+                results.append(("error", 0.0, f"no final response within {args.request_timeout:.0f} s"))
             except Exception as exc:  # noqa: BLE001
                 results.append(("error", 0.0, str(exc)[:200]))
 
@@ -89,8 +91,10 @@ async def phase(args, kind: str) -> dict:
     await asyncio.sleep(args.kill_after)
     pid = victim(kind)
     os.kill(pid, signal.SIGKILL)
+    print(f"[{kind}] killed pid {pid} at +{time.monotonic() - start:.1f} s", flush=True)
     await asyncio.gather(*tasks)
-    while not await asyncio.to_thread(ready, args.http) and time.monotonic() - start < 900:
+    print(f"[{kind}] every request ended at +{time.monotonic() - start:.1f} s", flush=True)
+    while not await asyncio.to_thread(ready, args.http) and time.monotonic() - start < args.request_timeout + 60:
         await asyncio.sleep(0.5)
     stop.set()
     health = await watcher
@@ -121,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-after", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--kills", default="worker,stub")
+    p.add_argument("--request-timeout", type=float, default=60.0, help="no final response by then: lost")
     p.add_argument("--out", default="fault_check.json")
     args = p.parse_args(argv)
     # the rest of what bench_serving.make_requests reads: uniform lengths, each request runs to max_tokens
@@ -130,9 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    summary = [asyncio.run(phase(args, kind)) for kind in args.kills.split(",")]
-    print(json.dumps(summary, indent=2))
-    Path(args.out).write_text(json.dumps(summary, indent=2))
+    summary = []
+    for kind in args.kills.split(","):  # each phase written as soon as it ends (a later one may hang)
+        summary.append(asyncio.run(phase(args, kind)))
+        print(json.dumps(summary[-1], indent=2), flush=True)
+        Path(args.out).write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

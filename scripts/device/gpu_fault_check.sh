@@ -11,6 +11,6 @@ source "$(dirname "$0")/_step.sh"
 use_client_wheels
 step start_server 300 bash .anchor/bin/run_ours.sh warmup
 PY=${PY:-$VENV/bin/python}
-step fault_check 540 "$PY" scripts/device/gpu_fault_check.py --out "$OUT/fault_check.json"
+step fault_check 330 "$PY" scripts/device/gpu_fault_check.py --out "$OUT/fault_check.json"
 cp /tmp/ours_res/*.log "$OUT/" 2>/dev/null || true
 bash .anchor/bin/run_ours.sh stop > "$OUT/stop.log" 2>&1 || true
