@@ -26,6 +26,9 @@ import requests
 from llm_core.serving.health import HEALTH_FILES, SUPERVISOR_FILE, read_json, write_json
 
 SENTINEL = "engine_health"
+# In the sentinel's reason while a model whose stub died reloads. tritonserver 2.51 never answers the requests
+# that stub held; the OpenAI server (openai/triton.py) ends its own with an error when it sees this.
+STUB_DIED = "its stub died"
 ENSEMBLE_STEPS = ("preprocess", "visual", "llm", "postprocess")
 STUB_BINARY = "triton_python_backend_stub"
 
@@ -72,6 +75,12 @@ class Repository:
     def config(self, model: str) -> dict:
         return requests.get(f"{self.url}/v2/models/{model}/config", timeout=10).json()
 
+    def python_configs(self) -> dict[str, dict]:
+        """name -> config of every READY model of the Python backend (each has a stub process)."""
+        index = requests.post(f"{self.url}/v2/repository/index", json={}, timeout=10).json()
+        configs = {m["name"]: self.config(m["name"]) for m in index if m.get("state") == "READY"}
+        return {name: c for name, c in configs.items() if c.get("backend") == "python"}
+
     def load(self, model: str, config: dict | None = None) -> tuple[bool, str]:
         body = {"parameters": {"config": json.dumps(config)}} if config is not None else {}
         resp = requests.post(f"{self.url}/v2/repository/models/{model}/load", json=body, timeout=1800)
@@ -105,13 +114,19 @@ class Supervisor:
         while not self.repo.ready():  # start-up: every model loads first
             if stop.wait(self.poll_s):
                 return
-        self.known = stub_pids(self.server_pid)
-        self.configs = {m: self.repo.config(m) for m in self.known}
+        self.start()
         while not stop.wait(self.poll_s):
             try:
                 self.check()
             except requests.RequestException as exc:  # the server is going away, or busy
                 self.log(f"[supervisor] {type(exc).__name__}: {exc}")
+
+    def start(self) -> None:
+        """What to watch: the stub of every READY Python model. One already gone (it died between the server's
+        readiness and this look) is known with pid 0, so the first check reloads it."""
+        self.configs = self.repo.python_configs()
+        self.known = {model: 0 for model in self.configs} | stub_pids(self.server_pid)
+        self.configs |= {m: self.repo.config(m) for m in self.known if m not in self.configs}
 
     def check(self) -> None:
         stubs = stub_pids(self.server_pid)
@@ -135,7 +150,7 @@ class Supervisor:
         start = time.monotonic()
         seen = "; ".join(describe(self.known[m]) for m in models if m in self.known)
         self.log(f"[supervisor] Python stub of {models} died ({seen}); reloading (server not ready meanwhile)")
-        self.set_ready(False, f"reloading {', '.join(models)} (its stub died)")
+        self.set_ready(False, f"reloading {', '.join(models)} ({STUB_DIED})")
         for model in models:
             self.repo.unload(model)  # the ensemble goes with it
         self.reloads += 1

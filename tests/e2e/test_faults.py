@@ -1,7 +1,8 @@
 """Faults lose nothing and health tells the truth (issue 13).
 
 - kill -9 of the llm stub: the server is not ready within 5 s, the supervisor reloads the model,
-  and it is ready and serving again with no manual step;
+  and it is ready and serving again with no manual step; an OpenAI stream running at the kill ends with a
+  retryable error (tritonserver 2.51 itself never answers the requests a dead stub held);
 - kill -9 of the engine worker with streams in flight and new requests arriving: every request
   completes (none gets a 400 or any error), greedy streams equal an uninterrupted run, and the
   server reports not ready during the restart.
@@ -15,6 +16,7 @@ import signal
 import threading
 import time
 
+import openai
 import pytest
 from e2e_helpers import grpc_stream, metrics
 from fault_helpers import ReadinessWatch, all_ready, engine_worker_pids, llm_stub_pid, status, wait_until
@@ -57,8 +59,26 @@ def test_worker_kill_loses_no_request(fault_server):
     assert values["llm_engine_restarts_total"] >= 1 and values["llm_resumed_requests_total"] >= 4
 
 
+def _openai_stream(server, outcome: dict) -> None:
+    with openai.OpenAI(base_url=server.openai_url, api_key="none", max_retries=0, timeout=120) as client:
+        try:
+            chunks = client.completions.create(
+                model=server.model_dir.name, prompt="Once upon a time", max_tokens=900, stream=True,
+                extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            outcome["chunks"] = sum(1 for _ in chunks)
+        except openai.APIError as exc:
+            outcome["error"] = exc
+    outcome["ended_at"] = time.monotonic()
+
+
 def test_llm_stub_kill_is_detected_and_reloaded(fault_server):
     before = metrics(fault_server.metrics_url).get("llm_stub_reloads_total", 0)
+    outcome: dict = {}
+    stream = threading.Thread(target=_openai_stream, args=(fault_server, outcome))
+    stream.start()
+    running = lambda: metrics(fault_server.metrics_url).get("llm_requests_running", 0) >= 1  # noqa: E731
+    assert wait_until(running, 10, step=0.02) is not None
     os.kill(llm_stub_pid(fault_server), signal.SIGKILL)
     killed_at = time.monotonic()
     not_ready = wait_until(lambda: status(f"{fault_server.http_url}/v2/health/ready") != 200, 5, step=0.02)
@@ -69,3 +89,8 @@ def test_llm_stub_kill_is_detected_and_reloaded(fault_server):
     assert result.error is None and result.num_output_tokens == 4, result
     print(f"stub kill: not ready after {not_ready:.2f}s, serving after {time.monotonic() - killed_at:.1f}s")
     assert metrics(fault_server.metrics_url).get("llm_stub_reloads_total", 0) == before + 1
+    stream.join(10)
+    error = outcome.get("error")
+    assert error is not None and "retry" in str(error), outcome
+    print(f"stub kill: the running OpenAI stream ended {outcome['ended_at'] - killed_at:.1f}s after the kill")
+    assert outcome["ended_at"] - killed_at < 10, outcome

@@ -16,6 +16,9 @@ class FakeRepo:
     def config(self, model: str) -> dict:
         return {"name": model, "parameters": {}}
 
+    def python_configs(self) -> dict[str, dict]:
+        return {m: self.config(m) for m in ("preprocess", "visual", "llm", "postprocess", "engine_health")}
+
     def load(self, model: str, config: dict | None = None) -> tuple[bool, str]:
         state = ((config or {}).get("parameters", {}).get("engine_state") or {}).get("string_value", "")
         self.calls.append(("load", f"{model}:{state}" if state else model))
@@ -64,3 +67,14 @@ def test_a_dead_stub_is_reloaded_and_the_ensemble_only_for_its_steps(tmp_path, m
     s.check()
     loads = [m for kind, m in repo.calls if kind == "load"]
     assert loads[0].startswith("engine_health") and loads[1] == "llm" and loads[2] == "ensemble", loads
+
+
+def test_a_stub_that_died_before_the_first_look_is_reloaded(tmp_path, monkeypatch):
+    # Killed right after the server became ready, before the supervisor first listed the stubs.
+    alive = {"preprocess": 10, "visual": 11, "postprocess": 13, "engine_health": 14}
+    s, repo, _ = _supervisor(tmp_path, monkeypatch, alive)
+    s.start()
+    assert s.known["llm"] == 0
+    s.check()
+    loads = [m for kind, m in repo.calls if kind == "load"]
+    assert ("unload", "llm") in repo.calls and "llm" in loads and "ensemble" in loads, repo.calls

@@ -6,6 +6,11 @@ ensemble (the postprocess step relays the cancellation to the engine, which free
 which a `stream=false` ensemble request cannot (docs/SERVING.md). The last response is the one
 with a finish_reason (the aio client cannot ask for Triton's empty final response: the
 `triton_` parameter prefix is reserved there).
+
+A request held by a Python stub that dies is never answered by tritonserver 2.51 (no fail-over for
+decoupled models). From its first request on, the backend reads the repository index once a second; when the
+supervisor's sentinel says a stub died (`supervisor.STUB_DIED`), every request that was running then ends
+with a 503 and a retry hint instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from tritonclient.utils import InferenceServerException
 from llm_core.serving.openai.errors import OpenAIError, from_triton
 from llm_core.serving.openai.mapping import Generation
 from llm_core.serving.openai.results import Delta
+from llm_core.serving.supervisor import SENTINEL, STUB_DIED
 from llm_core.serving.triton_inputs import infer_inputs
+
+STUB_WATCH_S = 1.0
+LOST = (
+    "the server's llm step died while this request ran and tritonserver does not answer such requests; "
+    "the server is reloading it: retry"
+)
 
 
 def _first(result: Any, name: str) -> Any:
@@ -50,14 +62,50 @@ def parse_result(result: Any) -> Delta:
     )
 
 
+class _Running:
+    """A generate call in flight: its response stream, and whether the stub watch gave it up."""
+
+    __slots__ = ("responses", "lost")
+
+    def __init__(self, responses: Any) -> None:
+        self.responses = responses
+        self.lost = False
+
+
 class TritonBackend:
-    def __init__(self, url: str, model: str = "ensemble") -> None:
+    def __init__(self, url: str, model: str = "ensemble", stub_watch_s: float = STUB_WATCH_S) -> None:
         self.url = url
         self.model = model
         self.client = grpcclient.InferenceServerClient(url)
+        self.stub_watch_s = stub_watch_s
+        self._running: set[_Running] = set()
+        self._watch: asyncio.Task | None = None
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         await self.client.close()
+
+    async def stub_died(self) -> bool:
+        """The supervisor's sentinel says a model reloads because its stub died."""
+        try:
+            index = await self.client.get_model_repository_index(as_json=True)
+        except InferenceServerException:
+            return False
+        return any(m.get("name") == SENTINEL and STUB_DIED in m.get("reason", "") for m in index.get("models", []))
+
+    async def _watch_stubs(self) -> None:
+        """From the first request on: when a stub is seen to have died, every request running then is lost with
+        it (see the module doc); those sent while it reloads are answered by Triton itself."""
+        seen = False
+        while True:
+            await asyncio.sleep(self.stub_watch_s)
+            died = await self.stub_died()
+            if died and not seen:
+                for running in list(self._running):
+                    running.lost = True
+                    running.responses.cancel()
+            seen = died
 
     async def is_ready(self) -> bool:
         try:
@@ -100,6 +148,10 @@ class TritonBackend:
             await done.wait()  # keep our side open until the last response: then half-close
 
         responses = self.client.stream_infer(requests())
+        running = _Running(responses)
+        self._running.add(running)
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(self._watch_stubs())
         finished = False
         try:
             async for result, error in responses:
@@ -111,11 +163,19 @@ class TritonBackend:
                 yield delta
                 if finished:
                     return
+            if running.lost:
+                raise OpenAIError(503, LOST)
         except InferenceServerException as exc:
             raise OpenAIError(503, f"Triton at {self.url}: {exc.message()}") from None
         except grpc.RpcError as exc:
             raise OpenAIError(503, f"Triton at {self.url}: {exc.details() or exc}") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if running.lost and not (task and task.cancelling()):  # the stub watch cancelled the call, not our caller
+                raise OpenAIError(503, LOST) from None
+            raise
         finally:
+            self._running.discard(running)
             done.set()
             if not finished:
                 responses.cancel()
