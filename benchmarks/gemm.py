@@ -23,7 +23,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.tp_decode import _time_cuda  # noqa: E402
+from benchmarks.gemv import STREAM_BYTES, _time_calls  # noqa: E402
 
 LAYERS = 32
 SHAPES = [  # name, N, K, per step
@@ -33,7 +33,6 @@ SHAPES = [  # name, N, K, per step
     ("down", 4096, 14336, LAYERS),
     ("lm_head", 128256, 4096, 1),
 ]
-STREAM_BYTES = 400 << 20
 CONFIGS = [  # tile configs of the Triton GEMM: BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages
     c
     for c in itertools.product([64, 128], [64, 128, 256], [64, 128], [8], [4, 8], [3, 4, 5])
@@ -80,20 +79,6 @@ def triton_linear(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, cfg) -> Non
                        num_warps=warps, num_stages=stages)  # fmt: skip
 
 
-def _graph_ms(fn, calls: int, iters: int) -> float:
-    """Median ms per call of `calls` calls of fn replayed from one CUDA graph."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn(0)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fn(i)
-    return _time_cuda(graph.replay, iters) / calls
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[64, 128, 192, 256, 384, 512])
@@ -114,12 +99,12 @@ def main() -> int:
         for m in args.rows:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             y = torch.empty(m, n, device=dev, dtype=torch.bfloat16)
-            calls = copies * 2
+            weights = ws + ws  # each copy twice per replay
 
-            def cublas(i, x=x, y=y, ws=ws):
-                torch.matmul(x, ws[i % len(ws)].t(), out=y)
+            def cublas(x, w, y=y):
+                torch.matmul(x, w.t(), out=y)
 
-            torch_ms = _graph_ms(cublas, calls, args.iters)
+            torch_ms = _time_calls(cublas, weights, x, args.iters) / 1e3
             ref = torch.nn.functional.linear(x, ws[0]).float()
             cfgs = CONFIGS if m == args.sweep_rows or name == "o" else CONFIGS[::3]
             best = (float("inf"), None)
@@ -130,10 +115,10 @@ def main() -> int:
                     if err > 2e-2:
                         continue
 
-                    def ours(i, x=x, y=y, ws=ws, cfg=cfg):
-                        triton_linear(x, ws[i % len(ws)], y, cfg)
+                    def ours(x, w, y=y, cfg=cfg):
+                        triton_linear(x, w, y, cfg)
 
-                    ms = _graph_ms(ours, calls, args.iters)
+                    ms = _time_calls(ours, weights, x, args.iters) / 1e3
                 except Exception as exc:  # noqa: BLE001 - a config that does not compile or fit is skipped
                     print(f"{name} m={m} {cfg}: {type(exc).__name__}", flush=True)
                     continue

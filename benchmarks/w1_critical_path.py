@@ -21,20 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
-# The kit's W1 (../shared/anchor/bench_driver.py): lengths drawn in this order from default_rng(seed).
-NUM, CLIENTS, IN_MEAN, OUT_MEAN, SIGMA, LO, HI = 1000, 256, 200, 180, 0.8, 4, 2048
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.engine_workload import WORKLOADS  # noqa: E402
+from benchmarks.engine_workload import lengths as draw  # noqa: E402
+
+NUM, CLIENTS, IN_SPEC, OUT_SPEC = WORKLOADS["W1"]
 
 
 def lengths(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """W1's input and output lengths as the kit draws them (engine_workload.lengths, in this order)."""
     rng = np.random.default_rng(seed)
-    draws = []
-    for mean in (IN_MEAN, OUT_MEAN):
-        mu = np.log(mean) - SIGMA * SIGMA / 2
-        draws.append(np.clip(np.round(rng.lognormal(mu, SIGMA, size=NUM)), LO, HI).astype(int))
-    return draws[0], draws[1]
+    ins = draw(IN_SPEC, NUM, rng, 1.0)
+    return np.array(ins), np.array(draw(OUT_SPEC, NUM, rng, 1.0))
 
 
 def simulate(decode_ms, prefill_tok_s: float, seed: int = 1234, lag_ms: float = 0.0) -> dict:
