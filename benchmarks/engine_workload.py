@@ -168,7 +168,7 @@ def main() -> int:
             result["start_to_ready_s"] = round(ready_s, 2)
             result["first_requests"] = first_requests(engine, vocab)
             result["first_requests"]["kernels_compiled"] = compiled_since(ready_at)
-            result["startup"] = {k: engine.stats().get(k) for k in ("warmup_s", "cuda_graphs")}
+            result["startup"] = {k: engine.stats().get(k) for k in ("warmup_s", "cuda_graphs", "prefill_graph_pieces")}
             for name in args.workloads:
                 result[name] = run_workload(engine, name, vocab, args.scale, args.seed)
                 print(json.dumps({"label": args.label, **result[name]}), flush=True)

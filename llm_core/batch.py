@@ -127,6 +127,7 @@ class ForwardBatch:
     # the decode kernel, with this bound for its split grid (a context bucket, as in the decode graphs).
     num_decode: int = 0
     decode_max_seq_len: int = 0
+    prefill_query_start_loc: torch.Tensor | None = None  # [B - num_decode + 1] int32: query_start_loc[d:] - d
     # Embedding requests in the step: indices in T whose final normed hidden states the step returns beside
     # the logits (ModelRunner.forward_with_hidden); None for generation-only steps (no extra work).
     hidden_indices: torch.Tensor | None = None  # [R] int64

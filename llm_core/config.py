@@ -43,10 +43,13 @@ class EngineConfig:
     prefix_cache: bool = True
     force_torch_ops: bool = False  # keep the plain-torch path on CUDA (A/B checks)
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
-    # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops):
-    # decode steps replay graphs captured per batch-size bucket, at every tp.
+    # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops; False turns
+    # all of them off): decode steps replay whole-step graphs captured per batch-size bucket, at every tp; prefill
+    # and mixed steps of up to cuda_graph_max_tokens tokens (0: none) replay graphs of everything but attention
+    # per token-count bucket (worker/cuda_graph.py), at tp 1 (unmeasured at tp > 1: eager there).
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
+    cuda_graph_max_tokens: int = 2048
     # Before the engine reports ready, compile every Triton kernel variant a step can launch (a few prefill
     # shapes) and capture every decode-graph bucket, so no request pays for compilation.
     warmup: bool = True
@@ -88,6 +91,8 @@ class EngineConfig:
             raise ValueError(f"mixed_prefill_tokens must be >= 0, got {self.mixed_prefill_tokens}")
         if self.cuda_graph_max_batch < 1:
             raise ValueError(f"cuda_graph_max_batch must be >= 1, got {self.cuda_graph_max_batch}")
+        if self.cuda_graph_max_tokens < 0:
+            raise ValueError(f"cuda_graph_max_tokens must be >= 0, got {self.cuda_graph_max_tokens}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
         if self.start_timeout_s <= 0 or self.gemv_prefetch_mb < 0 or self.dump_stacks_s < 0:
@@ -126,6 +131,7 @@ ENV_VARS = {
     "force_torch_ops": "LLM_FORCE_TORCH_OPS",
     "cuda_graph": "LLM_CUDA_GRAPH",
     "cuda_graph_max_batch": "LLM_CUDA_GRAPH_MAX_BATCH",
+    "cuda_graph_max_tokens": "LLM_CUDA_GRAPH_MAX_TOKENS",
     "warmup": "LLM_WARMUP",
     "symm_mem_all_reduce": "LLM_SYMM_MEM_ALL_REDUCE",
     "gemv": "LLM_GEMV",

@@ -87,9 +87,12 @@ class LlamaAttention(nn.Module):
         # tp > 1: return the partial sum; the post-attention norm all-reduces it (fused).
         self.defer_reduce = tp.size > 1 and not cfg.o_proj_bias
 
-    def forward(
-        self, hidden: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, cos_sin: torch.Tensor
-    ) -> torch.Tensor:
+    def project(
+        self, hidden: torch.Tensor, positions: torch.Tensor, out_slots: torch.Tensor, kv: KVCache, ops: ModuleType,
+        cos_sin: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """The queries [T, Hq, D] of `hidden` [T, hidden], rotated; the new tokens' rotated K and V stored to
+        their slots `out_slots` [T] in this layer's cache."""
         num_tokens = hidden.shape[0]
         # Views into the packed projection (row stride (Hq + 2 Hk) * D): every op takes token and head
         # strides, so no copies (3 per layer and step at batch > 1 in benchmarks/raw/*_profile_decode.md).
@@ -99,7 +102,14 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
         # q rotated in place; the rotated k and v go straight into their cache slots (one kernel).
-        ops.rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_slots)
+        ops.rotary_store_kv(q, k, v, positions, cos_sin, k_cache, v_cache, out_slots)
+        return q
+
+    def attend(self, q: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
+        """Attention of the queries q [T, Hq, D] over the cache through req_to_slot: [T, Hq * D]. T may exceed
+        the batch's packed tokens (a CUDA-graph bucket's padding): those rows are left undefined."""
+        num_tokens = q.shape[0]
+        k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
         if batch.is_prefill and batch.num_decode:  # a mixed step: decode rows first, then prompt chunks
             out = self._mixed_attention(q, kv, batch, ops)
         elif batch.is_prefill:
@@ -113,9 +123,12 @@ class LlamaAttention(nn.Module):
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.seq_lens,
                 batch.max_seq_len, self.sm_scale,
             )  # fmt: skip
-        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
-        out = out.view(num_tokens, self.num_heads * self.head_dim)
-        return self.o_proj(out, reduce=not self.defer_reduce, ops=ops)
+        return out.view(num_tokens, self.num_heads * self.head_dim)
+
+    def output(self, attn: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+        """[T, hidden]: o_proj of the attention output, summed over ranks or this rank's partial sum with
+        defer_reduce."""
+        return self.o_proj(attn, reduce=not self.defer_reduce, ops=ops)
 
     def _mixed_attention(self, q: torch.Tensor, kv: KVCache, batch: ForwardBatch, ops: ModuleType) -> torch.Tensor:
         """q: [T, Hq, D], the first d tokens one decode row each: those through the decode kernel (split over
@@ -128,7 +141,7 @@ class LlamaAttention(nn.Module):
         )  # fmt: skip
         prefill = ops.prefill_attention(
             q[d:], k_cache, v_cache, kv.req_to_slot, batch.req_rows[d:], batch.prefix_lens[d:], batch.seq_lens[d:],
-            batch.query_start_loc[d:] - d, batch.max_query_len, self.sm_scale,
+            batch.prefill_query_start_loc, batch.max_query_len, self.sm_scale,
         )  # fmt: skip
         return torch.cat([decode, prefill])
 
@@ -154,10 +167,22 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
 
     def forward(self, hidden, residual, batch, kv, ops, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
-        # hidden: the embeddings (residual None), else the previous MLP's output (partial with defer_reduce)
+        q, residual = self.pre_attention(hidden, residual, batch.positions, batch.out_slots, kv, ops, cos_sin)
+        return self.post_attention(self.self_attn.attend(q, batch, kv, ops), residual, ops)
+
+    def pre_attention(
+        self, hidden, residual, positions, out_slots, kv, ops, cos_sin
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries [T, Hq, D], residual [T, hidden]); stores the new tokens' K/V. hidden: the embeddings
+        (residual None), else the previous MLP's output (a partial sum with defer_reduce)."""
         reduce = residual is not None and self.mlp.defer_reduce
         hidden, residual = self.input_layernorm(ops, hidden, residual, reduce=reduce)
-        hidden = self.self_attn(hidden, batch, kv, ops, cos_sin)
+        return self.self_attn.project(hidden, positions, out_slots, kv, ops, cos_sin), residual
+
+    def post_attention(self, attn, residual, ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLP output [T, hidden], a partial sum with defer_reduce; residual) from the attention output attn
+        [T, Hq * D]."""
+        hidden = self.self_attn.output(attn, ops)
         hidden, residual = self.post_attention_layernorm(ops, hidden, residual, reduce=self.self_attn.defer_reduce)
         return self.mlp(hidden, ops), residual
 
@@ -195,34 +220,34 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
-        hidden, residual = self._layers(batch, kv, ops)
-        normed = self._final_norm(hidden, residual, batch.logits_indices, ops)  # [B, hidden]
-        return self.lm_head(normed, ops).float()  # [B, vocab]
+        return self.forward_with_hidden(batch, kv, ops)[0]
 
     @torch.inference_mode()
     def forward_with_hidden(
         self, batch: ForwardBatch, kv: KVCache, ops: ModuleType
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, vocab] fp32 as forward(), final normed hidden states [R, hidden] fp32 of the rows
-        batch.hidden_indices): the embedding requests' rows, normed in the same call as the logits' rows."""
-        assert batch.hidden_indices is not None, "a step without embedding rows: call forward()"
-        hidden, residual = self._layers(batch, kv, ops)
-        num_seqs = batch.logits_indices.shape[0]
-        rows = torch.cat([batch.logits_indices, batch.hidden_indices])  # [B + R]
-        normed = self._final_norm(hidden, residual, rows, ops)  # [B + R, hidden]
-        return self.lm_head(normed[:num_seqs], ops).float(), normed[num_seqs:].float()
-
-    def _layers(self, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, vocab] fp32 of each sequence's last new token, final normed hidden states [R, hidden]
+        fp32 of the rows batch.hidden_indices or None without them: see `finish`)."""
         hidden = self.embed(batch, ops)  # [T, hidden]
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)
-        return hidden, residual  # [T, hidden] each; hidden: a partial sum with defer_reduce
+        return self.finish(hidden, residual, batch, ops)
 
-    def _final_norm(self, hidden: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops) -> torch.Tensor:
+    def finish(
+        self, hidden: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch, ops: ModuleType
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last layer's outputs [T, hidden] (hidden: a partial sum with defer_reduce) -> (logits [B, vocab]
+        fp32 of the rows batch.logits_indices, final normed hidden states [R, hidden] fp32 of the rows
+        batch.hidden_indices, the embedding requests' rows, normed in the same call; None without them)."""
+        num_seqs = batch.logits_indices.shape[0]
+        rows = batch.logits_indices
+        if batch.hidden_indices is not None:
+            rows = torch.cat([rows, batch.hidden_indices])  # [B + R]
         reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: `rows` only
-        normed, _ = self.model.norm(ops, hidden[rows], residual[rows], reduce=reduce)
-        return normed  # [len(rows), hidden]
+        normed, _ = self.model.norm(ops, hidden[rows], residual[rows], reduce=reduce)  # [B (+ R), hidden]
+        logits = self.lm_head(normed[:num_seqs], ops).float()
+        return logits, (normed[num_seqs:].float() if batch.hidden_indices is not None else None)
 
     def checkpoint_param(self, name: str) -> tuple[str, str | int | None] | None:
         """Checkpoint name -> (parameter, shard id); None for weights this model does not hold."""

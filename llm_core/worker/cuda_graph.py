@@ -1,4 +1,5 @@
-"""CUDA-graph capture and replay of decode steps (device "cuda" with the Triton ops only).
+"""CUDA-graph capture and replay of steps (device "cuda" with the Triton ops only): whole decode steps
+(`DecodeGraphRunner`), and prefill and mixed steps piecewise, everything but attention (`PrefillGraphRunner`).
 
 A Llama-3-8B decode step launches ~600 kernels; launched from Python it is bound by launch
 overhead (16 ms at batch 1 on an H200 against ~3.7 ms of weight reads). `DecodeGraphRunner`
@@ -24,6 +25,16 @@ captures the whole decode forward once per (batch bucket, context bucket) and re
   every rank sees the same steps, so all ranks capture the same graphs in the same order and
   the NCCL collectives inside them match.
 
+Prefill and mixed steps carry any mix of sequences and query lengths, which would need a graph per
+(tokens, sequences, decode rows, query length, context) combination with whole-step graphs. Their attention is
+the only part that depends on more than the token count, so `PrefillGraphRunner` captures the rest per
+token-count bucket (every 16 tokens to 512, then every 64 to 1024, then every 128): one graph from the
+embeddings to layer 0's queries, one per layer boundary (o_proj, norms, MLP, the next layer's norm, QKV, rotary
+and K/V store), one after the last layer; attention runs eagerly between them on the real tokens, the logits
+after them. An eager mixed step is ~430 launches that take the host longer than the GPU needs for them
+(benchmarks/RESULTS.md); this way it is ~33 graph replays and ~3 attention launches per layer. Padding tokens
+(id 0, position 0) store their K/V to the dummy slot and their rows are never read.
+
 With `capture=False` (CPU tests) the same static-buffer path runs eagerly: everything but the
 graph itself is exercised without a GPU.
 """
@@ -31,6 +42,7 @@ graph itself is exercised without a GPU.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -65,6 +77,24 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
         out.append(b)
         b += BATCH_STEP
     out.append(max_batch)
+    return tuple(out)
+
+
+# (up to this many tokens, bucket step) of the prefill graphs' token buckets; beyond the last, the last step.
+TOKEN_BUCKET_STEPS = ((512, 16), (1024, 64))
+LAST_TOKEN_STEP = 128
+
+
+def token_buckets(max_tokens: int) -> tuple[int, ...]:
+    """Token counts of the prefill graphs: every 16 tokens to 512, every 64 to 1024, then every 128, up to the
+    first bucket >= max_tokens. A step runs padded to its bucket (GEMMs of a few hundred rows cost about their
+    rows, so the padding stays a few percent)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    out, n = [], 0
+    while n < max_tokens:
+        n += next((step for limit, step in TOKEN_BUCKET_STEPS if n < limit), LAST_TOKEN_STEP)
+        out.append(n)
     return tuple(out)
 
 
@@ -123,6 +153,22 @@ def is_plain_decode(step) -> bool:
     return not step.is_prefill and all(len(s.new_token_ids) == 1 and len(s.new_slots) == 1 for s in step.seqs)
 
 
+def capture_graph(fn: Callable[[], None], pool, stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
+    """fn's device work captured into a CUDA graph on `stream` (idle), its allocations from the memory pool `pool`.
+
+    torch.cuda.graph() would also run gc.collect() and empty the allocator's cache before each capture: ~10 ms
+    a graph here, for ~1,600 of them at start-up; every tensor a graph keeps is persistent anyway.
+    thread_local: the NCCL watchdog thread (tp > 1) may query its events during capture."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+        try:
+            fn()
+        finally:
+            graph.capture_end()
+    return graph
+
+
 @dataclass(slots=True)
 class _Entry:
     run: Callable[[], None]  # replays the graph (or runs the static path eagerly)
@@ -142,6 +188,7 @@ class DecodeGraphRunner:
         max_model_len: int,
         capture: bool = True,
         min_context_bucket: int = MIN_CONTEXT_BUCKET,
+        pool=None,
     ) -> None:
         self.model = model
         self.kv = kv
@@ -168,7 +215,7 @@ class DecodeGraphRunner:
         # Every tensor a graph reads must outlive it: these are sliced per bucket, never freed.
         self._arange32 = torch.arange(max_bs + 1, dtype=torch.int32, device=self.device)  # query_start_loc
         self._arange64 = torch.arange(max_bs, dtype=torch.int64, device=self.device)  # logits_indices
-        self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._pool = (pool or torch.cuda.graph_pool_handle()) if capture else None
         self._entries: dict[tuple[int, int], _Entry] = {}
 
     @property
@@ -266,8 +313,108 @@ class DecodeGraphRunner:
             for _ in range(2):
                 fn()
         current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: the NCCL watchdog thread (tp > 1) may query its events during capture.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            fn()
+        torch.cuda.synchronize(self.device)
+        graph = capture_graph(fn, self._pool, side)
         return _Entry(run=graph.replay, graph=graph)
+
+
+class PrefillGraphRunner:
+    """Prefill and mixed steps of `model` through CUDA graphs of everything but attention, per token bucket."""
+
+    def __init__(
+        self, model: nn.Module, kv: KVCache, ops: ModuleType, max_tokens: int, capture: bool = True, pool=None
+    ) -> None:
+        self.model = model
+        self.layers = model.model.layers
+        self.kv = kv
+        self.ops = ops
+        device = kv.req_to_slot.device
+        self.capture = capture
+        if capture and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.buckets = token_buckets(max_tokens)
+        n, attn = self.buckets[-1], self.layers[0].self_attn
+        dtype, hidden = kv.k[0].dtype, model.config.hidden_size
+        # The graphs' inputs and the tensors passed between graphs and attention: persistent, sliced per bucket.
+        self._ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self._positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self._slots = torch.full((n,), kv.num_slots, dtype=torch.int32, device=device)
+        self._q = torch.zeros((n, attn.num_heads, attn.head_dim), dtype=dtype, device=device)
+        self._attn = torch.zeros((n, attn.num_heads * attn.head_dim), dtype=dtype, device=device)
+        self._hidden = torch.zeros((n, hidden), dtype=dtype, device=device)
+        self._residual = torch.zeros((n, hidden), dtype=dtype, device=device)
+        self._pool = (pool or torch.cuda.graph_pool_handle()) if capture else None
+        self._entries: dict[int, list[_Entry]] = {}  # bucket -> len(layers) + 1 pieces
+
+    @property
+    def num_graphs(self) -> int:
+        return sum(len(pieces) for pieces in self._entries.values()) if self.capture else 0
+
+    def bucket_for(self, step: StepInput) -> int | None:
+        """The token bucket of a prefill or mixed step without images, or None if it must run eagerly."""
+        if not step.is_prefill or any(s.image_embeds is not None for s in step.seqs):
+            return None
+        return bucket_for(sum(len(s.new_token_ids) for s in step.seqs), self.buckets)
+
+    def forward(self, batch: ForwardBatch, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, hidden rows) as the model's forward_with_hidden, for a batch prepared with its tokens padded
+        to a bucket (`ModelRunner.prepare(pad_to=...)`); `num_tokens` are real. Queued, not waited for."""
+        n = batch.input_ids.shape[0]
+        pieces = self._entries.get(n)
+        if pieces is None:
+            pieces = self._entries[n] = self._make_pieces(n)
+        self._ids[:n].copy_(batch.input_ids)
+        self._positions[:n].copy_(batch.positions)
+        self._slots[:n].copy_(batch.out_slots)
+        q, out = self._q[:num_tokens], self._attn[:num_tokens]
+        for layer, piece in zip(self.layers, pieces, strict=False):
+            piece.run()  # up to this layer's queries and K/V store
+            out.copy_(layer.self_attn.attend(q, batch, self.kv, self.ops))
+        pieces[-1].run()  # the last layer's rest
+        return self.model.finish(self._hidden, self._residual, batch, self.ops)
+
+    def capture_all(self) -> None:
+        """Capture every bucket now (largest first: the shared memory pool grows once)."""
+        for n in reversed(self.buckets):
+            if n not in self._entries:
+                self._entries[n] = self._make_pieces(n)
+
+    # --- internals -----------------------------------------------------------------------
+    def _piece(self, i: int, n: int) -> None:
+        """Piece i of an n-token step: the embeddings (i = 0) or layer i - 1 after its attention, then layer i
+        up to its attention (i < number of layers); reads and writes only the static buffers."""
+        if i == 0:
+            hidden, residual = self.model.model.embed_tokens(self._ids[:n]), None
+        else:
+            hidden, residual = self.layers[i - 1].post_attention(self._attn[:n], self._residual[:n], self.ops)
+        if i == len(self.layers):
+            self._hidden[:n].copy_(hidden)
+            self._residual[:n].copy_(residual)
+            return
+        q, residual = self.layers[i].pre_attention(
+            hidden, residual, self._positions[:n], self._slots[:n], self.kv, self.ops, self.model.cos_sin
+        )
+        self._q[:n].copy_(q)
+        self._residual[:n].copy_(residual)
+
+    @torch.inference_mode()
+    def _make_pieces(self, n: int) -> list[_Entry]:
+        fns = [functools.partial(self._piece, i, n) for i in range(len(self.layers) + 1)]
+        if not self.capture:
+            return [_Entry(run=fn, graph=None) for fn in fns]
+        # All padding while capturing (token 0 at position 0 into the dummy slot); one eager pass on a side
+        # stream first (Triton compiles, cuBLAS workspaces), then one graph per piece in the shared pool.
+        self._ids[:n].zero_()
+        self._positions[:n].zero_()
+        self._slots[:n].fill_(self.kv.num_slots)
+        device = self._ids.device
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for fn in fns:
+                fn()
+        current.wait_stream(side)
+        torch.cuda.synchronize(device)
+        graphs = [capture_graph(fn, self._pool, side) for fn in fns]
+        return [_Entry(run=graph.replay, graph=graph) for graph in graphs]

@@ -17,7 +17,7 @@ from llm_core.collectives import create_symm_mem_all_reduce
 from llm_core.config import EngineConfig
 from llm_core.models import build_model, load_model_config, load_weights
 from llm_core.ops import select_ops, torch_ops
-from llm_core.worker.cuda_graph import DecodeGraphRunner, bucket_for, context_buckets
+from llm_core.worker.cuda_graph import DecodeGraphRunner, PrefillGraphRunner, bucket_for, context_buckets
 from llm_core.worker.timeline import LateCompiles
 from llm_core.worker.warmup import warmup_steps
 
@@ -67,9 +67,10 @@ class ModelRunner:
             )
         self.image_token_index = self.model_config.image_token_index
         self.kv: KVCache | None = None
-        # Decode steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
+        # Decode, prefill and mixed steps replay CUDA graphs (Triton ops on CUDA only; the torch ops sync on host).
         self.use_cuda_graph = cfg.cuda_graph and self.device.type == "cuda" and self.ops is not torch_ops
         self.graph_runner: DecodeGraphRunner | None = None
+        self.prefill_graphs: PrefillGraphRunner | None = None
         self.graph_failed = False
         self.warmup_s = 0.0
         self.late_compiles = LateCompiles()  # kernels compiled after warm-up: installed once it is done
@@ -107,14 +108,19 @@ class ModelRunner:
             self.device,
         )
         if self.use_cuda_graph:
-            self.graph_runner = self.new_graph_runner()
+            pool = torch.cuda.graph_pool_handle()  # one memory pool for all graphs (outputs live outside it)
+            self.graph_runner = self.new_graph_runner(pool)
+            if self.cfg.cuda_graph_max_tokens and self.cfg.tp == 1:
+                self.prefill_graphs = PrefillGraphRunner(
+                    self.model, self.kv, self.ops, self.cfg.cuda_graph_max_tokens, pool=pool
+                )
 
-    def new_graph_runner(self) -> DecodeGraphRunner:
+    def new_graph_runner(self, pool=None) -> DecodeGraphRunner:
         """Decode graphs over this runner's model and KV pool, captured lazily per batch bucket."""
         return DecodeGraphRunner(
             self.model, self.kv, self.ops, self.model_config.vocab_size,
             max_batch=min(self.cfg.cuda_graph_max_batch, self.cfg.max_running_requests),
-            max_model_len=self.max_model_len,
+            max_model_len=self.max_model_len, pool=pool,
         )  # fmt: skip
 
     def warm_up(self, force: bool = False) -> None:
@@ -129,17 +135,20 @@ class ModelRunner:
             self.kv.num_slots, self.cfg.max_running_requests, self.max_model_len,
             mc.image_token_index, mc.num_image_tokens, mc.hidden_size,
         )  # fmt: skip
+        graphs, self.use_cuda_graph = self.use_cuda_graph, False  # the eager variants (steps past the graphs)
         for step in steps:
             self.forward(step)
+        self.use_cuda_graph = graphs
         self._warm_decode_attention()
         if self.graph_runner is not None and self.use_cuda_graph:
             self.graph_runner.capture_all()
+        if self.prefill_graphs is not None and self.use_cuda_graph:
+            self.prefill_graphs.capture_all()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.warmup_s = time.perf_counter() - t0
-        graphs = self.graph_runner.num_graphs if self.graph_runner is not None else 0
-        log.info("rank %d warm: %d prefill shapes, %d decode graphs in %.1f s", self.rank, len(steps), graphs,
-                 self.warmup_s)  # fmt: skip
+        log.info("rank %d warm: %d prefill shapes, %d decode graphs, %d prefill graph pieces in %.1f s", self.rank,
+                 len(steps), self.num_graphs()[0], self.num_graphs()[1], self.warmup_s)  # fmt: skip
         self.late_compiles.install()
 
     def _warm_decode_attention(self) -> None:
@@ -160,9 +169,11 @@ class ModelRunner:
                 )
 
     # --- forward -------------------------------------------------------------------------
-    def prepare(self, step: StepInput, feed: TokenFeed | None = None) -> ForwardBatch:
+    def prepare(self, step: StepInput, feed: TokenFeed | None = None, pad_to: int = 0) -> ForwardBatch:
         """The device inputs of an eager step: one host-to-device copy from pinned memory, no wait for
-        the device's queue (the previous step may still run). `feed` overwrites some input ids on the device."""
+        the device's queue (the previous step may still run). `feed` overwrites some input ids on the device.
+        `pad_to` > the step's tokens: input_ids, positions and out_slots padded to that many tokens (a CUDA-graph
+        bucket) with token 0 at position 0 stored to the dummy slot; everything else describes the real tokens."""
         input_ids: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
@@ -202,18 +213,27 @@ class ModelRunner:
                     image_rows.append(seq.image_embeds[idx])
                     image_positions += [base + p for p in pos]
         num_tokens, num_seqs = len(input_ids), len(rows)
+        padding = max(0, pad_to - num_tokens)
+        if padding:  # after the real tokens: indices and offsets below stay those of the real ones
+            input_ids += [0] * padding
+            positions += [0] * padding
+            out_slots += [self.kv.num_slots] * padding
+        d = step.num_decode  # a mixed step: the prompt chunks' query offsets, after the decode rows
+        prefill_starts = [s - d for s in starts[d:]] if d else []
         # One int64 array, sliced on the device: per token, per prefix-cache entry, per sequence, per image row.
         parts = (input_ids, positions, out_slots, token_rows, cached_rows, cached_positions, cached_slots,
-                 rows, prefix_lens, seq_lens, starts, [s - 1 for s in starts[1:]], image_positions)  # fmt: skip
+                 rows, prefix_lens, seq_lens, starts, [s - 1 for s in starts[1:]], image_positions,
+                 prefill_starts)  # fmt: skip
         sizes = [len(p) for p in parts]
         flat = host_to_device(np.fromiter(itertools.chain(*parts), dtype=np.int64, count=sum(sizes)), self.device)
         (ids_t, positions_t, out_slots_t, token_rows_t, cached_rows_t, cached_positions_t, cached_slots_t,
-         rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t) = flat.split(sizes)  # fmt: skip
+         rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t, prefill_starts_t) = flat.split(
+            sizes)  # fmt: skip
         if feed is not None:
             ids_t = ids_t.index_copy(0, feed.positions, feed.token_ids)
         out_slots_t = out_slots_t.to(torch.int32)
         # Record where each new token's KV lives: req_to_slot[row, position] = slot.
-        self.kv.req_to_slot[token_rows_t, positions_t] = out_slots_t
+        self.kv.req_to_slot[token_rows_t, positions_t[:num_tokens]] = out_slots_t[:num_tokens]
         if cached_slots:  # and where the shared prefix of a prefix-cache hit lives
             self.kv.req_to_slot[cached_rows_t, cached_positions_t] = cached_slots_t.to(torch.int32)
         batch = ForwardBatch(
@@ -229,10 +249,11 @@ class ModelRunner:
             max_query_len=max(e - s for s, e in zip(starts[:-1], starts[1:], strict=True)),
             max_seq_len=max(seq_lens),
         )
-        assert num_tokens == len(out_slots) and num_seqs >= 1, (num_tokens, len(out_slots), num_seqs)
-        if step.num_decode:
-            assert step.is_prefill and starts[step.num_decode] == step.num_decode, "decode rows come first"
-            batch.num_decode = step.num_decode
+        assert num_tokens + padding == len(out_slots) and num_seqs >= 1, (num_tokens, len(out_slots), num_seqs)
+        if d:
+            assert step.is_prefill and starts[d] == d, "decode rows come first"
+            batch.num_decode = d
+            batch.prefill_query_start_loc = prefill_starts_t.to(torch.int32)
             longest = max(seq_lens[: step.num_decode])
             batch.decode_max_seq_len = bucket_for(longest, self.context_buckets) or longest
         if has_pooling:
@@ -271,11 +292,23 @@ class ModelRunner:
             try:
                 return graphs.forward(step, feed), None
             except Exception:  # a capture that fails leaves the eager path working
-                log.error("rank %d: CUDA graph decode failed, running eagerly from now on:\n%s", self.rank,
-                          traceback.format_exc())  # fmt: skip
-                self.use_cuda_graph = False
-                self.graph_failed = True
-        batch = self.prepare(step, feed)
-        if batch.hidden_indices is None:
-            return self.model(batch, self.kv, self.ops), None  # [B, vocab] fp32
+                self._graphs_failed()
+        pieces = self.prefill_graphs if self.use_cuda_graph else None
+        bucket = pieces.bucket_for(step) if pieces is not None else None
+        batch = self.prepare(step, feed, pad_to=bucket or 0)
+        if bucket is not None:
+            try:
+                return pieces.forward(batch, sum(len(s.new_token_ids) for s in step.seqs))
+            except Exception:  # the padded batch runs eagerly just as well
+                self._graphs_failed()
         return self.model.forward_with_hidden(batch, self.kv, self.ops)
+
+    def num_graphs(self) -> tuple[int, int]:
+        """(decode graphs, prefill graph pieces) captured so far."""
+        return (self.graph_runner.num_graphs if self.graph_runner is not None else 0,
+                self.prefill_graphs.num_graphs if self.prefill_graphs is not None else 0)  # fmt: skip
+
+    def _graphs_failed(self) -> None:
+        log.error("rank %d: a CUDA graph failed, running eagerly from now on:\n%s", self.rank, traceback.format_exc())
+        self.use_cuda_graph = False
+        self.graph_failed = True

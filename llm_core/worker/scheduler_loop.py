@@ -86,7 +86,7 @@ class SchedulerLoop:
         self.counters = {"prompt_tokens_total": 0, "generation_tokens_total": 0, "requests_finished": 0}
         self.startup = {"warmup_s": round(runner.warmup_s, 3)}
         if runner.graph_runner is not None:
-            self.startup["cuda_graphs"] = runner.graph_runner.num_graphs
+            self.startup["cuda_graphs"], self.startup["prefill_graph_pieces"] = runner.num_graphs()
         self.dirty = True  # stats changed since last report
         self.timeline = StepTimeline(runner.device)
         self.overlap = overlap  # queue step N+1 before reading step N's ids (see step())

@@ -5,7 +5,9 @@ Triton compiles a kernel once per set of constexprs and per "specialisation" of 
 GPU. The steps below reach every such variant a prefill or mixed step can launch: 1, 16k and other
 token counts, sequence counts and query-block counts, sequences with and without a cached prefix,
 one-token sequences (decode rows riding along in a mixed step), and image tokens when the model has
-them. Decode steps are covered by capturing every CUDA-graph bucket (`DecodeGraphRunner.capture_all`),
+them, run eagerly (steps longer than the prefill graphs' last bucket run so). Decode steps, and prefill and
+mixed steps up to that bucket, are covered by capturing every CUDA-graph bucket (`capture_all` of
+`DecodeGraphRunner` and `PrefillGraphRunner`: the graphs' padded shapes compile then),
 and the decode rows of mixed steps (any number of them) by `ModelRunner.warm_up` running the decode
 kernel alone at every row count and context bucket.
 

@@ -5,11 +5,11 @@
    each prompt alone, decoding at batch 1).
    Then the same prompts again in an engine that prefills at most 16 tokens per step (chunked
    prefill), twice: the second pass takes its prompts from the prefix cache (hits counted).
-2. bf16: last-token logits of one packed prefill and a few decode steps are within bf16
-   tolerance of transformers' bf16 logits.
-On CUDA both run decode steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager); the
-bf16 check also compares each graph decode step with the same step launched eagerly and
-requires that graphs were captured without falling back.
+2. bf16: last-token logits of one packed prefill, a few decode steps and a mixed step (decode
+   rows plus a new prompt) are within bf16 tolerance of transformers' bf16 logits.
+On CUDA both run steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager): decode steps
+whole, prefill and mixed steps piecewise; the bf16 check also compares each graph step with the
+same step launched eagerly and requires that both kinds of graph were captured without falling back.
 Also runs on CPU (`--device cpu`) as a dry run of the script itself.
 """
 
@@ -133,7 +133,14 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
     for row, ids in enumerate(prompts):
         step.seqs.append(SeqInput(row, 0, ids, list(range(next_slot, next_slot + len(ids))), len(ids)))
         next_slot += len(ids)
+    prefill_vs_eager = 0.0
+    if runner.use_cuda_graph:  # the same prefill eagerly first (the graphs store the same K/V again)
+        runner.use_cuda_graph = False
+        eager = runner.forward(step).float().cpu()
+        runner.use_cuda_graph = True
     ours = runner.forward(step).float().cpu()
+    if runner.use_cuda_graph:
+        prefill_vs_eager = ((ours - eager).abs().max() / eager.abs().max()).item()
 
     def rel_err(row_logits, ids) -> float:
         with torch.no_grad():
@@ -160,16 +167,39 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
         if eager is not None:
             graph_vs_eager = max(graph_vs_eager, ((ours - eager).abs().max() / eager.abs().max()).item())
         decode_worst = max(decode_worst, *(rel_err(ours[row], ids) for row, ids in enumerate(seqs)))
-    graphs = runner.graph_runner.num_graphs if runner.graph_runner is not None else 0
-    graphs_ok = device != "cuda" or not CUDA_GRAPH or (graphs > 0 and not runner.graph_failed)
+    # A mixed step: the 3 sequences decode one more token while a new prompt (row 3) is prefilled with them.
+    next_ids = ours.argmax(-1).tolist()
+    prompt = list(range(60, 97))
+    step = StepInput(is_prefill=True, num_decode=len(seqs))
+    for row, ids in enumerate(seqs):
+        step.seqs.append(SeqInput(row, len(ids), [next_ids[row]], [next_slot], len(prompts[row])))
+        ids.append(next_ids[row])
+        next_slot += 1
+    step.seqs.append(SeqInput(3, 0, prompt, list(range(next_slot, next_slot + len(prompt))), len(prompt)))
+    mixed_vs_eager = 0.0
+    if runner.use_cuda_graph:
+        runner.use_cuda_graph = False
+        eager = runner.forward(step).float().cpu()
+        runner.use_cuda_graph = True
+    ours = runner.forward(step).float().cpu()
+    if runner.use_cuda_graph:
+        mixed_vs_eager = ((ours - eager).abs().max() / eager.abs().max()).item()
+    mixed_worst = max(rel_err(ours[row], ids) for row, ids in enumerate([*seqs, prompt]))
+    graphs, pieces = runner.num_graphs()
+    graphs_ok = device != "cuda" or not CUDA_GRAPH or (graphs > 0 and pieces > 0 and not runner.graph_failed)
     return {
         "arch": arch,
         "max_rel_logit_err_bf16": round(worst, 5),
         "decode_max_rel_logit_err_bf16": round(decode_worst, 5),
+        "mixed_max_rel_logit_err_bf16": round(mixed_worst, 5),
         "graph_vs_eager_max_rel_diff": round(graph_vs_eager, 5),
+        "prefill_graph_vs_eager_max_rel_diff": round(prefill_vs_eager, 5),
+        "mixed_graph_vs_eager_max_rel_diff": round(mixed_vs_eager, 5),
         "graphs_captured": graphs,
+        "prefill_graph_pieces_captured": pieces,
         "graph_failed": runner.graph_failed,
-        "ok": worst < 0.05 and decode_worst < 0.05 and graph_vs_eager < 0.05 and graphs_ok,
+        "ok": max(worst, decode_worst, mixed_worst, graph_vs_eager, prefill_vs_eager, mixed_vs_eager) < 0.05
+        and graphs_ok,
     }
 
 

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from llm_core.batch import SeqInput, StepInput
+from llm_core.batch import SeqInput, StepInput, TokenFeed
 from llm_core.config import EngineConfig
 from llm_core.worker.cuda_graph import (
     DecodeGraphRunner,
+    PrefillGraphRunner,
     batch_buckets,
     bucket_for,
     context_buckets,
     decode_arrays,
     is_plain_decode,
     pad_decode_step,
+    token_buckets,
 )
 from llm_core.worker.model_runner import ModelRunner
 
@@ -152,3 +154,81 @@ def test_static_path_matches_eager(runner: ModelRunner) -> None:
     assert not graphs.can_run(_decode_step(list(range(9)), [1] * 9, [1] * 9, list(range(9))))
     assert not graphs.can_run(_decode_step([0], [64], [1], [5]))
     assert graphs.can_run(_decode_step([0], [63], [1], [5]))
+
+
+def test_token_buckets() -> None:
+    assert token_buckets(1) == (16,)
+    assert token_buckets(100) == (16, 32, 48, 64, 80, 96, 112)
+    full = token_buckets(2048)
+    assert full[:3] == (16, 32, 48) and full[31] == 512 and full[32:34] == (576, 640)
+    assert full[39] == 1024 and full[40:] == tuple(range(1152, 2049, 128))
+    assert token_buckets(2049)[-1] == 2176
+    with pytest.raises(ValueError):
+        token_buckets(0)
+    with pytest.raises(ValueError, match="cuda_graph_max_tokens"):
+        EngineConfig(model_dir="x", cuda_graph_max_tokens=-1)
+
+
+def _mixed_step(runner: ModelRunner, decode_rows, decode_lens, prompt_rows, prompt_lens, first_slot: int, seed: int):
+    """Decode rows (one new token after their prefix), then prompts from position 0: a mixed step."""
+    g, slot, seqs = torch.Generator().manual_seed(seed), first_slot, []
+    for row, n in zip(decode_rows, decode_lens, strict=True):
+        seqs.append(SeqInput(row, n, [int(torch.randint(3, 200, (1,), generator=g))], [slot], 1))
+        slot += 1
+    for row, n in zip(prompt_rows, prompt_lens, strict=True):
+        seqs.append(SeqInput(row, 0, torch.randint(3, 200, (n,), generator=g).tolist(), list(range(slot, slot + n)), n))
+        slot += n
+    return StepInput(is_prefill=True, seqs=seqs, num_decode=len(decode_rows))
+
+
+@pytest.mark.parametrize("kind", ["prefill", "mixed", "mixed_fed", "pooled"])
+def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> None:
+    """PrefillGraphRunner's piecewise static-buffer path (what is captured on CUDA, attention eager in between) and
+    the eager step on a padded batch both give the unpadded eager step's logits, K/V and hidden rows."""
+    pieces = PrefillGraphRunner(runner.model, runner.kv, runner.ops, max_tokens=48, capture=False)
+    assert pieces.buckets == (16, 32, 48)
+    if kind == "prefill":
+        step = _mixed_step(runner, [], [], [2, 5], [5, 8], 0, seed=3)
+    else:
+        _prefill(runner, [1, 4], [6, 9], 30)
+        step = _mixed_step(runner, [1, 4], [6, 9], [0, 7], [11, 4], 60, seed=4)
+    if kind == "pooled":
+        step.seqs[-1].pooling = "mean"
+    feed = None
+    if kind == "mixed_fed":  # the decode rows' ids are still on the device: placeholders on the host
+        real = [s.new_token_ids[0] for s in step.seqs[:2]]
+        for s in step.seqs[:2]:
+            s.new_token_ids = [0]
+        feed = TokenFeed(positions=torch.tensor([0, 1]), token_ids=torch.tensor(real))
+    num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
+    bucket = pieces.bucket_for(step)
+    assert bucket == (16 if kind == "prefill" else 32) and bucket > num_tokens
+
+    def cache_of(step):  # this step's K and V, all layers
+        slots = torch.tensor([x for s in step.seqs for x in s.new_slots])
+        return torch.stack([torch.cat([k[slots], v[slots]]) for k, v in zip(runner.kv.k, runner.kv.v, strict=True)])
+
+    ref_logits, ref_hidden = runner.model.forward_with_hidden(runner.prepare(step, feed), runner.kv, runner.ops)
+    ref_logits, ref_kv = ref_logits.clone(), cache_of(step)
+    for layer in range(len(runner.kv.k)):  # the paths below must store the K/V again
+        runner.kv.k[layer][torch.tensor([x for s in step.seqs for x in s.new_slots])] = 0
+    padded = runner.prepare(step, feed, pad_to=bucket)
+    assert padded.input_ids.shape == padded.positions.shape == padded.out_slots.shape == (bucket,)
+    assert padded.out_slots[num_tokens:].tolist() == [runner.kv.num_slots] * (bucket - num_tokens)
+    eager_logits, eager_hidden = runner.model.forward_with_hidden(padded, runner.kv, runner.ops)
+    torch.testing.assert_close(eager_logits, ref_logits, rtol=1e-5, atol=1e-5)
+    logits, hidden = pieces.forward(runner.prepare(step, feed, pad_to=bucket), num_tokens)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache_of(step), ref_kv, rtol=1e-5, atol=1e-5)
+    if kind == "pooled":
+        assert hidden.shape == ref_hidden.shape == (4, runner.model_config.hidden_size)
+        torch.testing.assert_close(hidden, ref_hidden, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(eager_hidden, ref_hidden, rtol=1e-5, atol=1e-5)
+    else:
+        assert hidden is None and ref_hidden is None
+    assert int(runner.kv.req_to_slot[-1, 0]) == runner.kv.num_slots  # padding wrote no table entry
+    # Steps the runner declines: decode steps, images, more tokens than the last bucket.
+    assert pieces.bucket_for(_decode_step([0], [3], [1], [5])) is None
+    images = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [1, 2], [3, 4], 2, np.zeros((1, 8), np.float32))])
+    assert pieces.bucket_for(images) is None
+    assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [49], 0, seed=5)) is None
