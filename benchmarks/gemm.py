@@ -7,6 +7,7 @@ shapes into a step's GEMM time (32 layers + lm_head) for each backend: how much 
 much a better GEMM could take off.
 
   python benchmarks/gemm.py --rows 64 128 256 384 --out gemm.md
+  python benchmarks/gemm.py --cublas-only --rows $(seq 384 2 432)   # cuBLAS alone, e.g. around a graph bucket
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[64, 128, 192, 256, 384, 512])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--sweep-rows", type=int, default=256, help="rows at which every Triton config is timed")
+    ap.add_argument("--cublas-only", action="store_true", help="time cuBLAS alone (no Triton sweep)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -106,7 +108,7 @@ def main() -> int:
 
             torch_ms = _time_calls(cublas, weights, x, args.iters) / 1e3
             ref = torch.nn.functional.linear(x, ws[0]).float()
-            cfgs = CONFIGS if m == args.sweep_rows or name == "o" else CONFIGS[::3]
+            cfgs = [] if args.cublas_only else CONFIGS if m == args.sweep_rows or name == "o" else CONFIGS[::3]
             best = (float("inf"), None)
             for cfg in cfgs:
                 try:

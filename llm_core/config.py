@@ -49,7 +49,7 @@ class EngineConfig:
     # per token-count bucket (worker/cuda_graph.py), at tp 1 (unmeasured at tp > 1: eager there).
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
-    cuda_graph_max_tokens: int = 2048
+    cuda_graph_max_tokens: int = 1024  # larger steps take the GPU about as long as the host takes to launch them
     # Before the engine reports ready, compile every Triton kernel variant a step can launch (a few prefill
     # shapes) and capture every decode-graph bucket, so no request pays for compilation.
     warmup: bool = True

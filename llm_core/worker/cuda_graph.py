@@ -5,7 +5,7 @@ A Llama-3-8B decode step launches ~600 kernels; launched from Python it is bound
 overhead (16 ms at batch 1 on an H200 against ~3.7 ms of weight reads). `DecodeGraphRunner`
 captures the whole decode forward once per (batch bucket, context bucket) and replays it:
 
-* Batch buckets 1, 2, 4, 8, 16, 32, 48, ..., max_batch: a batch of B sequences runs in the smallest bucket
+* Batch buckets 1, 2, 4, 8, 16, 24, 40, ..., max_batch: a batch of B sequences runs in the smallest bucket
   >= B, padded with dummy sequences: request row `max_reqs` (the KVCache padding row), one new
   token at position 0 stored to the dummy slot `num_slots`, seq_len 1 (it reads only that
   slot, since unused req_to_slot entries point at it). Padded rows cost a few GEMM rows.
@@ -28,7 +28,7 @@ captures the whole decode forward once per (batch bucket, context bucket) and re
 Prefill and mixed steps carry any mix of sequences and query lengths, which would need a graph per
 (tokens, sequences, decode rows, query length, context) combination with whole-step graphs. Their attention is
 the only part that depends on more than the token count, so `PrefillGraphRunner` captures the rest per
-token-count bucket (every 16 tokens to 512, then every 64 to 1024, then every 128): one graph from the
+token-count bucket (`token_buckets`: every 16 tokens to 512, then every 32): one graph from the
 embeddings to layer 0's queries, one per layer boundary (o_proj, norms, MLP, the next layer's norm, QKV, rotary
 and K/V store), one after the last layer; attention runs eagerly between them on the real tokens, the logits
 after them. An eager mixed step is ~430 launches that take the host longer than the GPU needs for them
@@ -59,42 +59,42 @@ FIELDS = ("input_ids", "positions", "table_index", "out_slots", "req_rows", "pre
 _I32_FROM = 3  # FIELDS[3:] are int32 in the ForwardBatch
 
 
-BATCH_STEP = 16  # batch buckets above 16 rows are this far apart
+# cuBLAS on an H200 (torch 2.11, CUDA 13) picks slower kernels at many row counts that are multiples of 16 but
+# not of 128: 400 rows take 12% longer than 408 for a step's GEMMs, 208 6% longer than 200; at 8 more than a
+# multiple of 16 it was never slower than its neighbours (benchmarks/gemm.py --cublas-only, 8 to 2048 rows;
+# benchmarks/RESULTS.md). Graph buckets past 16 rows sit there: 24, 40, 56, ...
+ROW_STEP = 16
 
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
-    """1, 2, 4, 8, 16, then every BATCH_STEP rows below max_batch, then max_batch itself. A step runs padded to
-    its bucket: past 16 rows the padding stays under BATCH_STEP rows, where doubling buckets would run a batch
-    of 130 as 256 (a decode GEMM of 256 rows is no longer bound by the weight reads alone on an H200)."""
+    """1, 2, 4, 8, 16, then 24, 40, 56, ... (every ROW_STEP rows, 8 past a multiple of it) below max_batch, then
+    max_batch itself. A decode step runs padded to its bucket: past 16 rows the padding stays under ROW_STEP rows,
+    where doubling buckets would run a batch of 130 as 256 (a decode GEMM of 256 rows is no longer bound by the
+    weight reads alone on an H200)."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     out, b = [], 1
-    while b < min(max_batch, BATCH_STEP):
+    while b < min(max_batch, ROW_STEP):
         out.append(b)
         b *= 2
-    b = BATCH_STEP
+    b = ROW_STEP
     while b < max_batch:
         out.append(b)
-        b += BATCH_STEP
+        b += ROW_STEP if b > ROW_STEP else ROW_STEP // 2
     out.append(max_batch)
     return tuple(out)
 
 
-# (up to this many tokens, bucket step) of the prefill graphs' token buckets; beyond the last, the last step.
-TOKEN_BUCKET_STEPS = ((512, 16), (1024, 64))
-LAST_TOKEN_STEP = 128
-
-
 def token_buckets(max_tokens: int) -> tuple[int, ...]:
-    """Token counts of the prefill graphs: every 16 tokens to 512, every 64 to 1024, then every 128, up to the
-    first bucket >= max_tokens. A step runs padded to its bucket (GEMMs of a few hundred rows cost about their
-    rows, so the padding stays a few percent)."""
+    """Token counts of the prefill graphs, up to the first >= max_tokens: 8, 24, 40, ..., 504 (every ROW_STEP, 8
+    past a multiple of it), 512, then every 32 to 1024, then every 64. A step runs padded to its bucket; past 512
+    tokens its GEMMs grow with their rows, so 32 more cost ~3%."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    out, n = [], 0
-    while n < max_tokens:
-        n += next((step for limit, step in TOKEN_BUCKET_STEPS if n < limit), LAST_TOKEN_STEP)
-        out.append(n)
+    out = [ROW_STEP // 2]
+    while out[-1] < max_tokens:
+        n = out[-1]
+        out.append(n + ROW_STEP if n + ROW_STEP < 512 else 512 if n < 512 else n + 32 if n < 1024 else n + 64)
     return tuple(out)
 
 

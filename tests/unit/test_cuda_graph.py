@@ -30,8 +30,9 @@ def test_batch_buckets() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(8) == (1, 2, 4, 8)
     assert batch_buckets(16) == (1, 2, 4, 8, 16)
-    assert batch_buckets(256) == (1, 2, 4, 8, 16) + tuple(range(32, 257, 16))
-    assert batch_buckets(100) == (1, 2, 4, 8, 16, 32, 48, 64, 80, 96, 100)
+    assert batch_buckets(256) == (1, 2, 4, 8, 16) + tuple(range(24, 256, 16)) + (256,)
+    assert batch_buckets(100) == (1, 2, 4, 8, 16, 24, 40, 56, 72, 88, 100)
+    assert batch_buckets(20) == (1, 2, 4, 8, 16, 20)
     assert batch_buckets(12) == (1, 2, 4, 8, 12)
     with pytest.raises(ValueError):
         batch_buckets(0)
@@ -46,7 +47,7 @@ def test_context_buckets() -> None:
 
 @pytest.mark.parametrize(
     ("n", "expected"),
-    [(1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (17, 32), (64, 64), (65, 80), (97, 100), (100, 100), (101, None)],
+    [(1, 1), (2, 2), (3, 4), (5, 8), (17, 24), (25, 40), (64, 72), (72, 72), (89, 100), (100, 100), (101, None)],
 )
 def test_bucket_for(n: int, expected: int | None) -> None:
     assert bucket_for(n, batch_buckets(100)) == expected
@@ -157,12 +158,13 @@ def test_static_path_matches_eager(runner: ModelRunner) -> None:
 
 
 def test_token_buckets() -> None:
-    assert token_buckets(1) == (16,)
-    assert token_buckets(100) == (16, 32, 48, 64, 80, 96, 112)
+    assert token_buckets(1) == (8,)
+    assert token_buckets(100) == (8, 24, 40, 56, 72, 88, 104)
     full = token_buckets(2048)
-    assert full[:3] == (16, 32, 48) and full[31] == 512 and full[32:34] == (576, 640)
-    assert full[39] == 1024 and full[40:] == tuple(range(1152, 2049, 128))
-    assert token_buckets(2049)[-1] == 2176
+    assert full[:3] == (8, 24, 40) and full[31:34] == (504, 512, 544)
+    assert full[48] == 1024 and full[49:] == tuple(range(1088, 2049, 64))
+    assert token_buckets(2049)[-1] == 2112
+    assert len(token_buckets(EngineConfig(model_dir="x").cuda_graph_max_tokens)) == 49
     with pytest.raises(ValueError):
         token_buckets(0)
     with pytest.raises(ValueError, match="cuda_graph_max_tokens"):
@@ -186,7 +188,7 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
     """PrefillGraphRunner's piecewise static-buffer path (what is captured on CUDA, attention eager in between) and
     the eager step on a padded batch both give the unpadded eager step's logits, K/V and hidden rows."""
     pieces = PrefillGraphRunner(runner.model, runner.kv, runner.ops, max_tokens=48, capture=False)
-    assert pieces.buckets == (16, 32, 48)
+    assert pieces.buckets == (8, 24, 40, 56)
     if kind == "prefill":
         step = _mixed_step(runner, [], [], [2, 5], [5, 8], 0, seed=3)
     else:
@@ -202,7 +204,7 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
         feed = TokenFeed(positions=torch.tensor([0, 1]), token_ids=torch.tensor(real))
     num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
     bucket = pieces.bucket_for(step)
-    assert bucket == (16 if kind == "prefill" else 32) and bucket > num_tokens
+    assert bucket == 24 and bucket > num_tokens
 
     def cache_of(step):  # this step's K and V, all layers
         slots = torch.tensor([x for s in step.seqs for x in s.new_slots])
@@ -231,4 +233,4 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
     assert pieces.bucket_for(_decode_step([0], [3], [1], [5])) is None
     images = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [1, 2], [3, 4], 2, np.zeros((1, 8), np.float32))])
     assert pieces.bucket_for(images) is None
-    assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [49], 0, seed=5)) is None
+    assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [57], 0, seed=5)) is None
