@@ -9,11 +9,11 @@ rank 0 is profiled (NCCL; engine defaults for the all-reduce path).
   python benchmarks/profile_decode.py --batch 1 64 --ctx 512 --out profile.md
   python benchmarks/profile_decode.py --tp 2 --batch 1 64 --out profile_tp2.md
 
-With --mixed N1 N2 ...: an eager mixed step (what W1 runs while prompts keep arriving): --batch decode rows at
---ctx plus one prompt per length given.
+With --mixed N1 N2 ...: a mixed step (what W1 runs while prompts keep arriving): --batch decode rows at
+--ctx plus one prompt per length given; piecewise graphs up to LLM_CUDA_GRAPH_MAX_TOKENS (0: eager).
 
-With --prefill N: the same for one eager prefill step of one N-token prompt (LAT's is 512), plus the host
-time of its launch (forward() returning, before any sync): a launch as long as the GPU time with large gaps
+With --prefill N: the same for one prefill step of one N-token prompt (LAT's is 512). Both report the host
+time of the launch (forward() returning, before any sync): a launch as long as the GPU time with large gaps
 means launch-bound; with small gaps, something in the launch waits for the device.
 """
 
@@ -131,10 +131,12 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         step_ms = statistics.median(times)
         total_us = sum(sum(v) for v in kernels.values()) / args.steps
         launches = sum(len(v) for v in kernels.values()) / args.steps
+        graphs = runner.use_cuda_graph and runner.prefill_graphs is not None
+        how = "graphs" if graphs and runner.prefill_graphs.bucket_for(step) else "eager"
         what = {
-            "prefill": f"prefill of {batch} tokens",
+            "prefill": f"prefill of {batch} tokens, {how}",
             "decode": f"batch {batch}, context {ctx}",
-            "mixed": f"mixed, eager: {batch} decode rows at context {ctx} + prompts of {args.mixed} tokens",
+            "mixed": f"mixed, {how}: {batch} decode rows at context {ctx} + prompts of {args.mixed} tokens",
         }[kind]
         lines += [
             f"## {what}: step {step_ms * 1e3:.0f} us (median of {args.steps}; host launch "
