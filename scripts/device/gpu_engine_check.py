@@ -119,6 +119,18 @@ def check_fp32_greedy(arch: str, device: str, work: Path) -> dict:
     }
 
 
+def _graph_and_eager(runner: ModelRunner, step: StepInput) -> tuple[torch.Tensor, float]:
+    """(the step's logits on the CPU, their max relative difference from the same step run eagerly first; 0.0
+    without graphs). The graphs store the same K/V again."""
+    if not runner.use_cuda_graph:
+        return runner.forward(step).float().cpu(), 0.0
+    runner.use_cuda_graph = False
+    eager = runner.forward(step).float().cpu()
+    runner.use_cuda_graph = True
+    ours = runner.forward(step).float().cpu()
+    return ours, ((ours - eager).abs().max() / eager.abs().max()).item()
+
+
 def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -133,14 +145,7 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
     for row, ids in enumerate(prompts):
         step.seqs.append(SeqInput(row, 0, ids, list(range(next_slot, next_slot + len(ids))), len(ids)))
         next_slot += len(ids)
-    prefill_vs_eager = 0.0
-    if runner.use_cuda_graph:  # the same prefill eagerly first (the graphs store the same K/V again)
-        runner.use_cuda_graph = False
-        eager = runner.forward(step).float().cpu()
-        runner.use_cuda_graph = True
-    ours = runner.forward(step).float().cpu()
-    if runner.use_cuda_graph:
-        prefill_vs_eager = ((ours - eager).abs().max() / eager.abs().max()).item()
+    ours, prefill_vs_eager = _graph_and_eager(runner, step)
 
     def rel_err(row_logits, ids) -> float:
         with torch.no_grad():
@@ -158,14 +163,8 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
             step.seqs.append(SeqInput(row, len(ids), [next_ids[row]], [next_slot], len(prompts[row])))
             ids.append(next_ids[row])
             next_slot += 1
-        eager = None
-        if runner.use_cuda_graph:  # the same step eagerly first; the graph stores the same K/V again
-            runner.use_cuda_graph = False
-            eager = runner.forward(step).float().cpu()
-            runner.use_cuda_graph = True
-        ours = runner.forward(step).float().cpu()
-        if eager is not None:
-            graph_vs_eager = max(graph_vs_eager, ((ours - eager).abs().max() / eager.abs().max()).item())
+        ours, diff = _graph_and_eager(runner, step)
+        graph_vs_eager = max(graph_vs_eager, diff)
         decode_worst = max(decode_worst, *(rel_err(ours[row], ids) for row, ids in enumerate(seqs)))
     # A mixed step: the 3 sequences decode one more token while a new prompt (row 3) is prefilled with them.
     next_ids = ours.argmax(-1).tolist()
@@ -176,14 +175,7 @@ def check_bf16_logits(arch: str, device: str, work: Path) -> dict:
         ids.append(next_ids[row])
         next_slot += 1
     step.seqs.append(SeqInput(3, 0, prompt, list(range(next_slot, next_slot + len(prompt))), len(prompt)))
-    mixed_vs_eager = 0.0
-    if runner.use_cuda_graph:
-        runner.use_cuda_graph = False
-        eager = runner.forward(step).float().cpu()
-        runner.use_cuda_graph = True
-    ours = runner.forward(step).float().cpu()
-    if runner.use_cuda_graph:
-        mixed_vs_eager = ((ours - eager).abs().max() / eager.abs().max()).item()
+    ours, mixed_vs_eager = _graph_and_eager(runner, step)
     mixed_worst = max(rel_err(ours[row], ids) for row, ids in enumerate([*seqs, prompt]))
     graphs, pieces = runner.num_graphs()
     graphs_ok = device != "cuda" or not CUDA_GRAPH or (graphs > 0 and pieces > 0 and not runner.graph_failed)
