@@ -234,3 +234,29 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
     images = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [1, 2], [3, 4], 2, np.zeros((1, 8), np.float32))])
     assert pieces.bucket_for(images) is None
     assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [57], 0, seed=5)) is None
+
+
+def test_model_runner_routes_prefill_steps_through_the_graphs(runner: ModelRunner, monkeypatch) -> None:
+    """ModelRunner.forward_with_hidden sends prefill and mixed steps through PrefillGraphRunner (padded to a bucket)
+    when graphs are on, and runs the padded batch eagerly, graphs off from then on, when a graph fails."""
+    pieces = PrefillGraphRunner(runner.model, runner.kv, runner.ops, max_tokens=48, capture=False)
+    _prefill(runner, [3, 6], [5, 8], 140)
+    step = _mixed_step(runner, [3, 6], [5, 8], [2], [13], 170, seed=6)
+    ref = runner.forward(step).clone()  # eager: graphs are off on CPU
+    calls = []
+    forward = pieces.forward
+    monkeypatch.setattr(
+        pieces, "forward", lambda batch, n: calls.append((batch.input_ids.shape[0], n)) or forward(batch, n)
+    )
+    monkeypatch.setattr(runner, "prefill_graphs", pieces)
+    monkeypatch.setattr(runner, "use_cuda_graph", True)
+    torch.testing.assert_close(runner.forward(step), ref, rtol=1e-5, atol=1e-5)
+    assert calls == [(24, 15)]  # 2 decode rows + 13 prompt tokens, padded to the 24-token bucket
+
+    def broken(batch, n):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(pieces, "forward", broken)
+    torch.testing.assert_close(runner.forward(step), ref, rtol=1e-5, atol=1e-5)  # the padded batch, eagerly
+    assert runner.graph_failed and not runner.use_cuda_graph
+    runner.graph_failed = False  # the module's runner is shared
