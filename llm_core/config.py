@@ -51,7 +51,7 @@ class EngineConfig:
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
     cuda_graph_max_tokens: int = 1024  # larger steps take the GPU about as long as the host takes to launch them
     # Before the engine reports ready, compile every Triton kernel variant a step can launch (a few prefill
-    # shapes) and capture every decode-graph bucket, so no request pays for compilation.
+    # shapes) and capture every CUDA-graph bucket (decode, prefill), so no request pays for compilation.
     warmup: bool = True
     # tp > 1 on CUDA: small all-reduces over symmetric memory (NVLink P2P) instead of NCCL (collectives.py):
     # those of o_proj/down_proj (up to 64 rows) fused with the residual add and RMSNorm in one kernel, the other

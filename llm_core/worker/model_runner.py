@@ -124,7 +124,7 @@ class ModelRunner:
         )  # fmt: skip
 
     def warm_up(self, force: bool = False) -> None:
-        """Compile every Triton kernel variant a step can launch and capture every decode graph, so that
+        """Compile every Triton kernel variant a step can launch and capture every CUDA graph, so that
         the first requests after ready pay for neither (worker/warmup.py). CUDA with the Triton ops (and
         cfg.warmup) only, unless `force` (tests: the same steps through the torch ops)."""
         if not force and (not self.cfg.warmup or self.ops is torch_ops):
