@@ -30,6 +30,14 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+def prefill_graph_tokens(cfg: EngineConfig) -> int:
+    """Tokens of the largest prefill graph bucket needed: cuda_graph_max_tokens, or fewer when no step can be that
+    large (a prefill step carries at most max_prefill_tokens; a mixed step mixed_prefill_tokens and a decode row
+    per running request)."""
+    largest = max(cfg.max_prefill_tokens, cfg.mixed_prefill_tokens + cfg.max_running_requests)
+    return min(cfg.cuda_graph_max_tokens, largest)
+
+
 class ModelRunner:
     """Owns the model shard and the KV pool shard of one rank."""
 
@@ -110,9 +118,9 @@ class ModelRunner:
         if self.use_cuda_graph:
             pool = torch.cuda.graph_pool_handle()  # one memory pool for all graphs (outputs live outside it)
             self.graph_runner = self.new_graph_runner(pool)
-            if self.cfg.cuda_graph_max_tokens and self.cfg.tp == 1:
+            if prefill_graph_tokens(self.cfg) and self.cfg.tp == 1:
                 self.prefill_graphs = PrefillGraphRunner(
-                    self.model, self.kv, self.ops, self.cfg.cuda_graph_max_tokens, pool=pool
+                    self.model, self.kv, self.ops, prefill_graph_tokens(self.cfg), pool=pool
                 )
 
     def new_graph_runner(self, pool=None) -> DecodeGraphRunner:

@@ -23,7 +23,7 @@ from llm_core.worker.cuda_graph import (
     pad_decode_step,
     token_buckets,
 )
-from llm_core.worker.model_runner import ModelRunner
+from llm_core.worker.model_runner import ModelRunner, prefill_graph_tokens
 
 
 def test_batch_buckets() -> None:
@@ -164,7 +164,10 @@ def test_token_buckets() -> None:
     assert full[:3] == (8, 24, 40) and full[31:34] == (504, 512, 544)
     assert full[48] == 1024 and full[49:] == tuple(range(1088, 2049, 64))
     assert token_buckets(2049)[-1] == 2112
-    assert len(token_buckets(EngineConfig(model_dir="x").cuda_graph_max_tokens)) == 49
+    assert len(token_buckets(prefill_graph_tokens(EngineConfig(model_dir="x")))) == 49
+    small = EngineConfig(model_dir="x", max_prefill_tokens=128, mixed_prefill_tokens=64, max_running_requests=16)
+    assert prefill_graph_tokens(small) == 128 and token_buckets(128)[-1] == 136
+    assert prefill_graph_tokens(EngineConfig(model_dir="x", cuda_graph_max_tokens=0)) == 0
     with pytest.raises(ValueError):
         token_buckets(0)
     with pytest.raises(ValueError, match="cuda_graph_max_tokens"):
