@@ -45,9 +45,9 @@ class EngineConfig:
     dist_port: int | None = None  # torch.distributed rendezvous port for tp > 1 (None: pick free)
     # CUDA graphs (device "cuda" with the Triton ops only; ignored on CPU and with force_torch_ops; False turns
     # all of them off): decode steps replay whole-step graphs captured per batch-size bucket, at every tp; prefill
-    # and mixed steps of up to cuda_graph_max_tokens tokens (0: none; capped at the largest step the limits below
-    # allow) replay graphs of everything but attention
-    # per token-count bucket (worker/cuda_graph.py), at tp 1 (unmeasured at tp > 1: eager there).
+    # and mixed steps of up to cuda_graph_max_tokens tokens (0: none; capped at the largest step the limits above
+    # allow) replay graphs of everything but attention per token-count bucket (worker/cuda_graph.py), at tp 1
+    # (unmeasured at tp > 1: eager there).
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256  # decode batches above min(this, max_running_requests) run eagerly
     cuda_graph_max_tokens: int = 1024  # larger steps take the GPU about as long as the host takes to launch them
