@@ -132,7 +132,8 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         total_us = sum(sum(v) for v in kernels.values()) / args.steps
         launches = sum(len(v) for v in kernels.values()) / args.steps
         graphs = runner.use_cuda_graph and runner.prefill_graphs is not None
-        how = "graphs" if graphs and runner.prefill_graphs.bucket_for(step) else "eager"
+        num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
+        how = "graphs" if graphs and runner.prefill_graphs.bucket_for(step, num_tokens) else "eager"
         what = {
             "prefill": f"prefill of {batch} tokens, {how}",
             "decode": f"batch {batch}, context {ctx}",

@@ -153,20 +153,34 @@ def is_plain_decode(step) -> bool:
     return not step.is_prefill and all(len(s.new_token_ids) == 1 and len(s.new_slots) == 1 for s in step.seqs)
 
 
-def capture_graph(fn: Callable[[], None], pool, stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
-    """fn's device work captured into a CUDA graph on `stream` (idle), its allocations from the memory pool `pool`.
+def capture_graphs(fns: Sequence[Callable[[], None]], pool, device: torch.device, warm_runs: int) -> list:
+    """One CUDA graph per function, in order, allocating from the memory pool `pool`. Each function first runs
+    `warm_runs` times eagerly on a side stream (Triton compiles, cuBLAS workspaces, NCCL communicators), then all
+    are captured on that stream, idle by then.
 
     torch.cuda.graph() would also run gc.collect() and empty the allocator's cache before each capture: ~10 ms
     a graph here, for ~1,600 of them at start-up; every tensor a graph keeps is persistent anyway.
     thread_local: the NCCL watchdog thread (tp > 1) may query its events during capture."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-        try:
-            fn()
-        finally:
-            graph.capture_end()
-    return graph
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for fn in fns:
+            for _ in range(warm_runs):
+                fn()
+    current.wait_stream(side)
+    torch.cuda.synchronize(device)
+    graphs = []
+    with torch.cuda.stream(side):
+        for fn in fns:
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                fn()
+            finally:
+                graph.capture_end()
+            graphs.append(graph)
+    return graphs
 
 
 @dataclass(slots=True)
@@ -303,18 +317,9 @@ class DecodeGraphRunner:
 
         if not self.capture:
             return _Entry(run=fn, graph=None)
-        # Warm up on a side stream (Triton compiles, cuBLAS workspaces, NCCL communicators) with
-        # all-padding inputs, which touch only the dummy row and slot; then capture.
+        # Warmed up and captured with all-padding inputs, which touch only the dummy row and slot.
         self.stage(decode_arrays((), bs, self.dummy_row, self.dummy_slot, self.row_stride))
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                fn()
-        current.wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        graph = capture_graph(fn, self._pool, side)
+        (graph,) = capture_graphs([fn], self._pool, self.device, warm_runs=2)
         return _Entry(run=graph.replay, graph=graph)
 
 
@@ -350,11 +355,12 @@ class PrefillGraphRunner:
     def num_graphs(self) -> int:
         return sum(len(pieces) for pieces in self._entries.values()) if self.capture else 0
 
-    def bucket_for(self, step: StepInput) -> int | None:
-        """The token bucket of a prefill or mixed step without images, or None if it must run eagerly."""
+    def bucket_for(self, step: StepInput, num_tokens: int) -> int | None:
+        """The token bucket of a prefill or mixed step of `num_tokens` new tokens without images, or None if it
+        must run eagerly."""
         if not step.is_prefill or any(s.image_embeds is not None for s in step.seqs):
             return None
-        return bucket_for(sum(len(s.new_token_ids) for s in step.seqs), self.buckets)
+        return bucket_for(num_tokens, self.buckets)
 
     def forward(self, batch: ForwardBatch, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, hidden rows) as the model's forward_with_hidden, for a batch prepared with its tokens padded
@@ -402,19 +408,9 @@ class PrefillGraphRunner:
         fns = [functools.partial(self._piece, i, n) for i in range(len(self.layers) + 1)]
         if not self.capture:
             return [_Entry(run=fn, graph=None) for fn in fns]
-        # All padding while capturing (token 0 at position 0 into the dummy slot); one eager pass on a side
-        # stream first (Triton compiles, cuBLAS workspaces), then one graph per piece in the shared pool.
+        # All padding while capturing (token 0 at position 0 into the dummy slot); one graph per piece.
         self._ids[:n].zero_()
         self._positions[:n].zero_()
         self._slots[:n].fill_(self.kv.num_slots)
-        device = self._ids.device
-        current = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for fn in fns:
-                fn()
-        current.wait_stream(side)
-        torch.cuda.synchronize(device)
-        graphs = [capture_graph(fn, self._pool, side) for fn in fns]
+        graphs = capture_graphs(fns, self._pool, self._ids.device, warm_runs=1)
         return [_Entry(run=graph.replay, graph=graph) for graph in graphs]

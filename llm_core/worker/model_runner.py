@@ -118,10 +118,9 @@ class ModelRunner:
         if self.use_cuda_graph:
             pool = torch.cuda.graph_pool_handle()  # one memory pool for all graphs (outputs live outside it)
             self.graph_runner = self.new_graph_runner(pool)
-            if prefill_graph_tokens(self.cfg) and self.cfg.tp == 1:
-                self.prefill_graphs = PrefillGraphRunner(
-                    self.model, self.kv, self.ops, prefill_graph_tokens(self.cfg), pool=pool
-                )
+            max_tokens = prefill_graph_tokens(self.cfg)
+            if max_tokens and self.cfg.tp == 1:
+                self.prefill_graphs = PrefillGraphRunner(self.model, self.kv, self.ops, max_tokens, pool=pool)
 
     def new_graph_runner(self, pool=None) -> DecodeGraphRunner:
         """Decode graphs over this runner's model and KV pool, captured lazily per batch bucket."""
@@ -156,7 +155,7 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
         self.warmup_s = time.perf_counter() - t0
         log.info("rank %d warm: %d prefill shapes, %d decode graphs, %d prefill graph pieces in %.1f s", self.rank,
-                 len(steps), self.num_graphs()[0], self.num_graphs()[1], self.warmup_s)  # fmt: skip
+                 len(steps), *self.num_graphs(), self.warmup_s)  # fmt: skip
         self.late_compiles.install()
 
     def _warm_decode_attention(self) -> None:
@@ -262,7 +261,7 @@ class ModelRunner:
             assert step.is_prefill and starts[d] == d, "decode rows come first"
             batch.num_decode = d
             batch.prefill_query_start_loc = prefill_starts_t.to(torch.int32)
-            longest = max(seq_lens[: step.num_decode])
+            longest = max(seq_lens[:d])
             batch.decode_max_seq_len = bucket_for(longest, self.context_buckets) or longest
         if has_pooling:
             batch.hidden_indices = host_to_device(np.asarray(hidden_indices, dtype=np.int64), self.device)
@@ -302,11 +301,12 @@ class ModelRunner:
             except Exception:  # a capture that fails leaves the eager path working
                 self._graphs_failed()
         pieces = self.prefill_graphs if self.use_cuda_graph else None
-        bucket = pieces.bucket_for(step) if pieces is not None else None
+        num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
+        bucket = pieces.bucket_for(step, num_tokens) if pieces is not None else None
         batch = self.prepare(step, feed, pad_to=bucket or 0)
         if bucket is not None:
             try:
-                return pieces.forward(batch, sum(len(s.new_token_ids) for s in step.seqs))
+                return pieces.forward(batch, num_tokens)
             except Exception:  # the padded batch runs eagerly just as well
                 self._graphs_failed()
         return self.model.forward_with_hidden(batch, self.kv, self.ops)

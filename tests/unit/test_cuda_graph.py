@@ -206,7 +206,7 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
             s.new_token_ids = [0]
         feed = TokenFeed(positions=torch.tensor([0, 1]), token_ids=torch.tensor(real))
     num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
-    bucket = pieces.bucket_for(step)
+    bucket = pieces.bucket_for(step, num_tokens)
     assert bucket == 24 and bucket > num_tokens
 
     def cache_of(step):  # this step's K and V, all layers
@@ -233,10 +233,10 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
         assert hidden is None and ref_hidden is None
     assert int(runner.kv.req_to_slot[-1, 0]) == runner.kv.num_slots  # padding wrote no table entry
     # Steps the runner declines: decode steps, images, more tokens than the last bucket.
-    assert pieces.bucket_for(_decode_step([0], [3], [1], [5])) is None
+    assert pieces.bucket_for(_decode_step([0], [3], [1], [5]), 1) is None
     images = StepInput(is_prefill=True, seqs=[SeqInput(0, 0, [1, 2], [3, 4], 2, np.zeros((1, 8), np.float32))])
-    assert pieces.bucket_for(images) is None
-    assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [57], 0, seed=5)) is None
+    assert pieces.bucket_for(images, 2) is None
+    assert pieces.bucket_for(_mixed_step(runner, [], [], [0], [57], 0, seed=5), 57) is None
 
 
 def test_model_runner_routes_prefill_steps_through_the_graphs(runner: ModelRunner, monkeypatch) -> None:
