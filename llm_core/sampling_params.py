@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class SamplingParams:
 
     def to_json(self) -> str:
         """Canonical JSON: every field under its own name (what preprocess hands the llm step)."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps({f.name: getattr(self, f.name) for f in _FIELDS}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SamplingParams:
@@ -63,5 +63,7 @@ class SamplingParams:
     def needs_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
+
+_FIELDS = fields(SamplingParams)  # to_json's keys, in order (a shallow dict: asdict deep-copies every field)
 
 __all__ = ["SamplingParams"]

@@ -3,7 +3,10 @@
 Each `<image>` tag becomes `num_image_tokens` copies of `image_token_index` (what the LLaVA
 processor of transformers does), so the engine finds one image-token position per embedding row.
 Tokenization is the model tokenizer's default (special tokens such as BOS added), the same as
-`tokenizer(text)["input_ids"]` on the expanded text.
+`tokenizer(text)["input_ids"]` on the expanded text. A fast tokenizer is called through its `tokenizers`
+backend directly: transformers' `__call__` wraps one text in a batch that goes through the backend's thread
+pool, which on a served request (the step's process idle between requests, its cores asleep) cost more
+than the tokenization itself.
 """
 
 from __future__ import annotations
@@ -24,12 +27,25 @@ class PromptLimits:
     num_image_tokens: int = 0  # tokens per image
 
 
+def fast_backend(tokenizer: Any) -> Any | None:
+    """A fast tokenizer's `tokenizers.Tokenizer` when calling it directly gives `tokenizer(text)`'s ids: no
+    truncation or padding set on it (transformers clears both before each call; a plain `encode` would apply
+    them). None otherwise (a slow tokenizer, or one whose backend keeps such settings)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode"):
+        return None
+    return backend if backend.truncation is None and backend.padding is None else None
+
+
 class PromptEncoder:
     def __init__(self, tokenizer: Any, limits: PromptLimits) -> None:
         self.tokenizer = tokenizer
+        self.backend = fast_backend(tokenizer)
         self.limits = limits
 
     def _tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.backend is not None:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
     def _with_image_tokens(self, text: str, num_tags: int) -> list[int]:

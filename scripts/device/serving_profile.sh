@@ -4,12 +4,14 @@
 # postprocess while W1 runs (scripts/device/serving_profile.py), plus the kit's bench.json and metrics.
 # Needs the kit in .anchor/ (../shared/anchor/make_kit.sh) and, for the profiles, a py-spy wheel in .device/pyspy/:
 #   run: bash scripts/device/serving_profile.sh [workloads, default warmup,W1]
+#   (PROFILE=LAT profiles LAT instead of W1; PROFILE_DELAY / PROFILE_DURATION: the window, seconds)
 #   carry: [".anchor/bin", ".anchor/ours", ".device/pyspy"]
 set -uo pipefail
 OUT=${OUT:-/tmp/serving_profile}; mkdir -p "$OUT"
 W=${1:-warmup,W1}
 ls .device/pyspy/py_spy-*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-deps .device/pyspy/py_spy-*.whl >/dev/null 2>&1
-python3 scripts/device/serving_profile.py --wait-for "bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads W1" --out "$OUT/profile" &
+python3 scripts/device/serving_profile.py --wait-for "bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads ${PROFILE:-W1}" \
+  --delay "${PROFILE_DELAY:-6}" --duration "${PROFILE_DURATION:-8}" --out "$OUT/profile" &
 prof=$!
 DEADLINE=${DEADLINE:-520}
 R=/tmp/ours_res FRESH=${FRESH:-1} DEADLINE=$DEADLINE timeout $((DEADLINE + 40)) bash .anchor/bin/run_ours.sh "$W" > "$OUT/run_ours.log" 2>&1

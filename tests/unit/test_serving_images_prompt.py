@@ -92,6 +92,23 @@ def test_expansion_without_a_tag_token(tiny_llava, llava_tokenizer):
     assert ids.count(cfg.image_token_index) == 3
 
 
+def test_fast_backend_gives_the_tokenizers_ids(tiny_llava, tiny_llama, llava_tokenizer):
+    """The encoder calls a fast tokenizer's backend directly: the same ids as `tokenizer(text)`, with and
+    without special tokens; a backend that keeps truncation settings is not called directly."""
+    llama_tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama))
+    texts = ["Hello world", "  leading spaces and\nnew lines\t", "</s> <s> special-looking", "é ü 中文 🙂", "x " * 300]
+    for tokenizer in (llava_tokenizer, llama_tokenizer):
+        encoder = PromptEncoder(tokenizer, PromptLimits(4096, None))
+        assert encoder.backend is not None
+        for text in texts:
+            for special in (True, False):
+                assert encoder._tokenize(text, special) == tokenizer(text, add_special_tokens=special)["input_ids"]
+    truncating = AutoTokenizer.from_pretrained(str(tiny_llama))
+    truncating.backend_tokenizer.enable_truncation(max_length=4)
+    assert PromptEncoder(truncating, PromptLimits(4096, None)).backend is None
+    assert len(PromptEncoder(truncating, PromptLimits(4096, None)).encode("x " * 50, 0)) > 4
+
+
 @pytest.mark.parametrize(
     "text,num,field,problem",
     [
