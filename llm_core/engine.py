@@ -81,7 +81,7 @@ class Engine:
         `pooling`: an embedding request (see embed()); its one chunk carries `embedding`."""
         if self._closed:
             raise EngineDeadError("engine is shut down")
-        prompt_ids = [int(t) for t in prompt_ids]
+        prompt_ids = list(map(int, prompt_ids))
         embeds = check_request(self.model_config, self.max_model_len, prompt_ids, params, image_embeds)
         request_id = request_id or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         command = AddCommand(request_id, prompt_ids, params, embeds, pooling)

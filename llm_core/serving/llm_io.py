@@ -56,7 +56,7 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
         if values["max_tokens"] is not None:
             kwargs["max_tokens"] = as_int("max_tokens", values["max_tokens"])
         params = build_sampling_params(kwargs, default_max_tokens)
-    ids = [int(t) for t in ids.reshape(-1)]
+    ids = ids.reshape(-1).tolist()  # Python ints
     return LlmRequest(ids, embeds, params, stream, from_ensemble, values["postprocess_options"] or "")
 
 
