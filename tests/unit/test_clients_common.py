@@ -193,6 +193,16 @@ def test_bench_requests_and_summary():
     ins = np.array([len(r.prompt.split()) for r in reqs])
     assert outs.min() >= 4 and outs.max() <= 2048 and abs(outs.mean() - 180) < 12 and abs(ins.mean() - 200) < 12
     assert np.median(outs) < 0.8 * outs.mean()  # skewed: most requests short, a long tail
+    # The W1 preset draws the kit's lengths (its seed, its order): those of benchmarks/engine_workload.py.
+    from benchmarks.engine_workload import WORKLOADS, lengths
+
+    preset = argparse.Namespace(**{**vars(shaped), **bench_serving.WORKLOADS["W1"], "length_sigma": 0.8})
+    reqs = bench_serving.make_requests(preset, np.random.default_rng(preset.seed))
+    kit_rng = np.random.default_rng(1234)
+    _, _, in_spec, out_spec = WORKLOADS["W1"]
+    kit_ins, kit_outs = lengths(in_spec, 1000, kit_rng, 1.0), lengths(out_spec, 1000, kit_rng, 1.0)
+    assert [len(r.prompt.split()) for r in reqs] == kit_ins and [r.max_tokens for r in reqs] == kit_outs
+    assert max(kit_outs) == 1842 and kit_outs.index(1842) == 840
     timer = RequestTimer(start=0.0)
     for i in range(4):
         timer.add(Chunk("x", num_input_tokens=10, num_output_tokens=1), now=0.1 * (i + 1))
