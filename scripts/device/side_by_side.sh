@@ -48,9 +48,9 @@ if [ -n "${VENV:-}" ] && [ "$(elapsed)" -lt 300 ]; then  # the same server, W1 o
 {g['output_token_throughput']:.0f} out tok/s, TTFT p50 {g['ttft_ms']['p50']:.0f} ms, ok {g['completed']}\")" \
     "$OUT/ours/w1_grpc.json" 2> /dev/null | tee "$OUT/grpc.txt"
 fi
-# The kit's 8 warm-up requests once more, now on a warm server: what the same 8 take in steady state, beside
-# the first 8 after ready (issue 12's "ready means warm").
-timeout 60 python3 .anchor/bin/bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads warmup \
+# The kit's 8 warm-up requests once more (same lengths, other words: no prefix-cache hits) on the now-warm
+# server: what the 8 take in steady state, beside the first 8 after ready (issue 12's "ready means warm").
+timeout 60 python3 .anchor/bin/bench_driver.py --api triton --url http://127.0.0.1:8000 --workloads warmup --seed 4321 \
   --out "$OUT/ours/warmup_again.json" > "$OUT/ours/warmup_again.log" 2>&1
 python3 -c "import json, sys; w = json.load(open(sys.argv[1]))['warmup']; print(f\"ours: the 8 warm-up requests \
 again, warm: TTFT mean {w['ttft_mean_s'] * 1e3:.0f} ms, ok {w['ok']}\")" "$OUT/ours/warmup_again.json" 2> /dev/null \
