@@ -1,53 +1,105 @@
-"""Per-hop breakdown of the first token from Triton trace files (level=TIMESTAMPS)."""
-import json, sys, collections, statistics
-tr = []
-for f in sys.argv[1:]:
-    tr += json.load(open(f))
-info = {}; ts = collections.defaultdict(list)
-for e in tr:
-    if "model_name" in e:
-        info[e["id"]] = e
-    for t in e.get("timestamps", []):
-        ts[e["id"]].append((t["name"], t["ns"]))
-kids = collections.defaultdict(list)
-for i, e in info.items():
-    if e.get("parent_id") is not None:
-        kids[e["parent_id"]].append(i)
-def first(i, name):
-    v = [n for k, n in ts[i] if k == name]
-    return min(v) if v else None
-rows = collections.defaultdict(list)
-for i, e in info.items():
-    if e["model_name"] != "ensemble":
-        continue
-    start = first(i, "HTTP_RECV_START") or first(i, "GRPC_WAITREAD_START") or first(i, "REQUEST_START")
-    send = min((n for k, n in ts[i] if k == "INFER_RESPONSE_COMPLETE" and n), default=None)
-    by = collections.defaultdict(list)
-    for k in kids[i]:
-        by[info[k]["model_name"]].append(k)
-    if not all(m in by for m in ("preprocess", "visual", "llm", "postprocess")) or send is None:
-        continue
-    t = {}
-    p = by["preprocess"][0]; v = by["visual"][0]; l = by["llm"][0]
-    pp = min(by["postprocess"], key=lambda k: first(k, "REQUEST_START"))
-    t["recv->ens start"] = first(i, "REQUEST_START") - start
-    t["ens start->pre start"] = first(p, "REQUEST_START") - first(i, "REQUEST_START")
-    t["pre queue"] = first(p, "COMPUTE_START") - first(p, "REQUEST_START")
-    t["pre compute"] = first(p, "COMPUTE_END") - first(p, "COMPUTE_START")
-    t["pre end->vis start"] = first(v, "REQUEST_START") - first(p, "COMPUTE_END")
-    t["vis queue"] = first(v, "COMPUTE_START") - first(v, "REQUEST_START")
-    t["vis compute"] = first(v, "COMPUTE_END") - first(v, "COMPUTE_START")
-    t["vis end->llm start"] = first(l, "REQUEST_START") - first(v, "COMPUTE_END")
-    t["llm start->compute start"] = first(l, "COMPUTE_START") - first(l, "REQUEST_START")
-    t["llm compute (submit)"] = first(l, "COMPUTE_END") - first(l, "COMPUTE_START")
-    t["llm compute end->post start (first token)"] = first(pp, "REQUEST_START") - first(l, "COMPUTE_END")
-    t["post queue"] = first(pp, "COMPUTE_START") - first(pp, "REQUEST_START")
-    t["post compute"] = first(pp, "COMPUTE_END") - first(pp, "COMPUTE_START")
-    t["post compute end->ens response"] = send - first(pp, "COMPUTE_END")
-    t["TOTAL recv->first send"] = send - start
-    for k, x in t.items():
-        rows[k].append(x / 1e6)
-n = len(rows["TOTAL recv->first send"])
-print(f"{n} requests; median ms per hop")
-for k, v in rows.items():
-    print(f"  {k:45s} {statistics.median(v):7.3f}  (mean {statistics.mean(v):7.3f})")
+"""Where a streamed ensemble request's first token goes, hop by hop, from tritonserver's trace files.
+
+Start the server with tracing at level TIMESTAMPS (the launcher passes what follows `--` to tritonserver):
+
+  python -m llm_core.serving.launcher -- --trace-config triton,file=/tmp/trace.json --trace-config rate=1 \\
+      --trace-config level=TIMESTAMPS --trace-config count=-1 --trace-config triton,log-frequency=10
+
+send streamed requests to `ensemble` (e.g. the anchor kit's LAT), then
+
+  python benchmarks/trace_ttft.py /tmp/trace.json.*            (medians and means per hop)
+  python benchmarks/trace_ttft.py /tmp/trace.json.* --each     (one line per request, in arrival order)
+
+Triton writes a file every `log-frequency` traced requests. Each hop is the time between two timestamps of
+the ensemble or one of its steps: the HTTP/gRPC receive, each step's queue and compute (compute = the step's
+Python `execute`, with its input and output transfers), the llm step's own time until the first response
+reached postprocess (the engine's prefill and the way back), postprocess of that first response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+
+STEPS = ("preprocess", "visual", "llm", "postprocess")
+
+
+def load(paths: list[str]) -> tuple[dict[int, dict], dict[int, list[tuple[str, int]]]]:
+    info: dict[int, dict] = {}
+    stamps: dict[int, list[tuple[str, int]]] = collections.defaultdict(list)
+    for path in paths:
+        with open(path) as f:
+            for entry in json.load(f):
+                if "model_name" in entry:
+                    info[entry["id"]] = entry
+                for stamp in entry.get("timestamps", []):
+                    if stamp["ns"]:  # streamed HTTP responses carry zero send times
+                        stamps[entry["id"]].append((stamp["name"], stamp["ns"]))
+    return info, stamps
+
+
+def hops(info: dict[int, dict], stamps: dict[int, list[tuple[str, int]]]) -> list[tuple[int, dict[str, float]]]:
+    """(arrival ns, {hop: ms}) per ensemble request that has every step and a first response."""
+
+    def at(trace_id: int, name: str) -> int | None:
+        found = [ns for n, ns in stamps[trace_id] if n == name]
+        return min(found) if found else None
+
+    children: dict[int, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for trace_id, entry in info.items():
+        if entry.get("parent_id") is not None:
+            children[entry["parent_id"]][entry["model_name"]].append(trace_id)
+    out = []
+    for trace_id, entry in info.items():
+        steps = children[trace_id]
+        if entry["model_name"] != "ensemble" or not all(steps.get(s) for s in STEPS):
+            continue
+        received = at(trace_id, "HTTP_RECV_START") or at(trace_id, "GRPC_WAITREAD_START")
+        received = received or at(trace_id, "REQUEST_START")
+        first_response = at(trace_id, "INFER_RESPONSE_COMPLETE")
+        if received is None or first_response is None:
+            continue
+        pre, vis, llm = steps["preprocess"][0], steps["visual"][0], steps["llm"][0]
+        post = min(steps["postprocess"], key=lambda t: at(t, "REQUEST_START"))
+        ms = {
+            "receive -> preprocess": at(pre, "REQUEST_START") - received,
+            "preprocess queue": at(pre, "COMPUTE_START") - at(pre, "REQUEST_START"),
+            "preprocess compute": at(pre, "COMPUTE_END") - at(pre, "COMPUTE_START"),
+            "visual queue": at(vis, "COMPUTE_START") - at(pre, "COMPUTE_END"),
+            "visual compute": at(vis, "COMPUTE_END") - at(vis, "COMPUTE_START"),
+            "llm queue": at(llm, "COMPUTE_START") - at(vis, "COMPUTE_END"),
+            "llm compute (the request handed to the engine)": at(llm, "COMPUTE_END") - at(llm, "COMPUTE_START"),
+            "llm: engine until the first response reaches postprocess": at(post, "REQUEST_START")
+            - at(llm, "COMPUTE_END"),
+            "postprocess queue": at(post, "COMPUTE_START") - at(post, "REQUEST_START"),
+            "postprocess compute": at(post, "COMPUTE_END") - at(post, "COMPUTE_START"),
+            "-> first response": first_response - at(post, "COMPUTE_END"),
+            "total: receive -> first response": first_response - received,
+        }
+        out.append((received, {k: v / 1e6 for k, v in ms.items()}))
+    return sorted(out, key=lambda item: item[0])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("traces", nargs="+", help="tritonserver trace files (trace.json.0, .1, ...)")
+    ap.add_argument("--each", action="store_true", help="one line per request instead of medians")
+    args = ap.parse_args()
+    rows = hops(*load(args.traces))
+    if not rows:
+        raise SystemExit("no complete ensemble request in these traces")
+    if args.each:
+        names = list(rows[0][1])
+        print("request  " + "  ".join(f"{n.split(' ')[0][:6]:>7}" for n in names))
+        print("\n".join(f"{i:7d}  " + "  ".join(f"{r[n]:7.2f}" for n in names) for i, (_, r) in enumerate(rows)))
+        return
+    print(f"{len(rows)} requests; ms per hop: median (mean)")
+    for name in rows[0][1]:
+        values = [r[name] for _, r in rows]
+        print(f"  {name:58s} {statistics.median(values):8.3f}  ({statistics.mean(values):8.3f})")
+
+
+if __name__ == "__main__":
+    main()
