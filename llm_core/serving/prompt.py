@@ -5,8 +5,8 @@ processor of transformers does), so the engine finds one image-token position pe
 Tokenization is the model tokenizer's default (special tokens such as BOS added), the same as
 `tokenizer(text)["input_ids"]` on the expanded text. A fast tokenizer is called through its `tokenizers`
 backend directly: transformers' `__call__` wraps one text in a batch that goes through the backend's thread
-pool, which on a served request (the step's process idle between requests, its cores asleep) cost more
-than the tokenization itself.
+pool, which added about a quarter to the tokenization of a served request (calls spaced like requests, the
+process idle in between: 1.19 against 0.93 ms for 150 words on a CPU test machine).
 """
 
 from __future__ import annotations
