@@ -276,4 +276,8 @@ def load_tokenizer(model_dir: str) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Its decoding tables now, not on the first response: for a 128k vocabulary they take ~0.1 s of Python that
+    # would hold the GIL while the llm step sends that response and takes the next requests.
+    codec_for(tokenizer)
+    return tokenizer

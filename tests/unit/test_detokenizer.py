@@ -258,3 +258,16 @@ def test_stop_checker_holds_possible_prefix():
         if pushed_text.endswith("fox"):  # could still become "fox!": held back
             assert decode(BPE, released) == pushed_text[: -len("fox")]
     assert released == ids and checker.flush().token_ids == []
+
+
+def test_load_tokenizer_builds_the_codec(tmp_path, monkeypatch):
+    # The codec's tables (~0.1 s at a 128k vocabulary) are built with the tokenizer, before the server is
+    # ready, never on a request's first response.
+    from llm_core import detokenizer
+
+    as_hf(byte_level_bpe()).save_pretrained(tmp_path)
+    tok = detokenizer.load_tokenizer(str(tmp_path))
+    built, init = [], detokenizer.TextCodec.__init__
+    monkeypatch.setattr(detokenizer.TextCodec, "__init__", lambda self, t: built.append(t) or init(self, t))
+    assert decode_delta(tok, [], tok.encode("hello world", add_special_tokens=False), final=True) == "hello world"
+    assert built == []
