@@ -5,7 +5,7 @@ its previous one ends), greedy, ignore_eos, so every request produces exactly it
 are drawn as the kit draws them with its default seed (1234), so W1 here is the kit's W1: its duration is set
 by one request of 1,842 output tokens sent 840th, whose decode steps run after everything before it.
 
-  LAT  1 client, 20 requests of 512 -> 256 tokens
+  LAT  1 client, 20 requests of 513 -> 256 tokens (the kit's LAT as our server sees it: 512 words + BOS)
   W1   256 clients, 1000 requests, lengths lognormal (means 200 -> 180, sigma 0.8, clipped to 4..2048)
   W2   128 clients, 500 requests of 1024 -> 128 tokens
 
@@ -38,7 +38,7 @@ from benchmarks.engine_decode import bench_model  # noqa: E402
 
 # name: (requests, clients, input lengths, output lengths); "lognormal" lengths are (mean, sigma, lo, hi).
 WORKLOADS = {
-    "LAT": (20, 1, 512, 256),
+    "LAT": (20, 1, 513, 256),  # the kit's 512 words and the BOS our server adds
     "W1": (1000, 256, ("lognormal", 200, 0.8, 4, 2048), ("lognormal", 180, 0.8, 4, 2048)),
     "W2": (500, 128, 1024, 128),
 }

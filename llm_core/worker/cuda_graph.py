@@ -28,7 +28,7 @@ captures the whole decode forward once per (batch bucket, context bucket) and re
 Prefill and mixed steps carry any mix of sequences and query lengths, which would need a graph per
 (tokens, sequences, decode rows, query length, context) combination with whole-step graphs. Their attention is
 the only part that depends on more than the token count, so `PrefillGraphRunner` captures the rest per
-token-count bucket (`token_buckets`: every 16 tokens to 1024, then every 64): one graph from the
+token-count bucket (`token_buckets`: every 16 tokens to 512, then every 32): one graph from the
 embeddings to layer 0's queries, one per layer boundary (o_proj, norms, MLP, the next layer's norm, QKV, rotary
 and K/V store), one after the last layer; attention runs eagerly between them on the real tokens, the logits
 after them. An eager mixed step is ~430 launches that take the host longer than the GPU needs for them
@@ -87,22 +87,14 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
 
 def token_buckets(max_tokens: int) -> tuple[int, ...]:
     """Token counts of the prefill graphs, up to the first >= max_tokens: 8, 24, 40, ..., 504 (every ROW_STEP, 8
-    past a multiple of it), 512, 520, 536, ..., 1016, 1024, then every 64. A step runs padded to its bucket:
-    past 512 tokens its GEMMs grow with their rows. In an H200 sweep of cuBLAS by row count
-    (benchmarks/raw/2026-12-04_h200_gemm_rows_sweep.json), a 513-token prompt padded to 544 rows took 5% more GEMM
-    time than at 520, and steps of 513-1024 tokens 2.3% more on average with buckets every 32; 512 and 1024
-    themselves are fast row counts."""
+    past a multiple of it), 512, then every 32 to 1024, then every 64. A step runs padded to its bucket; past 512
+    tokens its GEMMs grow with their rows, so 32 more cost ~3%."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    half = ROW_STEP // 2
-    out = [half]
+    out = [ROW_STEP // 2]
     while out[-1] < max_tokens:
         n = out[-1]
-        if n < 1024:
-            past = n - (n - half) % ROW_STEP + ROW_STEP  # the next count 8 past a multiple of 16
-            out.append(min(past, 512 if n < 512 else 1024))
-        else:
-            out.append(n + 64)
+        out.append(n + ROW_STEP if n + ROW_STEP < 512 else 512 if n < 512 else n + 32 if n < 1024 else n + 64)
     return tuple(out)
 
 

@@ -161,11 +161,10 @@ def test_token_buckets() -> None:
     assert token_buckets(1) == (8,)
     assert token_buckets(100) == (8, 24, 40, 56, 72, 88, 104)
     full = token_buckets(2048)
-    assert full[:3] == (8, 24, 40) and full[31:35] == (504, 512, 520, 536)
-    assert full[63:66] == (1000, 1016, 1024) and full[66:] == tuple(range(1088, 2049, 64))
+    assert full[:3] == (8, 24, 40) and full[31:34] == (504, 512, 544)
+    assert full[48] == 1024 and full[49:] == tuple(range(1088, 2049, 64))
     assert token_buckets(2049)[-1] == 2112
-    assert token_buckets(513)[-1] == 520  # the anchor's LAT prompt (512 words and the BOS)
-    assert len(token_buckets(prefill_graph_tokens(EngineConfig(model_dir="x")))) == 66
+    assert len(token_buckets(prefill_graph_tokens(EngineConfig(model_dir="x")))) == 49
     small = EngineConfig(model_dir="x", max_prefill_tokens=128, mixed_prefill_tokens=64, max_running_requests=16)
     assert prefill_graph_tokens(small) == 128 and token_buckets(128)[-1] == 136
     assert prefill_graph_tokens(EngineConfig(model_dir="x", cuda_graph_max_tokens=0)) == 0
