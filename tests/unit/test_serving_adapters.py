@@ -108,6 +108,38 @@ def test_postprocess_adapter_decodes_and_relays_cancellation(load_model, tmp_pat
         model.finalize()
 
 
+def _warmup_inputs(name: str) -> dict:
+    """The model_warmup request of `name`'s config.pbtxt as tritonserver builds it: zero_data (zeros, empty
+    strings) or input_data_file (the raw tensor; strings as 4-byte little-endian length + bytes)."""
+    config = (REPO / name / "config.pbtxt").read_text().split("model_warmup [")[1]
+    kinds = {"TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}
+    inputs = {}
+    for line in config.splitlines():
+        if "key:" not in line:
+            continue
+        key, kind = line.split('key: "')[1].split('"')[0], kinds[line.split("data_type: ")[1].split()[0]]
+        if "input_data_file" in line:
+            raw = (REPO / name / "warmup" / line.split('input_data_file: "')[1].split('"')[0]).read_bytes()
+            assert kind is np.object_ and int.from_bytes(raw[:4], "little") == len(raw) - 4
+            inputs[key] = np.array([[raw[4:]]], np.object_)
+        else:
+            inputs[key] = np.array([[b""]], np.object_) if kind is np.object_ else np.zeros((1, 1), kind)
+    return inputs
+
+
+def test_postprocess_warmup_request_is_answered_and_leaves_no_state(load_model):
+    # tritonserver sends it before the model is ready; an error response there would fail the model's load.
+    inputs = _warmup_inputs("postprocess")
+    model = load_model("postprocess")
+    try:
+        assert set(inputs) == set(model.inputs)  # every input of the config, no other
+        (response,) = model.execute([Request(inputs)])
+    finally:
+        model.finalize()
+    assert response.error is None and response.outputs["text_output"].tolist() == [[b""]]
+    assert model.cancel_polls._last == {}  # a last response: no stream left to poll
+
+
 def test_embedding_adapter_batches_texts_and_splits_per_request(load_model, monkeypatch, tiny_qwen2):
     monkeypatch.setenv("LLM_MODEL_DIR", str(tiny_qwen2))
     monkeypatch.setenv("LLM_EMBEDDING", "1")
