@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import triton_python_backend_utils as pb_utils
 
@@ -23,6 +24,8 @@ from llm_core.serving.watchdog import exit_with_parent
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        # One prompt per call: the tokenizers pool only adds a hand-off to another core (serving/prompt.py).
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         from transformers import AutoTokenizer
 
         setup_logging()
