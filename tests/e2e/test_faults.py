@@ -29,7 +29,9 @@ PROMPTS = ["Once upon a time", "The weather today", "你好，世界", "emoji �
 
 def test_worker_kill_loses_no_request(fault_server):
     url = fault_server.grpc_url
-    requests_ = [{"text_input": p, "max_tokens": 160, **GREEDY} for p in PROMPTS]
+    # Long enough (~1 s for the four together on 2 CPU cores) that none can finish between the running gauge
+    # (published every 0.25 s) showing all four and the kill, even on a loaded CI machine.
+    requests_ = [{"text_input": p, "max_tokens": 800, **GREEDY} for p in PROMPTS]
     expected = [grpc_stream(url, values).text for values in requests_]
     results: dict[int, object] = {}
     threads = [
@@ -55,8 +57,10 @@ def test_worker_kill_loses_no_request(fault_server):
         assert results[i].text == text and results[i].finish_reason == "length"
     assert all(r.error is None and r.num_output_tokens == 4 for r in late), late
     assert 400 in codes or 503 in codes, f"never reported not ready during the restart: {set(codes)}"
-    values = metrics(fault_server.metrics_url)
-    assert values["llm_engine_restarts_total"] >= 1 and values["llm_resumed_requests_total"] >= 4
+    counted = lambda: metrics(fault_server.metrics_url)  # noqa: E731 - published every 0.25 s
+    values = counted()
+    assert wait_until(lambda: counted().get("llm_resumed_requests_total", 0) >= len(PROMPTS), 5) is not None, values
+    assert values["llm_engine_restarts_total"] >= 1
 
 
 def _openai_stream(server, outcome: dict) -> None:
