@@ -57,10 +57,10 @@ def test_worker_kill_loses_no_request(fault_server):
         assert results[i].text == text and results[i].finish_reason == "length"
     assert all(r.error is None and r.num_output_tokens == 4 for r in late), late
     assert 400 in codes or 503 in codes, f"never reported not ready during the restart: {set(codes)}"
-    counted = lambda: metrics(fault_server.metrics_url)  # noqa: E731 - published every 0.25 s
-    values = counted()
-    assert wait_until(lambda: counted().get("llm_resumed_requests_total", 0) >= len(PROMPTS), 5) is not None, values
-    assert values["llm_engine_restarts_total"] >= 1
+    # Counters are published every 0.25 s: wait for the resumes rather than read them once.
+    resumed = lambda: metrics(fault_server.metrics_url).get("llm_resumed_requests_total", 0)  # noqa: E731
+    assert wait_until(lambda: resumed() >= len(PROMPTS), 5) is not None, resumed()
+    assert metrics(fault_server.metrics_url)["llm_engine_restarts_total"] >= 1
 
 
 def _openai_stream(server, outcome: dict) -> None:
