@@ -149,6 +149,8 @@ def test_no_chat_template_is_a_clear_error_and_the_flag_fixes_it(tokenizer, tiny
         ("in ensemble 'ensemble', image[0]: not an image", 400, "image[0]"),
         ("in ensemble 'ensemble', engine failure: worker died", 503, None),
         ("engine is restarting", 503, None),
+        ("in ensemble 'ensemble', Stub process 'llm_0_0' is not healthy.", 503, None),
+        ("the embedding model is not enabled on this server", 503, None),
         ("something odd", 500, None),
     ],
 )
@@ -157,6 +159,9 @@ def test_triton_errors_are_classified(message, status, param):
     assert (error.status, error.param) == (status, param)
     types = {400: "invalid_request_error", 503: "service_unavailable_error", 500: "server_error"}
     assert error.body()["error"]["type"] == types[status]
+    # An unavailable engine tells the client to come back, whichever layer noticed; a disabled part does not.
+    retry = status == 503 and "not enabled" not in message
+    assert ("retry" in error.message) == retry and ("Retry-After" in error.headers()) == retry
 
 
 def test_results_usage_and_logprobs(tokenizer):

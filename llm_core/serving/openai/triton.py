@@ -24,7 +24,7 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from llm_core.serving.openai.errors import OpenAIError, from_triton
+from llm_core.serving.openai.errors import from_triton, unavailable
 from llm_core.serving.openai.mapping import Generation
 from llm_core.serving.openai.results import Delta
 from llm_core.serving.supervisor import SENTINEL, STUB_DIED
@@ -164,15 +164,15 @@ class TritonBackend:
                 if finished:
                     return
             if running.lost:
-                raise OpenAIError(503, LOST)
+                raise unavailable(LOST)
         except InferenceServerException as exc:
-            raise OpenAIError(503, f"Triton at {self.url}: {exc.message()}") from None
+            raise unavailable(f"Triton at {self.url}: {exc.message()}") from None
         except grpc.RpcError as exc:
-            raise OpenAIError(503, f"Triton at {self.url}: {exc.details() or exc}") from None
+            raise unavailable(f"Triton at {self.url}: {exc.details() or exc}") from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if running.lost and not (task and task.cancelling()):  # the stub watch cancelled the call, not our caller
-                raise OpenAIError(503, LOST) from None
+                raise unavailable(LOST) from None
             raise
         finally:
             self._running.discard(running)
