@@ -1,4 +1,5 @@
-"""Low-latency all-reduce for small (decode-sized) tensors through torch symmetric memory.
+"""Communication between tp ranks: rank 0's step inputs to the followers (`broadcast_step`), and a
+low-latency all-reduce for small (decode-sized) tensors through torch symmetric memory.
 
 A decode step of a tp-sharded Llama issues two all-reduces per layer on [batch, hidden]
 activations: a few KB at batch 1, where NCCL's ring protocol costs ~20 µs each. The one-shot
@@ -19,6 +20,8 @@ import logging
 
 import torch
 import torch.distributed as dist
+
+from llm_core.batch import StepInput
 
 log = logging.getLogger("llm_core.collectives")
 ONE_SHOT_MAX_BYTES = 1 << 20  # [128, 4096] bf16; above this NCCL's ring wins on 2 GPUs
@@ -146,3 +149,15 @@ def create_symm_mem_all_reduce(
     if not _agree(comm is not None, group, device):
         return _off(reason)
     return comm
+
+
+def broadcast_step(step: StepInput | None, group) -> None:
+    """Rank 0 sends each step's inputs to the other ranks over the CPU (gloo) group; None ends their loops."""
+    dist.broadcast_object_list([step], src=0, group=group)
+
+
+def receive_step(group) -> StepInput | None:
+    """A follower rank's half of broadcast_step."""
+    box: list[StepInput | None] = [None]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]

@@ -7,8 +7,9 @@ adapters only hand pb_utils tensors to these functions, so they are listed, not 
 (sys.setprofile in every thread, inherited by the engine's spawned workers through a sitecustomize
 on PYTHONPATH) records each call into a file of `llm_core/` after the request starts; start-up and
 imports are left out. Prints, per process, the files in the order the request first enters them,
-the total, and the files each thread goes back to after leaving them within one pass (`--returns`; each
-return with its callers under REQUEST_PATH_DEBUG=1).
+the total, and with `--cycles` the groups of files that call back into a file that called them (the
+strongly connected components of the request's file-level call graph: none means the request only ever
+goes down from a file and back; a loop calling the same files again from the same caller is not a cycle).
 
   python scripts/request_path.py                  (the default tiny model, CPU)
   python scripts/request_path.py --model-dir DIR --max-tokens 8
@@ -17,6 +18,7 @@ return with its callers under REQUEST_PATH_DEBUG=1).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -152,31 +154,47 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     print(f"{len(transport.responses)} responses")
 
 
-def _returns(calls: list[tuple[str, list[str]]]) -> set[str]:
-    """Files a thread goes back to after leaving them, within one pass. A file is left when it no longer has
-    a frame on the stack; each call made by the thread's outermost file starts a pass (a turn of its loop: a
-    worker step, a sender pass; or the stage's entry point calling its helpers one after the other). So a
-    stage calling helper A, then helper B, is not a return; A calling B, and after B's return A's work
-    needing B's file again from somewhere else, is."""
-    returns: set[str] = set()
-    left: set[str] = set()
-    previous: list[str] = []
-    outermost = calls[0][1][-1] if calls and calls[0][1] else (calls[0][0] if calls else "")
+def _cycles(calls: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """Groups of files that call each other, directly or through others (the strongly connected
+    components of the file-level call graph with more than one file): the flow going back up into a file
+    that called it. Calling the same file again from the same caller (a loop over layers or steps) is not one."""
+    graph: dict[str, set[str]] = {}
     for name, callers in calls:
-        full = [name, *callers] if not callers or callers[0] != name else callers
-        if set(callers) <= {outermost}:  # called by the outermost file itself: a fresh pass (a loop turn)
-            left, previous = set(), full
-            continue
-        left |= set(previous) - set(full)
-        if name in left and name not in callers:
-            returns.add(name)
-            if os.environ.get("REQUEST_PATH_DEBUG"):
-                print("      return:", name, "<-", callers)
-        previous = full
-    return returns
+        chain = [name, *callers] if not callers or callers[0] != name else callers
+        for callee, caller in itertools.pairwise(chain):
+            if callee != caller:
+                graph.setdefault(caller, set()).add(callee)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm; the graph has a few dozen files
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in list(graph):
+        if node not in index:
+            visit(node)
+    return groups
 
 
-def report(out: Path, show_returns: bool) -> None:
+def report(out: Path, show_cycles: bool) -> None:
     per_process = {}
     dumps = sorted(out.glob("*.json"))
     for dump in dumps:
@@ -188,15 +206,14 @@ def report(out: Path, show_returns: bool) -> None:
     for pid, data in per_process.items():
         events = sorted(data["events"])
         order = list(dict.fromkeys(name for _, _, name, _ in events))
-        role = "engine worker" if "llm_core/worker/process.py" in order else "the serving steps and the Engine"
+        role = "engine worker" if "llm_core/worker/scheduler_loop.py" in order else "the serving steps and the Engine"
         print(f"== process {pid} ({role}): {len(order)} files")
         for name in order:
             print(f"   {name}")
         everything += order
-        if show_returns:
-            for thread in {t for _, t, _, _ in events}:
-                returns = _returns([(name, stack) for _, t, name, stack in events if t == thread])
-                print(f"   thread {thread}: goes back to {len(returns)} files it left: {sorted(returns)}")
+        if show_cycles:
+            cycles = _cycles([(name, stack) for _, _, name, stack in events])
+            print(f"   files that call back into a file that called them: {cycles or 'none'}")
     files = list(dict.fromkeys(everything))
     print(f"{len(files)} files of llm_core/ ({len(everything)} counted per process), plus {len(ADAPTERS)} run by the")
     print(f"adapters, not here: {', '.join(ADAPTERS)}")
@@ -206,7 +223,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir")
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--returns", action="store_true", help="list the files each thread comes back to")
+    ap.add_argument("--cycles", action="store_true", help="list the files that call back into a file that called them")
     args = ap.parse_args()
     if os.environ.get("REQUEST_PATH_OUT"):  # the hooked run
         drive(args.model_dir, args.max_tokens, Path(os.environ["REQUEST_PATH_OUT"]))
@@ -221,7 +238,7 @@ def main() -> None:
         code = os.spawnve(os.P_WAIT, sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
         if code:
             raise SystemExit(code)
-        report(out, args.returns)
+        report(out, args.cycles)
 
 
 if __name__ == "__main__":

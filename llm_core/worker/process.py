@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -13,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from llm_core.batch import StepInput
+from llm_core.collectives import broadcast_step, receive_step
 from llm_core.config import EngineConfig
 from llm_core.detokenizer import load_tokenizer_in_background
 from llm_core.lifetime import set_parent_death_signal
@@ -93,23 +94,9 @@ def _exit_worker(runner: ModelRunner) -> None:
     os._exit(0)
 
 
-def _broadcaster(cpu_group):
-    if cpu_group is None:
-        return lambda step: None
-
-    def broadcast(step: StepInput | None) -> None:
-        dist.broadcast_object_list([step], src=0, group=cpu_group)
-
-    return broadcast
-
-
 def _follower_loop(runner: ModelRunner, cpu_group) -> None:
-    while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=cpu_group)
-        if box[0] is None:
-            return
-        runner.forward(box[0])
+    while (step := receive_step(cpu_group)) is not None:
+        runner.forward(step)
 
 
 def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slots: int, tokenizer) -> None:
@@ -125,7 +112,7 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
         optimistic_ratio=cfg.optimistic_ratio,
         prefix_cache=cfg.prefix_cache,
     )
-    broadcast = _broadcaster(cpu_group)
+    broadcast = functools.partial(broadcast_step, group=cpu_group) if cpu_group is not None else None
     loop = SchedulerLoop(runner, router, tokenizer, conn.send, broadcast, overlap=cfg.overlaps_steps)
     conn.send(("ready", 0, num_slots))
     try:
@@ -140,7 +127,8 @@ def _rank0_loop(cfg: EngineConfig, runner: ModelRunner, conn, cpu_group, num_slo
                 elif kind == "abort":
                     loop.abort(message[1])
                 elif kind == "shutdown":
-                    broadcast(None)
+                    if broadcast is not None:
+                        broadcast(None)  # the followers' loops end
                     return
                 timeout = 0
             loop.step()

@@ -72,14 +72,14 @@ class SchedulerLoop:
         router: Router,
         tokenizer,
         send: Callable,
-        broadcast: Callable,
+        broadcast: Callable | None = None,
         overlap: bool = False,
     ):
         self.runner = runner
         self.router = router
         self.tokenizer = tokenizer
         self.send = send  # send(message) to the engine
-        self.broadcast = broadcast  # broadcast(step) to ranks > 0 (no-op at tp=1)
+        self.broadcast = broadcast  # broadcast(step) to ranks > 0 (collectives.broadcast_step); None at tp=1
         self.sampler = Sampler(seed=runner.cfg.seed)
         self.eos_ids = tuple(runner.model_config.eos_token_ids)
         self.tracked: dict[str, _Tracked] = {}
@@ -173,7 +173,8 @@ class SchedulerLoop:
         step = StepInput(is_prefill=batch.is_prefill, seqs=seqs, num_decode=batch.num_decode)
         feed = self._feed(batch, prev)
         timeline.mark("schedule")
-        self.broadcast(step)
+        if self.broadcast is not None:
+            self.broadcast(step)
         launched = self._launch(batch, step, feed)
         timeline.mark("launch")
         if prev is not None:

@@ -7,6 +7,8 @@ dependency); `if TYPE_CHECKING:` blocks are left out.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,16 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+def test_a_request_never_calls_back_into_a_file_that_called_it():
+    """One served text request (scripts/request_path.py: the serving steps and the engine's worker, with a
+    profile hook in each process): in each process its file-level call graph has no cycle."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "request_path.py"), "--cycles", "--max-tokens", "4"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdicts = [line.strip() for line in done.stdout.splitlines() if "call back into" in line]
+    assert "engine worker" in done.stdout and len(verdicts) == 2, done.stdout
+    assert all(v.endswith(": none") for v in verdicts), done.stdout
