@@ -19,7 +19,8 @@ WORDS = ("Hel", "lo", " there", "!")
 
 
 class ScriptedBackend:
-    """Answers every prompt with WORDS (cut at max_tokens); a prompt starting "ERR" fails in Triton."""
+    """Answers every prompt with WORDS (cut at max_tokens); a prompt starting "ERR" fails in Triton, one starting
+    "DOWN" meets a dead llm stub."""
 
     def __init__(self) -> None:
         self.generations = []
@@ -28,6 +29,8 @@ class ScriptedBackend:
         self.generations.append(generation)
         if generation.prompt.startswith("ERR"):
             raise from_triton("in ensemble 'ensemble', text_input: prompt is too long")
+        if generation.prompt.startswith("DOWN"):  # what tritonserver answers while the llm stub is dead
+            raise from_triton("in ensemble 'ensemble', Stub process 'llm_0_0' is not healthy.")
         max_tokens = dict(generation.sampling).get("max_tokens", 16)
         words = WORDS[:max_tokens]
         for i, word in enumerate(words):
@@ -120,6 +123,14 @@ def test_errors_in_openai_format(client, call, status, param):
         call(client)
     assert info.value.status_code == status
     assert info.value.body["param"] == param and info.value.body["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_dead_stub_answers_503_with_a_retry_hint(client, stream):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="tiny", prompt="DOWN", stream=stream)
+    assert info.value.status_code == 503 and info.value.response.headers["Retry-After"] == "5"
+    assert info.value.body["type"] == "service_unavailable_error" and "retry" in info.value.body["message"]
 
 
 class EmbeddingBackend(ScriptedBackend):
