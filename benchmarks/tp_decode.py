@@ -84,9 +84,7 @@ def _rank(
     if two_kernel_rotary:  # the layer's rotary + KV store as two kernels again (the baseline of the fused op)
         from llm_core import kernels
 
-        def rotary_then_store(q, k, v, positions, cos_sin, k_cache, v_cache, slots, q_out=None):
-            if q_out is not None:
-                q = q_out.copy_(q)
+        def rotary_then_store(q, k, v, positions, cos_sin, k_cache, v_cache, slots):
             kernels.apply_rotary(q, k, positions, cos_sin)
             kernels.store_kv(k, v, k_cache, v_cache, slots)
 

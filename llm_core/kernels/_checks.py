@@ -78,16 +78,6 @@ def check_attention_inputs(
     return num_kv_heads
 
 
-def attention_output(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """The [N, Hq, D] output of an attention kernel: `out` (a caller's buffer, e.g. a CUDA-graph piece's static
-    one: contiguous, like q in shape, dtype and device) or a new tensor."""
-    if out is None:
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(), (out.shape, out.stride())
-    check_device(q, out)
-    return out
-
-
 # Programmatic dependent launch (Hopper and later). The GEMV (kernels/gemv.py) is launched with
 # `launch_pdl`: it may be scheduled while the kernel before it is still running, prefetches its weights
 # (which no kernel writes) into L2, and waits (`griddepcontrol.wait`) for that kernel to finish before

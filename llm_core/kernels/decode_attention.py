@@ -17,7 +17,6 @@ import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
 from llm_core.kernels._checks import (
-    attention_output,
     check_attention_inputs,
     check_device,
     check_float,
@@ -183,7 +182,6 @@ def decode_attention_with_splits(
     sm_scale: float,
     num_splits: int,
     config: DecodeConfig,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # q: [B, Hq, D]; caches: [S + 1, Hk, D]; req_to_slot: [R + 1, L] int32; req_rows, seq_lens: [B]
     batch, num_q_heads, head_dim = q.shape
@@ -192,7 +190,7 @@ def decode_attention_with_splits(
     check_float(q)
     check_index(req_rows, seq_lens)
     check_device(q, k_cache, v_cache, req_to_slot, req_rows, seq_lens)
-    out = attention_output(q, out)
+    out = torch.empty((batch, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0 or max_seq_len == 0:
         return out
     block_n = config.block_n
@@ -267,11 +265,10 @@ def decode_attention(
     seq_lens: torch.Tensor,
     max_seq_len: int,
     sm_scale: float,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query per sequence over seq_lens[b] cached tokens (see torch_ops.decode_attention)."""
     num_splits = num_splits_for(q.shape[0], k_cache.shape[1], max_seq_len, _num_sms(q.device), DEFAULT_CONFIG)
     return decode_attention_with_splits(
         q, k_cache, v_cache, req_to_slot, req_rows, seq_lens, max_seq_len, sm_scale, num_splits,
-        DEFAULT_CONFIG, out,
+        DEFAULT_CONFIG,
     )  # fmt: skip

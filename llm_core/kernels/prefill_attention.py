@@ -14,14 +14,7 @@ import triton
 import triton.language as tl
 
 from llm_core.kernels._attention_block import attend_block
-from llm_core.kernels._checks import (
-    attention_output,
-    check_attention_inputs,
-    check_device,
-    check_float,
-    check_index,
-    dot_upcast,
-)
+from llm_core.kernels._checks import check_attention_inputs, check_device, check_float, check_index, dot_upcast
 
 _LOG2E = 1.4426950408889634
 
@@ -137,7 +130,6 @@ def prefill_attention_with_config(
     max_query_len: int,
     sm_scale: float,
     config: PrefillConfig,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     # q: [T, Hq, D]; caches: [S + 1, Hk, D]; req_to_slot: [R + 1, L] int32; [B] / [B + 1] int
     num_tokens, num_q_heads, head_dim = q.shape
@@ -148,7 +140,7 @@ def prefill_attention_with_config(
     check_float(q)
     check_index(req_rows, prefix_lens, seq_lens, query_start_loc)
     check_device(q, k_cache, v_cache, req_to_slot, req_rows, prefix_lens, seq_lens, query_start_loc)
-    out = attention_output(q, out)
+    out = torch.empty((num_tokens, num_q_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
     num_m_blocks = triton.cdiv(max_query_len, config.block_m)
@@ -195,10 +187,9 @@ def prefill_attention(
     query_start_loc: torch.Tensor,
     max_query_len: int,
     sm_scale: float,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention for packed variable-length queries (see torch_ops.prefill_attention)."""
     return prefill_attention_with_config(
         q, k_cache, v_cache, req_to_slot, req_rows, prefix_lens, seq_lens, query_start_loc,
-        max_query_len, sm_scale, default_config(q.shape[2], q.dtype), out,
+        max_query_len, sm_scale, default_config(q.shape[2], q.dtype),
     )  # fmt: skip

@@ -1,6 +1,6 @@
 """Rotary position embedding, rotate-half (NeoX / HF Llama) style: in place on q and k
-(`apply_rotary`), or on q (in place or into another buffer) with the rotated k and v written straight into
-their KV-cache slots (`rotary_store_kv`: one kernel where a decoder layer would launch two)."""
+(`apply_rotary`), or on q in place with the rotated k and v written straight into their KV-cache
+slots (`rotary_store_kv`: one kernel where a decoder layer would launch two)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from llm_core.kernels._checks import check_device, check_float, check_index, pdl
 def _rotate_heads(
     x_ptr,  # this token's first head
     head_stride,
-    out_ptr,  # where its rotated heads go (x_ptr itself: in place)
-    out_head_stride,
     num_heads,
     cos,  # [1, HALF_BLOCK] fp32
     sin,
@@ -32,9 +30,8 @@ def _rotate_heads(
     x2 = tl.load(ptr1 + half, mask=mask, other=0.0)
     x1f = x1.to(tl.float32)
     x2f = x2.to(tl.float32)
-    dst1 = out_ptr + heads * out_head_stride + dims
-    tl.store(dst1, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
-    tl.store(dst1 + half, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+    tl.store(ptr1, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
+    tl.store(ptr1 + half, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
 
 
 @triton.jit
@@ -63,8 +60,8 @@ def _rotary_kernel(
     sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + half + dims, mask=cs_mask, other=0.0)
     q_tok_ptr = q_ptr + token * q_token_stride
     k_tok_ptr = k_ptr + token * k_token_stride
-    _rotate_heads(q_tok_ptr, q_head_stride, q_tok_ptr, q_head_stride, num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK)
-    _rotate_heads(k_tok_ptr, k_head_stride, k_tok_ptr, k_head_stride, num_k_heads, cos, sin, half, BLOCK_HK, HALF_BLOCK)
+    _rotate_heads(q_tok_ptr, q_head_stride, num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK)
+    _rotate_heads(k_tok_ptr, k_head_stride, num_k_heads, cos, sin, half, BLOCK_HK, HALF_BLOCK)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
@@ -104,8 +101,7 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_
 
 @triton.jit
 def _rotary_store_kv_kernel(
-    q_ptr,  # [T, Hq, D]
-    q_out_ptr,  # [T, Hq, D]: the rotated q (q_ptr itself: in place)
+    q_ptr,  # [T, Hq, D], rotated in place
     k_ptr,  # [T, Hk, D], read only
     v_ptr,  # [T, Hk, D]
     positions_ptr,  # [T]
@@ -115,8 +111,6 @@ def _rotary_store_kv_kernel(
     slots_ptr,  # [T]
     q_token_stride,
     q_head_stride,
-    q_out_token_stride,
-    q_out_head_stride,
     k_token_stride,
     k_head_stride,
     v_token_stride,
@@ -140,10 +134,7 @@ def _rotary_store_kv_kernel(
     cs_mask = dims < half
     cos = tl.load(cos_sin_ptr + pos * cos_sin_stride + dims, mask=cs_mask, other=0.0)
     sin = tl.load(cos_sin_ptr + pos * cos_sin_stride + half + dims, mask=cs_mask, other=0.0)
-    _rotate_heads(
-        q_ptr + token * q_token_stride, q_head_stride, q_out_ptr + token * q_out_token_stride, q_out_head_stride,
-        num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK,
-    )  # fmt: skip
+    _rotate_heads(q_ptr + token * q_token_stride, q_head_stride, num_q_heads, cos, sin, half, BLOCK_HQ, HALF_BLOCK)
 
     heads = tl.arange(0, BLOCK_HK)[:, None]
     dst = slot * (NUM_KV_HEADS * HEAD_DIM) + heads * HEAD_DIM  # [BLOCK_HK, 1]
@@ -173,17 +164,12 @@ def rotary_store_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slots: torch.Tensor,
-    q_out: torch.Tensor | None = None,
 ) -> None:
-    """q rotated in place, or into q_out (q then left as it was: a CUDA-graph piece hands the queries to the
-    eager attention in a static buffer without a copy); k_cache[slots] = rotated k, v_cache[slots] = v; k itself
-    is left as it was.
+    """q rotated in place; k_cache[slots] = rotated k, v_cache[slots] = v; k itself is left as it was.
 
-    q, q_out: [T, Hq, D], k, v: [T, Hk, D] (views allowed), positions, slots: [T] int, cos_sin: [P, D] fp32,
+    q: [T, Hq, D], k, v: [T, Hk, D] (views allowed), positions, slots: [T] int, cos_sin: [P, D] fp32,
     caches: [S + 1, Hk, D] contiguous."""
-    q_out = q if q_out is None else q_out
     assert q.dim() == 3 and k.dim() == 3 and k.shape == v.shape and q.shape[0] == k.shape[0]
-    assert q_out.shape == q.shape and q_out.dtype == q.dtype and q_out.stride(2) == 1
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     assert k.shape[2] == head_dim and head_dim % 2 == 0
@@ -195,14 +181,13 @@ def rotary_store_kv(
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     check_float(q, k, v, k_cache, v_cache)
     check_index(positions, slots)
-    check_device(q, q_out, k, v, positions, cos_sin, k_cache, v_cache, slots)
+    check_device(q, k, v, positions, cos_sin, k_cache, v_cache, slots)
     if num_tokens == 0:
         return
     half = head_dim // 2
     block_hq = triton.next_power_of_2(num_q_heads)
     _rotary_store_kv_kernel[(num_tokens,)](
         q,
-        q_out,
         k,
         v,
         positions,
@@ -212,8 +197,6 @@ def rotary_store_kv(
         slots,
         q.stride(0),
         q.stride(1),
-        q_out.stride(0),
-        q_out.stride(1),
         k.stride(0),
         k.stride(1),
         v.stride(0),

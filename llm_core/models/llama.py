@@ -89,10 +89,10 @@ class LlamaAttention(nn.Module):
 
     def project(
         self, hidden: torch.Tensor, positions: torch.Tensor, out_slots: torch.Tensor, kv: KVCache, ops: ModuleType,
-        cos_sin: torch.Tensor, q_out: torch.Tensor | None = None,
+        cos_sin: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
-        """The queries [T, Hq, D] of `hidden` [T, hidden], rotated (into `q_out` if given); the new tokens'
-        rotated K and V stored to their slots `out_slots` [T] in this layer's cache."""
+        """The queries [T, Hq, D] of `hidden` [T, hidden], rotated; the new tokens' rotated K and V stored to
+        their slots `out_slots` [T] in this layer's cache."""
         num_tokens = hidden.shape[0]
         # Views into the packed projection (row stride (Hq + 2 Hk) * D): every op takes token and head
         # strides, so no copies (3 per layer and step at batch > 1 in benchmarks/raw/*_profile_decode.md).
@@ -101,30 +101,27 @@ class LlamaAttention(nn.Module):
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hk, D]
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
-        # q rotated (in place, or into q_out); the rotated k and v go straight into their cache slots (one kernel).
-        ops.rotary_store_kv(q, k, v, positions, cos_sin, k_cache, v_cache, out_slots, q_out)
-        return q if q_out is None else q_out
+        # q rotated in place; the rotated k and v go straight into their cache slots (one kernel).
+        ops.rotary_store_kv(q, k, v, positions, cos_sin, k_cache, v_cache, out_slots)
+        return q
 
-    def attend(
-        self, q: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Attention of the queries q [T, Hq, D] over the cache through req_to_slot: [T, Hq * D], written into
-        `out` [T, Hq, D] (contiguous) if given. T may exceed the batch's packed tokens (a CUDA-graph bucket's
-        padding): those rows are left undefined."""
+    def attend(self, q: torch.Tensor, batch: ForwardBatch, kv: KVCache, ops: ModuleType) -> torch.Tensor:
+        """Attention of the queries q [T, Hq, D] over the cache through req_to_slot: [T, Hq * D]. T may exceed
+        the batch's packed tokens (a CUDA-graph bucket's padding): those rows are left undefined."""
         num_tokens = q.shape[0]
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
         if batch.is_prefill and batch.num_decode:  # a mixed step: decode rows first, then prompt chunks
-            out = self._mixed_attention(q, kv, batch, ops, torch.empty_like(q) if out is None else out)
+            out = self._mixed_attention(q, kv, batch, ops)
         elif batch.is_prefill:
             out = ops.prefill_attention(
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.prefix_lens, batch.seq_lens,
-                batch.query_start_loc, batch.max_query_len, self.sm_scale, out,
+                batch.query_start_loc, batch.max_query_len, self.sm_scale,
             )  # fmt: skip
         else:
             assert num_tokens == batch.num_seqs, "decode takes exactly one new token per sequence"
             out = ops.decode_attention(
                 q, k_cache, v_cache, kv.req_to_slot, batch.req_rows, batch.seq_lens,
-                batch.max_seq_len, self.sm_scale, out,
+                batch.max_seq_len, self.sm_scale,
             )  # fmt: skip
         return out.view(num_tokens, self.num_heads * self.head_dim)
 
@@ -133,23 +130,20 @@ class LlamaAttention(nn.Module):
         defer_reduce."""
         return self.o_proj(attn, reduce=not self.defer_reduce, ops=ops)
 
-    def _mixed_attention(
-        self, q: torch.Tensor, kv: KVCache, batch: ForwardBatch, ops: ModuleType, out: torch.Tensor
-    ) -> torch.Tensor:
+    def _mixed_attention(self, q: torch.Tensor, kv: KVCache, batch: ForwardBatch, ops: ModuleType) -> torch.Tensor:
         """q: [T, Hq, D], the first d tokens one decode row each: those through the decode kernel (split over
-        the context), the prompt chunks after them through the prefill kernel, each into its rows of `out`
-        [T, Hq, D]. Returns out."""
+        the context), the prompt chunks after them through the prefill kernel. Returns [T, Hq, D]."""
         d = batch.num_decode
         k_cache, v_cache = kv.k[self.layer_id], kv.v[self.layer_id]
-        ops.decode_attention(
+        decode = ops.decode_attention(
             q[:d], k_cache, v_cache, kv.req_to_slot, batch.req_rows[:d], batch.seq_lens[:d],
-            batch.decode_max_seq_len, self.sm_scale, out[:d],
+            batch.decode_max_seq_len, self.sm_scale,
         )  # fmt: skip
-        ops.prefill_attention(
+        prefill = ops.prefill_attention(
             q[d:], k_cache, v_cache, kv.req_to_slot, batch.req_rows[d:], batch.prefix_lens[d:], batch.seq_lens[d:],
-            batch.prefill_query_start_loc, batch.max_query_len, self.sm_scale, out[d:],
+            batch.prefill_query_start_loc, batch.max_query_len, self.sm_scale,
         )  # fmt: skip
-        return out
+        return torch.cat([decode, prefill])
 
 
 class LlamaMLP(nn.Module):
@@ -177,13 +171,13 @@ class LlamaDecoderLayer(nn.Module):
         return self.post_attention(self.self_attn.attend(q, batch, kv, ops), residual, ops)
 
     def pre_attention(
-        self, hidden, residual, positions, out_slots, kv, ops, cos_sin, q_out=None
+        self, hidden, residual, positions, out_slots, kv, ops, cos_sin
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(queries [T, Hq, D], in `q_out` if given; residual [T, hidden]); stores the new tokens' K/V. hidden:
-        the embeddings (residual None), else the previous MLP's output (a partial sum with defer_reduce)."""
+        """(queries [T, Hq, D], residual [T, hidden]); stores the new tokens' K/V. hidden: the embeddings
+        (residual None), else the previous MLP's output (a partial sum with defer_reduce)."""
         reduce = residual is not None and self.mlp.defer_reduce
         hidden, residual = self.input_layernorm(ops, hidden, residual, reduce=reduce)
-        return self.self_attn.project(hidden, positions, out_slots, kv, ops, cos_sin, q_out), residual
+        return self.self_attn.project(hidden, positions, out_slots, kv, ops, cos_sin), residual
 
     def post_attention(self, attn, residual, ops) -> tuple[torch.Tensor, torch.Tensor]:
         """(MLP output [T, hidden], a partial sum with defer_reduce; residual) from the attention output attn

@@ -76,17 +76,10 @@ def rotary_store_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slots: torch.Tensor,
-    q_out: torch.Tensor | None = None,
 ) -> None:
-    # q rotated in place, or into q_out [T, Hq, D] (q then left as it was); k_cache[slots] = rotate(k),
-    # v_cache[slots] = v; k is not modified.
+    # q rotated in place; k_cache[slots] = rotate(k), v_cache[slots] = v; k is not modified.
     k = k.clone()
-    if q_out is None:
-        apply_rotary(q, k, positions, cos_sin)
-    else:
-        rotated = q.clone()
-        apply_rotary(rotated, k, positions, cos_sin)
-        q_out.copy_(rotated)
+    apply_rotary(q, k, positions, cos_sin)
     store_kv(k, v, k_cache, v_cache, slots)
 
 
@@ -116,7 +109,6 @@ def prefill_attention(
     query_start_loc: torch.Tensor,
     max_query_len: int,
     sm_scale: float,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention for packed variable-length queries.
 
@@ -124,10 +116,10 @@ def prefill_attention(
     Sequence b has prefix_lens[b] earlier tokens already cached and seq_lens[b] tokens in
     total (new tokens' K/V are stored before this call). Keys are read through
     req_to_slot[req_rows[b], :seq_lens[b]]. Query i of sequence b sits at position
-    prefix_lens[b] + i. Returns [T, Hq, D]: `out` (contiguous, written) if given, else a new tensor.
+    prefix_lens[b] + i. Returns [T, Hq, D].
     """
     del max_query_len  # kernels use it for the launch grid
-    out = torch.empty_like(q) if out is None else out
+    out = torch.empty_like(q)
     starts = query_start_loc.tolist()
     for b, (row, prefix, total) in enumerate(
         zip(req_rows.tolist(), prefix_lens.tolist(), seq_lens.tolist(), strict=True)
@@ -147,15 +139,13 @@ def decode_attention(
     seq_lens: torch.Tensor,
     max_seq_len: int,
     sm_scale: float,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One query token per sequence attending to all seq_lens[b] cached tokens.
 
-    q: [B, Hq, D]; keys via req_to_slot[req_rows[b], :seq_lens[b]]. Returns [B, Hq, D]: `out` (contiguous,
-    written) if given, else a new tensor.
+    q: [B, Hq, D]; keys via req_to_slot[req_rows[b], :seq_lens[b]]. Returns [B, Hq, D].
     """
     del max_seq_len
-    out = torch.empty_like(q) if out is None else out
+    out = torch.empty_like(q)
     for b, (row, total) in enumerate(zip(req_rows.tolist(), seq_lens.tolist(), strict=True)):
         slots = req_to_slot[row, :total].long()
         out[b : b + 1] = _attend(q[b : b + 1], k_cache[slots], v_cache[slots], sm_scale, None)

@@ -372,10 +372,10 @@ class PrefillGraphRunner:
         self._ids[:n].copy_(batch.input_ids)
         self._positions[:n].copy_(batch.positions)
         self._slots[:n].copy_(batch.out_slots)
-        q, out = self._q[:num_tokens], self._attn[:num_tokens].view(self._q[:num_tokens].shape)
+        q, out = self._q[:num_tokens], self._attn[:num_tokens]
         for layer, piece in zip(self.layers, pieces, strict=False):
-            piece.run()  # up to this layer's queries (into self._q) and K/V store
-            layer.self_attn.attend(q, batch, self.kv, self.ops, out)  # into self._attn
+            piece.run()  # up to this layer's queries and K/V store
+            out.copy_(layer.self_attn.attend(q, batch, self.kv, self.ops))
         pieces[-1].run()  # the last layer's rest
         return self.model.finish(self._hidden, self._residual, batch, self.ops)
 
@@ -397,10 +397,10 @@ class PrefillGraphRunner:
             self._hidden[:n].copy_(hidden)
             self._residual[:n].copy_(residual)
             return
-        _, residual = self.layers[i].pre_attention(
-            hidden, residual, self._positions[:n], self._slots[:n], self.kv, self.ops, self.model.cos_sin,
-            q_out=self._q[:n],
-        )  # fmt: skip
+        q, residual = self.layers[i].pre_attention(
+            hidden, residual, self._positions[:n], self._slots[:n], self.kv, self.ops, self.model.cos_sin
+        )
+        self._q[:n].copy_(q)
         self._residual[:n].copy_(residual)
 
     @torch.inference_mode()

@@ -111,24 +111,3 @@ def test_rotary_store_kv(shape: tuple[int, int, int, int], dtype: torch.dtype) -
         assert torch.isfinite(out).all()
         err = (out.float() - ref.float()).norm(dim=-1) / ref.float().norm(dim=-1)
         assert err.max() < TOLERANCE[dtype], float(err.max())
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_rotary_store_kv_into_q_out(dtype: torch.dtype) -> None:
-    # The rotated q into another buffer (a CUDA-graph piece's static one): the same values as in place, q untouched,
-    # the caches written the same way; in the kernel and in the torch op.
-    tokens, q_heads, kv_heads, head_dim = (77, 16, 4, 64) if ON_GPU else (9, 8, 2, 64)
-    q, k, v = _qkv_views(tokens, q_heads, kv_heads, head_dim, dtype)
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
-    cos_sin = torch_ops.rotary_cos_sin(inv_freq, 300, attention_scaling=1.0)
-    positions = torch.randint(0, 300, (tokens,), device=DEVICE)
-    slots = torch.randperm(2 * tokens, device=DEVICE)[:tokens]
-    for op in (torch_ops.rotary_store_kv, kernels.rotary_store_kv):
-        caches = [torch.zeros(2 * tokens + 1, kv_heads, head_dim, device=DEVICE).to(dtype) for _ in range(4)]
-        in_place, q_before = q.clone(), q.clone()
-        op(in_place, k, v, positions, cos_sin, caches[0], caches[1], slots)
-        q_out = torch.full((tokens, q_heads, head_dim), float("nan"), device=DEVICE).to(dtype)
-        op(q, k, v, positions, cos_sin, caches[2], caches[3], slots, q_out)
-        assert torch.equal(q, q_before), op
-        assert torch.equal(q_out, in_place), op
-        assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3]), op
