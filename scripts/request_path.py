@@ -7,9 +7,9 @@ adapters only hand pb_utils tensors to these functions, so they are listed, not 
 (sys.setprofile in every thread, inherited by the engine's spawned workers through a sitecustomize
 on PYTHONPATH) records each call into a file of `llm_core/` after the request starts; start-up and
 imports are left out. Prints, per process, the files in the order the request first enters them,
-the total, and with `--cycles` the groups of files that call back into a file that called them (the
-strongly connected components of the request's file-level call graph: none means the request only ever
-goes down from a file and back; a loop calling the same files again from the same caller is not a cycle).
+the total, and with `--cycles` a cycle of files that call back into a file that called them in the
+request's file-level call graph (none means the request only ever goes down from a file and back; a loop
+calling the same files again from the same caller is not a cycle).
 
   python scripts/request_path.py                  (the default tiny model, CPU)
   python scripts/request_path.py --model-dir DIR --max-tokens 8
@@ -18,6 +18,7 @@ goes down from a file and back; a loop calling the same files again from the sam
 from __future__ import annotations
 
 import argparse
+import graphlib
 import itertools
 import json
 import os
@@ -154,44 +155,21 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     print(f"{len(transport.responses)} responses")
 
 
-def _cycles(calls: list[tuple[str, list[str]]]) -> list[list[str]]:
-    """Groups of files that call each other, directly or through others (the strongly connected
-    components of the file-level call graph with more than one file): the flow going back up into a file
-    that called it. Calling the same file again from the same caller (a loop over layers or steps) is not one."""
-    graph: dict[str, set[str]] = {}
+def _cycle(calls: list[tuple[str, list[str]]]) -> list[str]:
+    """A cycle in the file-level call graph (files calling back into a file that called them, directly or
+    through others), or [] when there is none. Calling the same file again from the same caller (a loop over
+    layers or steps) is not one."""
+    callees: dict[str, set[str]] = {}
     for name, callers in calls:
         chain = [name, *callers] if not callers or callers[0] != name else callers
         for callee, caller in itertools.pairwise(chain):
             if callee != caller:
-                graph.setdefault(caller, set()).add(callee)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    groups: list[list[str]] = []
-
-    def visit(node: str) -> None:  # Tarjan's algorithm; the graph has a few dozen files
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in graph.get(node, ()):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            group = []
-            while True:
-                member = stack.pop()
-                group.append(member)
-                if member == node:
-                    break
-            if len(group) > 1:
-                groups.append(sorted(group))
-
-    for node in list(graph):
-        if node not in index:
-            visit(node)
-    return groups
+                callees.setdefault(caller, set()).add(callee)
+    try:
+        graphlib.TopologicalSorter(callees).prepare()
+    except graphlib.CycleError as exc:
+        return exc.args[1]
+    return []
 
 
 def report(out: Path, show_cycles: bool) -> None:
@@ -212,8 +190,8 @@ def report(out: Path, show_cycles: bool) -> None:
             print(f"   {name}")
         everything += order
         if show_cycles:
-            cycles = _cycles([(name, stack) for _, _, name, stack in events])
-            print(f"   files that call back into a file that called them: {cycles or 'none'}")
+            cycle = _cycle([(name, stack) for _, _, name, stack in events])
+            print(f"   files that call back into a file that called them: {cycle or 'none'}")
     files = list(dict.fromkeys(everything))
     print(f"{len(files)} files of llm_core/ ({len(everything)} counted per process), plus {len(ADAPTERS)} run by the")
     print(f"adapters, not here: {', '.join(ADAPTERS)}")
