@@ -10,6 +10,7 @@ K/V for decode (torch has no token-table attention; its gather is left out in it
 Shapes: Llama-3-8B (32 q heads, 8 kv heads, head_dim 128, hidden 4096, intermediate 14336), bf16.
 
   python benchmarks/kernels.py --out bench.md --json bench.json [--sweep] [--quick]
+  python benchmarks/kernels.py --prefill-sweep     (only the prefill launch shapes at 1x512 and 1x8192, ~1 min)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ DEV = torch.device("cuda")
 DT = torch.bfloat16
 HQ, HK, D, HIDDEN, INTER = 32, 8, 128, 4096, 14336
 ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 16384, 32768, 1 << 28, 8192
-SWEEP_PREFILL_LEN = 8192
+SWEEP_PREFILL_LENS = [512, 8192]  # LAT's prompt (the default shape runs it at 10% of the matmul ceiling), W2's scale
 SWEEP_DECODE = [(64, 2048), (1, 32768), (1, 8192), (16, 8192), (256, 2048)]  # (batch, context)
 GB = 1e9
 
@@ -275,6 +276,9 @@ def prefill_case(query_lens: list[int], config: PrefillConfig | None, with_torch
 
 
 PREFILL_SWEEP = [PrefillConfig(128, 64, 4, 3), PrefillConfig(128, 128, 8, 3), PrefillConfig(128, 64, 8, 3)]
+# Smaller query blocks: more programs for a short prompt (1x512 is 4 blocks x 32 heads = 128 programs at 128).
+PREFILL_SWEEP += [PrefillConfig(64, 64, 4, 3), PrefillConfig(64, 32, 4, 3), PrefillConfig(64, 64, 4, 2)]
+PREFILL_SWEEP += [PrefillConfig(32, 64, 4, 3), PrefillConfig(32, 32, 2, 3)]
 DECODE_SWEEP = [
     DecodeConfig(),
     DecodeConfig(block_n=64, num_warps=4, num_stages=3),
@@ -287,14 +291,22 @@ SPLITS_SWEEP = [(1, 512, s) for s in (1, 2)] + [(16, 512, s) for s in (1, 2)] + 
 SPLITS_SWEEP += [(1, 32768, s) for s in (16, 32, 64, 128)] + [(16, 8192, s) for s in (2, 3, 5, 8)]
 
 
+def prefill_sweep() -> list[str]:
+    """The prefill kernel's launch shapes at one prompt of each SWEEP_PREFILL_LENS length."""
+    lines = []
+    for length in SWEEP_PREFILL_LENS:
+        for cfg in PREFILL_SWEEP:
+            try:
+                r = prefill_case([length], cfg, with_torch=False)
+                lines.append(f"- prefill 1x{length} {cfg}: {r['ours_ms'] * 1e3:.1f} us, {r['ours']:.0f} TFLOP/s")
+            except Exception as e:  # noqa: BLE001 (a config that does not compile or fit is reported)
+                lines.append(f"- prefill 1x{length} {cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
 def sweep() -> list[str]:
-    lines = ["", "### Launch-shape sweep", ""]
-    for cfg in PREFILL_SWEEP:
-        try:
-            r = prefill_case([SWEEP_PREFILL_LEN], cfg, with_torch=False)
-            lines.append(f"- prefill 1x{SWEEP_PREFILL_LEN} {cfg}: {r['ours']:.0f} TFLOP/s")
-        except Exception as e:  # noqa: BLE001 (a config that does not compile or fit is reported)
-            lines.append(f"- prefill {cfg}: failed {type(e).__name__}: {str(e)[:120]}")
+    lines = ["", "### Launch-shape sweep", "", *prefill_sweep()]
     for cfg in DECODE_SWEEP:
         for batch, ctx in SWEEP_DECODE:
             try:
@@ -513,12 +525,12 @@ def _l2_decode(measure, batch: int, ctx: int) -> dict:
 
 
 def _smoke_shapes() -> None:
-    global DEV, HQ, HK, D, HIDDEN, INTER, ROWS, MAX_POS, COPY_ELEMS, MATMUL_N, SWEEP_PREFILL_LEN, SWEEP_DECODE
+    global DEV, HQ, HK, D, HIDDEN, INTER, ROWS, MAX_POS, COPY_ELEMS, MATMUL_N, SWEEP_DECODE
     assert os.environ.get("TRITON_INTERPRET") == "1", "--smoke needs TRITON_INTERPRET=1"
     DEV = torch.device("cpu")
     HQ, HK, D, HIDDEN, INTER = 4, 2, 32, 64, 96
     ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 32, 512, 1 << 16, 64
-    SWEEP_PREFILL_LEN, SWEEP_DECODE = 100, [(2, 300)]
+    SWEEP_PREFILL_LENS[:], SWEEP_DECODE = [100], [(2, 300)]
     global DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS
     DECODE_LONG, DECODE_LONG_SHAPES, DECODE_LONG_SPLITS = (1, 300), [(16, 2, 1)], [3]
     SMALL_GRID_CASES[:], SMALL_GRID_HEADS[:], SMALL_GRID_SPLITS[:] = [(1, 64)], [(4, 2), (2, 1)], [1, 2]
@@ -536,6 +548,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--decode-sweep", action="store_true", help="only the decode sweep: batch 1 x 32k shapes, L2 state")
     ap.add_argument("--small-grid", action="store_true", help="only decode attention latency at small grids")
+    ap.add_argument("--prefill-sweep", action="store_true", help="only the prefill kernel's launch shapes (~1 min)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -552,6 +565,12 @@ def main() -> None:
         "triton": triton.__version__,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if args.prefill_sweep:
+        text = f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}.\n"
+        text += "\n".join(prefill_sweep()) + "\n"
+        if args.out:
+            args.out.write_text(text)
+        return
     if args.small_grid:
         text = "\n".join(small_grid_sweep()) + "\n"
         if args.out:
