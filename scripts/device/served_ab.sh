@@ -69,7 +69,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "[AB]_*.json"))):
         if name != "warmup" or s["ttft_mean_s"]:
             by.setdefault((name, side), []).append(s)
 for (name, side), runs in sorted(by.items()):
-    mean = lambda key, scale=1.0: statistics.mean((r[key] or 0) * scale for r in runs)  # noqa: E731
-    print(f"mean of {len(runs)} {side} {name}: TTFT {mean('ttft_mean_s', 1e3):.2f} ms, TPOT {mean('tpot_mean_ms'):.3f} ms,"
-          f" {mean('output_tok_per_s'):.0f} out tok/s")
+    ttft = [(r["ttft_mean_s"] or 0) * 1e3 for r in runs]
+    mean = lambda key: statistics.mean(r[key] or 0 for r in runs)  # noqa: E731
+    print(f"mean of {len(runs)} {side} {name}: TTFT {statistics.mean(ttft):.2f} ms (runs {min(ttft):.2f}-{max(ttft):.2f}),"
+          f" TPOT {mean('tpot_mean_ms'):.3f} ms, {mean('output_tok_per_s'):.0f} out tok/s")
 EOF
