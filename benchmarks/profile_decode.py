@@ -133,9 +133,7 @@ def _profile(rank: int, tp: int, args: argparse.Namespace, model_dir: str) -> No
         launches = sum(len(v) for v in kernels.values()) / args.steps
         graphs = runner.use_cuda_graph and runner.prefill_graphs is not None
         num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
-        how = "eager"
-        if graphs and runner.prefill_graphs.bucket_for(step, num_tokens):
-            how = "one graph" if runner.prefill_graphs.whole_step_seqs(step) else "graph pieces"
+        how = "graphs" if graphs and runner.prefill_graphs.bucket_for(step, num_tokens) else "eager"
         what = {
             "prefill": f"prefill of {batch} tokens, {how}",
             "decode": f"batch {batch}, context {ctx}",

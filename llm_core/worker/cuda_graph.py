@@ -1,6 +1,5 @@
 """CUDA-graph capture and replay of steps (device "cuda" with the Triton ops only): whole decode steps
-(`DecodeGraphRunner`), and prefill and mixed steps (`PrefillGraphRunner`): piecewise, everything but attention,
-or whole for a pure prefill of a few prompts.
+(`DecodeGraphRunner`), and prefill and mixed steps piecewise, everything but attention (`PrefillGraphRunner`).
 
 A Llama-3-8B decode step launches ~600 kernels; launched from Python it is bound by launch
 overhead (16 ms at batch 1 on an H200 against ~3.7 ms of weight reads). `DecodeGraphRunner`
@@ -36,11 +35,6 @@ after them. An eager mixed step is ~430 launches that take the host longer than 
 (benchmarks/RESULTS.md); this way it is ~33 graph replays and ~3 attention launches per layer. Padding tokens
 (id 0, position 0) store their K/V to the dummy slot and their rows are never read.
 
-A pure prefill step of at most WHOLE_STEP_SEQS prompts (LAT's, and any step of new prompts while nothing
-decodes) runs as one graph per token bucket, attention inside: the prefill kernel's grid is sized by the bucket
-(query blocks past a prompt's end return at once) and the per-sequence inputs are padded to WHOLE_STEP_SEQS with
-empty sequences (no query, no context), so one graph serves any such step of that bucket.
-
 With `capture=False` (CPU tests) the same static-buffer path runs eagerly: everything but the
 graph itself is exercised without a GPU.
 """
@@ -63,7 +57,6 @@ MIN_CONTEXT_BUCKET = 4096
 NUM_FIELDS = 7  # rows of the static input buffer, see FIELDS
 FIELDS = ("input_ids", "positions", "table_index", "out_slots", "req_rows", "prefix_lens", "seq_lens")
 _I32_FROM = 3  # FIELDS[3:] are int32 in the ForwardBatch
-WHOLE_STEP_SEQS = 8  # a pure prefill step of up to this many prompts runs as one graph, attention inside
 
 
 # cuBLAS on an H200 (torch 2.11, CUDA 13) picks slower kernels at many row counts that are multiples of 16 but
@@ -355,25 +348,12 @@ class PrefillGraphRunner:
         self._attn = torch.zeros((n, attn.num_heads * attn.head_dim), dtype=dtype, device=device)
         self._hidden = torch.zeros((n, hidden), dtype=dtype, device=device)
         self._residual = torch.zeros((n, hidden), dtype=dtype, device=device)
-        # Whole-step graphs (pure prefill of up to WHOLE_STEP_SEQS prompts): the per-sequence inputs, padded with
-        # empty sequences, and the logits, outside the graphs' shared memory pool.
-        s = WHOLE_STEP_SEQS
-        self._rows = torch.full((s,), kv.req_to_slot.shape[0] - 1, dtype=torch.int32, device=device)
-        self._prefix_lens = torch.zeros(s, dtype=torch.int32, device=device)
-        self._seq_lens = torch.zeros(s, dtype=torch.int32, device=device)
-        self._starts = torch.zeros(s + 1, dtype=torch.int32, device=device)
-        self._last = torch.zeros(s, dtype=torch.int64, device=device)
-        self._logits = torch.zeros((s, model.config.vocab_size), dtype=torch.float32, device=device)
         self._pool = (pool or torch.cuda.graph_pool_handle()) if capture else None
         self._entries: dict[int, list[_Entry]] = {}  # bucket -> len(layers) + 1 pieces
-        self._whole: dict[int, _Entry] = {}  # bucket -> the whole-step graph
 
     @property
     def num_graphs(self) -> int:
-        """Graphs captured: pieces and whole steps."""
-        if not self.capture:
-            return 0
-        return sum(len(pieces) for pieces in self._entries.values()) + len(self._whole)
+        return sum(len(pieces) for pieces in self._entries.values()) if self.capture else 0
 
     def bucket_for(self, step: StepInput, num_tokens: int) -> int | None:
         """The token bucket of a prefill or mixed step of `num_tokens` new tokens without images, or None if it
@@ -382,22 +362,10 @@ class PrefillGraphRunner:
             return None
         return bucket_for(num_tokens, self.buckets)
 
-    @staticmethod
-    def whole_step_seqs(step: StepInput) -> int:
-        """WHOLE_STEP_SEQS when `step` (with a bucket) runs as one graph: a pure prefill step (no decode rows, no
-        embedding request) of at most that many prompts, to be padded to that many sequences
-        (`ModelRunner.prepare(pad_seqs=...)`); 0 when it runs piecewise."""
-        whole = step.num_decode == 0 and len(step.seqs) <= WHOLE_STEP_SEQS
-        return WHOLE_STEP_SEQS if whole and all(s.pooling is None for s in step.seqs) else 0
-
     def forward(self, batch: ForwardBatch, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, hidden rows) as the model's forward_with_hidden, for a batch prepared with its tokens padded
-        to a bucket (`ModelRunner.prepare(pad_to=...)`); `num_tokens` are real. A batch also padded to
-        WHOLE_STEP_SEQS sequences (`whole_step_seqs`) runs as one graph, its logits a view valid until the next
-        forward call (the padding sequences' rows included). Queued, not waited for."""
+        to a bucket (`ModelRunner.prepare(pad_to=...)`); `num_tokens` are real. Queued, not waited for."""
         n = batch.input_ids.shape[0]
-        if batch.num_seqs == WHOLE_STEP_SEQS and not batch.num_decode and batch.hidden_indices is None:
-            return self._forward_whole(batch, n), None
         pieces = self._entries.get(n)
         if pieces is None:
             pieces = self._entries[n] = self._make_pieces(n)
@@ -412,63 +380,12 @@ class PrefillGraphRunner:
         return self.model.finish(self._hidden, self._residual, batch, self.ops)
 
     def capture_all(self) -> None:
-        """Capture every bucket now, pieces and whole steps (largest first: the shared memory pool grows once)."""
+        """Capture every bucket now (largest first: the shared memory pool grows once)."""
         for n in reversed(self.buckets):
-            if n not in self._whole:
-                self._whole[n] = self._make_whole(n)
             if n not in self._entries:
                 self._entries[n] = self._make_pieces(n)
 
     # --- internals -----------------------------------------------------------------------
-    def _forward_whole(self, batch: ForwardBatch, n: int) -> torch.Tensor:
-        entry = self._whole.get(n)
-        if entry is None:
-            entry = self._whole[n] = self._make_whole(n)
-        for static, value in (
-            (self._ids, batch.input_ids), (self._positions, batch.positions), (self._slots, batch.out_slots),
-            (self._rows, batch.req_rows), (self._prefix_lens, batch.prefix_lens), (self._seq_lens, batch.seq_lens),
-            (self._starts, batch.query_start_loc), (self._last, batch.logits_indices),
-        ):  # fmt: skip
-            static[: value.shape[0]].copy_(value)
-        entry.run()
-        return self._logits
-
-    def _static_batch(self, n: int) -> ForwardBatch:
-        """A pure prefill step of n tokens (a bucket) and WHOLE_STEP_SEQS sequences in the static buffers. The
-        attention grid is sized for one n-token sequence; its programs past a sequence's end return at once."""
-        return ForwardBatch(
-            is_prefill=True,
-            input_ids=self._ids[:n],
-            positions=self._positions[:n],
-            out_slots=self._slots[:n],
-            req_rows=self._rows,
-            prefix_lens=self._prefix_lens,
-            seq_lens=self._seq_lens,
-            query_start_loc=self._starts,
-            logits_indices=self._last,
-            max_query_len=n,
-            max_seq_len=n,  # read by decode attention only
-        )
-
-    @torch.inference_mode()
-    def _make_whole(self, n: int) -> _Entry:
-        batch = self._static_batch(n)
-
-        def fn() -> None:
-            self._logits.copy_(self.model(batch, self.kv, self.ops))
-
-        if not self.capture:
-            return _Entry(run=fn, graph=None)
-        # All padding while capturing: every token to the dummy slot, every sequence empty.
-        self._ids[:n].zero_()
-        self._positions[:n].zero_()
-        self._slots[:n].fill_(self.kv.num_slots)
-        self._rows.fill_(self.kv.req_to_slot.shape[0] - 1)
-        for buffer in (self._prefix_lens, self._seq_lens, self._starts, self._last):
-            buffer.zero_()
-        (graph,) = capture_graphs([fn], self._pool, self._ids.device, warm_runs=1)
-        return _Entry(run=graph.replay, graph=graph)
-
     def _piece(self, i: int, n: int) -> None:
         """Piece i of an n-token step: the embeddings (i = 0) or layer i - 1 after its attention, then layer i
         up to its attention (i < number of layers); reads and writes only the static buffers."""

@@ -176,15 +176,11 @@ class ModelRunner:
                 )
 
     # --- forward -------------------------------------------------------------------------
-    def prepare(
-        self, step: StepInput, feed: TokenFeed | None = None, pad_to: int = 0, pad_seqs: int = 0
-    ) -> ForwardBatch:
+    def prepare(self, step: StepInput, feed: TokenFeed | None = None, pad_to: int = 0) -> ForwardBatch:
         """The device inputs of an eager step: one host-to-device copy from pinned memory, no wait for
         the device's queue (the previous step may still run). `feed` overwrites some input ids on the device.
         `pad_to` > the step's tokens: input_ids, positions and out_slots padded to that many tokens (a CUDA-graph
-        bucket) with token 0 at position 0 stored to the dummy slot. `pad_seqs` > the step's sequences (a pure
-        prefill step only): as many sequences, the extra ones empty (no new token, no context, the dummy row),
-        their logits rows a copy of the last real one's. Everything else describes the real tokens."""
+        bucket) with token 0 at position 0 stored to the dummy slot; everything else describes the real tokens."""
         input_ids: list[int] = []
         positions: list[int] = []
         out_slots: list[int] = []
@@ -224,13 +220,6 @@ class ModelRunner:
                     image_rows.append(seq.image_embeds[idx])
                     image_positions += [base + p for p in pos]
         num_tokens, num_seqs = len(input_ids), len(rows)
-        if pad_seqs > num_seqs:  # empty sequences: the attention kernels skip them
-            assert step.num_decode == 0 and not has_pooling, "only pure prefill steps are padded with sequences"
-            extra = pad_seqs - num_seqs
-            rows += [self.kv.req_to_slot.shape[0] - 1] * extra
-            prefix_lens += [0] * extra
-            seq_lens += [0] * extra
-            starts += [num_tokens] * extra
         padding = max(0, pad_to - num_tokens)
         if padding:  # after the real tokens: indices and offsets below stay those of the real ones
             input_ids += [0] * padding
@@ -312,18 +301,15 @@ class ModelRunner:
             except Exception:  # a capture that fails leaves the eager path working
                 self._graphs_failed()
         pieces = self.prefill_graphs if self.use_cuda_graph else None
-        num_tokens, num_seqs = sum(len(s.new_token_ids) for s in step.seqs), len(step.seqs)
+        num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
         bucket = pieces.bucket_for(step, num_tokens) if pieces is not None else None
-        pad_seqs = pieces.whole_step_seqs(step) if bucket is not None else 0
-        batch = self.prepare(step, feed, pad_to=bucket or 0, pad_seqs=pad_seqs)
+        batch = self.prepare(step, feed, pad_to=bucket or 0)
         if bucket is not None:
             try:
-                logits, hidden = pieces.forward(batch, num_tokens)
-                return logits[:num_seqs], hidden
+                return pieces.forward(batch, num_tokens)
             except Exception:  # the padded batch runs eagerly just as well
                 self._graphs_failed()
-        logits, hidden = self.model.forward_with_hidden(batch, self.kv, self.ops)
-        return logits[:num_seqs], hidden
+        return self.model.forward_with_hidden(batch, self.kv, self.ops)
 
     def num_graphs(self) -> tuple[int, int]:
         """(decode graphs, prefill graph pieces) captured so far."""

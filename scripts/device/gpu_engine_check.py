@@ -7,10 +7,9 @@
    prefill), twice: the second pass takes its prompts from the prefix cache (hits counted).
 2. bf16: last-token logits of one packed prefill, a few decode steps and a mixed step (decode
    rows plus a new prompt) are within bf16 tolerance of transformers' bf16 logits.
-On CUDA both run steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager): decode steps and
-pure prefill steps of up to 8 prompts whole, mixed steps piecewise; the bf16 check also compares each
-graph step with the same step launched eagerly and requires that both kinds of graph were captured
-without falling back.
+On CUDA both run steps from CUDA graphs (cuda_graph=True, --no-cuda-graph: eager): decode steps
+whole, prefill and mixed steps piecewise; the bf16 check also compares each graph step with the
+same step launched eagerly and requires that both kinds of graph were captured without falling back.
 Also runs on CPU (`--device cpu`) as a dry run of the script itself.
 """
 

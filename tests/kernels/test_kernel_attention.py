@@ -117,26 +117,3 @@ def test_decode_matches_last_prefill_row() -> None:
         q[-1:], kv.k_cache, kv.v_cache, kv.req_to_slot, kv.req_rows, kv.seq_lens, kv.max_seq_len, 0.125
     )
     assert_rows_close(decode, prefill[-1:].float(), dtype)
-
-
-def test_prefill_attention_whole_step_grid() -> None:
-    # A whole-step CUDA graph's launch (worker/cuda_graph.py): the grid sized for one bucket-long query, the
-    # sequences padded with empty ones (dummy row, no context); equal to the plain launch bit for bit.
-    dtype, bucket = torch.float16, 160
-    prefix_lens, query_lens = [0, 33, 0], [47, 16, 70]
-    kv = make_kv_batch(prefix_lens, query_lens, 2, 64, dtype)
-    q = _queries(sum(query_lens), 8, 64, dtype)
-    config = PrefillConfig(32, 16, 4, 2)
-    args = (q, kv.k_cache, kv.v_cache, kv.req_to_slot)
-    plain = prefill_attention_with_config(
-        *args, kv.req_rows, kv.prefix_lens, kv.seq_lens, kv.query_start_loc, kv.max_query_len, 0.125, config
-    )
-    empty = 5  # sequences of no query and no context, on the table's last (dummy) row
-    dummy = torch.full((empty,), kv.req_to_slot.shape[0] - 1, dtype=torch.int32, device=DEVICE)
-    zeros = torch.zeros(empty, dtype=torch.int32, device=DEVICE)
-    end = kv.query_start_loc[-1:].expand(empty)
-    padded = prefill_attention_with_config(
-        *args, torch.cat([kv.req_rows, dummy]), torch.cat([kv.prefix_lens, zeros]), torch.cat([kv.seq_lens, zeros]),
-        torch.cat([kv.query_start_loc, end]), bucket, 0.125, config,
-    )  # fmt: skip
-    assert torch.equal(padded, plain)

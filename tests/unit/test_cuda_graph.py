@@ -186,19 +186,14 @@ def _mixed_step(runner: ModelRunner, decode_rows, decode_lens, prompt_rows, prom
     return StepInput(is_prefill=True, seqs=seqs, num_decode=len(decode_rows))
 
 
-@pytest.mark.parametrize("kind", ["prefill", "prefill_resumed", "prefill_pieces", "mixed", "mixed_fed", "pooled"])
+@pytest.mark.parametrize("kind", ["prefill", "mixed", "mixed_fed", "pooled"])
 def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> None:
-    """PrefillGraphRunner's static-buffer paths (what is captured on CUDA: a pure prefill step as one graph padded
-    with empty sequences, other steps piecewise with attention eager in between) and the eager step on a padded
-    batch all give the unpadded eager step's logits, K/V and hidden rows."""
+    """PrefillGraphRunner's piecewise static-buffer path (what is captured on CUDA, attention eager in between) and
+    the eager step on a padded batch both give the unpadded eager step's logits, K/V and hidden rows."""
     pieces = PrefillGraphRunner(runner.model, runner.kv, runner.ops, max_tokens=48, capture=False)
     assert pieces.buckets == (8, 24, 40, 56)
-    if kind in ("prefill", "prefill_pieces"):
+    if kind == "prefill":
         step = _mixed_step(runner, [], [], [2, 5], [5, 8], 0, seed=3)
-    elif kind == "prefill_resumed":  # a prompt's second chunk after a first one: context before its queries
-        _prefill(runner, [6], [9], 100)
-        step = _mixed_step(runner, [], [], [3, 0], [4, 7], 110, seed=7)
-        step.seqs.insert(1, SeqInput(6, 9, list(range(20, 30)), list(range(130, 140)), 19))
     else:
         _prefill(runner, [1, 4], [6, 9], 30)
         step = _mixed_step(runner, [1, 4], [6, 9], [0, 7], [11, 4], 60, seed=4)
@@ -213,10 +208,6 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
     num_tokens = sum(len(s.new_token_ids) for s in step.seqs)
     bucket = pieces.bucket_for(step, num_tokens)
     assert bucket == 24 and bucket > num_tokens
-    pad_seqs = pieces.whole_step_seqs(step)
-    assert pad_seqs == (8 if kind.startswith("prefill") else 0)
-    if kind == "prefill_pieces":
-        pad_seqs = 0  # the same step piecewise
 
     def cache_of(step):  # this step's K and V, all layers
         slots = torch.tensor([x for s in step.seqs for x in s.new_slots])
@@ -231,9 +222,8 @@ def test_prefill_static_path_matches_eager(runner: ModelRunner, kind: str) -> No
     assert padded.out_slots[num_tokens:].tolist() == [runner.kv.num_slots] * (bucket - num_tokens)
     eager_logits, eager_hidden = runner.model.forward_with_hidden(padded, runner.kv, runner.ops)
     torch.testing.assert_close(eager_logits, ref_logits, rtol=1e-5, atol=1e-5)
-    logits, hidden = pieces.forward(runner.prepare(step, feed, pad_to=bucket, pad_seqs=pad_seqs), num_tokens)
-    assert logits.shape[0] == (8 if pad_seqs else len(step.seqs))
-    torch.testing.assert_close(logits[: len(step.seqs)], ref_logits, rtol=1e-5, atol=1e-5)
+    logits, hidden = pieces.forward(runner.prepare(step, feed, pad_to=bucket), num_tokens)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cache_of(step), ref_kv, rtol=1e-5, atol=1e-5)
     if kind == "pooled":
         assert hidden.shape == ref_hidden.shape == (4, runner.model_config.hidden_size)
@@ -256,20 +246,15 @@ def test_model_runner_routes_prefill_steps_through_the_graphs(runner: ModelRunne
     _prefill(runner, [3, 6], [5, 8], 140)
     step = _mixed_step(runner, [3, 6], [5, 8], [2], [13], 170, seed=6)
     ref = runner.forward(step).clone()  # eager: graphs are off on CPU
-    prompts = _mixed_step(runner, [], [], [1, 4, 7], [3, 30, 2], 190, seed=8)
-    ref_prompts = runner.forward(prompts).clone()
     calls = []
     forward = pieces.forward
     monkeypatch.setattr(
-        pieces, "forward",
-        lambda batch, n: calls.append((batch.input_ids.shape[0], batch.num_seqs, n)) or forward(batch, n),
-    )  # fmt: skip
+        pieces, "forward", lambda batch, n: calls.append((batch.input_ids.shape[0], n)) or forward(batch, n)
+    )
     monkeypatch.setattr(runner, "prefill_graphs", pieces)
     monkeypatch.setattr(runner, "use_cuda_graph", True)
     torch.testing.assert_close(runner.forward(step), ref, rtol=1e-5, atol=1e-5)
-    assert calls == [(24, 3, 15)]  # 2 decode rows + 13 prompt tokens, padded to the 24-token bucket: pieces
-    torch.testing.assert_close(runner.forward(prompts), ref_prompts, rtol=1e-5, atol=1e-5)
-    assert calls[1] == (40, 8, 35)  # 3 prompts, 35 tokens: one graph, padded to 8 sequences and 40 tokens
+    assert calls == [(24, 15)]  # 2 decode rows + 13 prompt tokens, padded to the 24-token bucket
 
     def broken(batch, n):
         raise RuntimeError("capture failed")
@@ -277,6 +262,4 @@ def test_model_runner_routes_prefill_steps_through_the_graphs(runner: ModelRunne
     monkeypatch.setattr(pieces, "forward", broken)
     torch.testing.assert_close(runner.forward(step), ref, rtol=1e-5, atol=1e-5)  # the padded batch, eagerly
     assert runner.graph_failed and not runner.use_cuda_graph
-    monkeypatch.setattr(runner, "use_cuda_graph", True)
-    torch.testing.assert_close(runner.forward(prompts), ref_prompts, rtol=1e-5, atol=1e-5)  # 3 rows of 8, eagerly
     runner.graph_failed = False  # the module's runner is shared
