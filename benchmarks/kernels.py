@@ -540,6 +540,13 @@ def _smoke_shapes() -> None:
     DECODE_SWEEP[:] = [DecodeConfig(block_n=16, num_warps=4, num_stages=1)]
 
 
+def _write_sweep(out: Path | None, meta: dict, lines: list[str]) -> None:
+    """A sweep's lines under the device line, to `out` (the sweeps print their lines as they go)."""
+    if out:
+        header = f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}."
+        out.write_text("\n".join([header, *lines]) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="markdown table")
@@ -566,10 +573,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     if args.prefill_sweep:
-        text = f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}.\n"
-        text += "\n".join(prefill_sweep()) + "\n"
-        if args.out:
-            args.out.write_text(text)
+        _write_sweep(args.out, meta, prefill_sweep())
         return
     if args.small_grid:
         text = "\n".join(small_grid_sweep()) + "\n"
@@ -578,10 +582,7 @@ def main() -> None:
         return
     if args.decode_sweep:
         print(meta, flush=True)
-        text = "\n".join([f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}; {meta['date']}."])
-        text += "\n".join(decode_sweep()) + "\n"
-        if args.out:
-            args.out.write_text(text)
+        _write_sweep(args.out, meta, decode_sweep())
         return
     ceil = ceilings()
     print(meta, ceil, flush=True)

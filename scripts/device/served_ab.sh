@@ -9,7 +9,7 @@
 #   carry: [".anchor/bin", ".anchor/ours", ".device/a"]   timeout_s: 600 (warmup,LAT: ~65 s a run on an H100)
 #   A_ENV / B_ENV: LLM_* settings for one side only (e.g. B_ENV="LLM_CUDA_GRAPH_MAX_TOKENS=0"); with A = . the same
 #   tree against itself under two settings.
-# Back in $OUT: ab.txt (one line per run, then the mean per side) and served_ab.tgz (each run's bench.json as
+# Back in $OUT: ab.txt (run_ours.sh's summary line of each workload of each run, then the mean per side) and served_ab.tgz (each run's bench.json as
 # <side>_<round>.json and its log; the device tool returns at most 8 files).
 # The kit's run_ours.sh variables (N, BENCH_ARGS, DEVICE, MODEL_DIR, ports, ...) pass through: see its header.
 set -uo pipefail
@@ -30,18 +30,6 @@ export R=${R:-/tmp/served_ab_res} FRESH=1 DEADLINE=${DEADLINE:-300}
 stop_all() {  # every server run_ours.sh may have left: this one's, side_by_side's, an earlier call's
   for r in "$R" /tmp/ours_res; do FRESH=0 R=$r bash "$B_TREE/.anchor/bin/run_ours.sh" stop > /dev/null 2>&1; done
 }
-summary() {  # summary FILE SIDE ROUND: one line of the run's figures
-  python3 - "$@" << 'EOF'
-import json, sys
-path, side, rnd = sys.argv[1:]
-cells = []
-for name, s in json.load(open(path)).items():
-    ttft = f"TTFT {s['ttft_mean_s'] * 1e3:.2f} / p50 {s['ttft_p50_s'] * 1e3:.2f} ms" if s["ttft_mean_s"] else "TTFT -"
-    cells.append(f"{name} {ttft}, TPOT {s['tpot_mean_ms'] or 0:.3f} ms, {s['output_tok_per_s']:.0f} out tok/s, "
-                 f"ok {s['ok']}/{s['requests']}")
-print(f"{side} round {rnd}: " + "; ".join(cells))
-EOF
-}
 
 stop_all
 for round in $(seq "$ROUNDS"); do
@@ -51,8 +39,9 @@ for round in $(seq "$ROUNDS"); do
     # OUT unset: run_ours.sh would copy its own files there
     (cd "$tree" && env -u OUT $extra bash .anchor/bin/run_ours.sh "$W" > "$RUNS/${side}_${round}.log" 2>&1)
     if [ -f "$R/bench.json" ]; then
-      cp "$R/bench.json" "$RUNS/${side}_${round}.json"
-      summary "$RUNS/${side}_${round}.json" $side "$round" | tee -a "$OUT/ab.txt"
+      cp "$R/bench.json" "$RUNS/${side}_${round}.json"  # and run_ours.sh's own summary line per workload:
+      sed -n '/done; summary:/,$p' "$RUNS/${side}_${round}.log" | tail -n +2 | sed "s/^/$side round $round: /" \
+        | tee -a "$OUT/ab.txt"
     else
       echo "$side round $round: no results (see ${side}_${round}.log)" | tee -a "$OUT/ab.txt"
       tail -n 20 "$RUNS/${side}_${round}.log"
