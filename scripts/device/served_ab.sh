@@ -9,8 +9,8 @@
 #   carry: [".anchor/bin", ".anchor/ours", ".device/a"]   timeout_s: 600 (warmup,LAT: ~65 s a run on an H100)
 #   A_ENV / B_ENV: LLM_* settings for one side only (e.g. B_ENV="LLM_CUDA_GRAPH_MAX_TOKENS=0"); with A = . the same
 #   tree against itself under two settings.
-# Back in $OUT: ab.txt (run_ours.sh's summary line of each workload of each run, then the mean per side) and served_ab.tgz (each run's bench.json as
-# <side>_<round>.json and its log; the device tool returns at most 8 files).
+# Back in $OUT: ab.txt (run_ours.sh's summary line of each workload of each run, then the mean per side) and
+# served_ab.tgz (each run's bench.json as <side>_<round>.json and its log; the device tool returns at most 8 files).
 # The kit's run_ours.sh variables (N, BENCH_ARGS, DEVICE, MODEL_DIR, ports, ...) pass through: see its header.
 set -uo pipefail
 A_TREE=${1:?usage: served_ab.sh A_TREE [workloads] [rounds]}
