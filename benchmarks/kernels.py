@@ -46,7 +46,8 @@ DEV = torch.device("cuda")
 DT = torch.bfloat16
 HQ, HK, D, HIDDEN, INTER = 32, 8, 128, 4096, 14336
 ROWS, MAX_POS, COPY_ELEMS, MATMUL_N = 16384, 32768, 1 << 28, 8192
-SWEEP_PREFILL_LENS = [512, 1024, 2048, 8192]  # LAT's prompt (the default shape: 10% of the matmul ceiling) to W2's scale
+# LAT's prompt (the default shape: 10% of the matmul ceiling) up to W2's scale
+SWEEP_PREFILL_LENS = [512, 1024, 2048, 8192]
 SWEEP_DECODE = [(64, 2048), (1, 32768), (1, 8192), (16, 8192), (256, 2048)]  # (batch, context)
 GB = 1e9
 
