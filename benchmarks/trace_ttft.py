@@ -23,7 +23,7 @@ import collections
 import json
 import statistics
 
-STEPS = ("preprocess", "visual", "llm", "postprocess")
+STEPS = ("preprocess", "llm", "postprocess")  # a request with images also calls visual from preprocess
 
 
 def load(paths: list[str]) -> tuple[dict[int, dict], dict[int, list[tuple[str, int]]]]:
@@ -61,15 +61,13 @@ def hops(info: dict[int, dict], stamps: dict[int, list[tuple[str, int]]]) -> lis
         first_response = at(trace_id, "INFER_RESPONSE_COMPLETE")
         if received is None or first_response is None:
             continue
-        pre, vis, llm = steps["preprocess"][0], steps["visual"][0], steps["llm"][0]
+        pre, llm = steps["preprocess"][0], steps["llm"][0]
         post = min(steps["postprocess"], key=lambda t: at(t, "REQUEST_START"))
         ms = {
             "receive -> preprocess": at(pre, "REQUEST_START") - received,
             "preprocess queue": at(pre, "COMPUTE_START") - at(pre, "REQUEST_START"),
             "preprocess compute": at(pre, "COMPUTE_END") - at(pre, "COMPUTE_START"),
-            "visual queue": at(vis, "COMPUTE_START") - at(pre, "COMPUTE_END"),
-            "visual compute": at(vis, "COMPUTE_END") - at(vis, "COMPUTE_START"),
-            "llm queue": at(llm, "COMPUTE_START") - at(vis, "COMPUTE_END"),
+            "llm queue": at(llm, "COMPUTE_START") - at(pre, "COMPUTE_END"),
             "llm compute (the request handed to the engine)": at(llm, "COMPUTE_END") - at(llm, "COMPUTE_START"),
             "llm: engine until the first response reaches postprocess": at(post, "REQUEST_START")
             - at(llm, "COMPUTE_END"),

@@ -1,7 +1,7 @@
 """Which of this repository's files one served request runs through, in order, in every process.
 
-Drives one streamed text request through the serving steps as tritonserver would (preprocess ->
-visual (an empty image tensor) -> llm step's LlmService and the engine's workers -> postprocess),
+Drives one streamed text request through the serving steps as tritonserver would (preprocess (a text
+request never calls the visual model) -> llm step's LlmService and the engine's workers -> postprocess),
 without tritonserver: the model.py
 adapters only hand pb_utils tensors to these functions, so they are listed, not run. A profile hook
 (sys.setprofile in every thread, inherited by the engine's spawned workers through a sitecustomize
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run by tritonserver around the steps below (pb_utils tensors in and out), so not run here.
-ADAPTERS = [f"model_repository/{m}/1/model.py" for m in ("preprocess", "visual", "llm", "postprocess")]
+ADAPTERS = [f"model_repository/{m}/1/model.py" for m in ("preprocess", "llm", "postprocess")]
 ADAPTERS += ["llm_core/serving/triton_bridge.py"]
 
 # Loaded by every Python process started with PYTHONPATH=<dir> (this one's workers included): records
@@ -90,9 +90,7 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     from llm_core.serving.metrics import EngineMetrics, RecordingSink
     from llm_core.serving.model_dir import resolve_model_dir
     from llm_core.serving.postprocess import parse_postprocess_input, postprocess_outputs
-    from llm_core.serving.preprocess import Preprocessor
-    from llm_core.serving.settings import load_settings
-    from llm_core.serving.visual import VisualService
+    from llm_core.serving.preprocess import Preprocessor, with_image_embeds
 
     class Transport:  # what the llm adapter's _Transport does, minus pb_utils
         def __init__(self) -> None:
@@ -128,7 +126,6 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     path = resolve_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     preprocess = Preprocessor(path, tokenizer)
-    visual = VisualService(load_settings({"model_dir": str(path)}), RecordingSink())
     transport = Transport()
     with Engine(EngineConfig(model_dir=str(path), max_total_tokens=4096)) as engine:
         service = LlmService(engine, transport, EngineMetrics(RecordingSink()))
@@ -140,8 +137,7 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
             "max_tokens": np.array([[max_tokens]], np.int32),
             "stream": np.array([[True]], np.bool_),
         }
-        llm_inputs = preprocess.run(inputs, {})
-        llm_inputs["image_embeds"] = visual.run([{k: llm_inputs[k] for k in ("pixel_values", "image_md5")}])[0]
+        llm_inputs = with_image_embeds(preprocess.run(inputs, {}), _no_images)
         handle: dict = {}
         service.submit(handle, llm_inputs)
         deadline = time.monotonic() + 120
@@ -153,6 +149,10 @@ def drive(model_dir: str | None, max_tokens: int, out: Path) -> None:
     if not handle.get("done"):
         raise SystemExit("the request did not finish in 120 s")
     print(f"{len(transport.responses)} responses")
+
+
+def _no_images(pixel_values, image_md5):
+    raise AssertionError("a text request called the visual model")
 
 
 def _cycle(calls: list[tuple[str, list[str]]]) -> list[str]:

@@ -42,10 +42,12 @@ def parse_llm_request(inputs: Mapping[str, np.ndarray], default_max_tokens: int)
     if ids.ndim == 2 and ids.shape[0] != 1:
         raise InputError("input_ids", f"batch size {ids.shape[0]} is not supported")
     embeds = inputs.get("image_embeds")
-    if embeds is not None:
-        embeds = np.array(embeds, np.float32)  # a copy: the request's memory goes away
-        embeds = embeds.reshape(-1, embeds.shape[-1]) if embeds.ndim >= 2 else embeds.reshape(0, 0)
-        embeds = embeds if embeds.shape[0] else None
+    if embeds is not None and embeds.size:  # a text request's is empty ([1, 0, 0] from preprocess)
+        if embeds.ndim < 2:
+            raise InputError("image_embeds", f"must be [tokens, hidden], got shape {list(embeds.shape)}")
+        embeds = np.array(embeds, np.float32).reshape(-1, embeds.shape[-1])  # a copy: the request's memory goes away
+    else:
+        embeds = None
     from_ensemble = "postprocess_options" in inputs
     values = {name: scalar(inputs.get(name), name) for name in _SCALAR_INPUTS}  # each input read once
     stream = as_bool("stream", values["stream"]) if values["stream"] is not None else False

@@ -1,4 +1,4 @@
-"""Preprocess: validate an ensemble request and turn it into the llm and visual steps' inputs.
+"""Preprocess: validate an ensemble request and turn it into the llm step's inputs.
 
 All input validation happens here, so a bad request fails before it costs the vision tower or
 the engine anything (the engine still re-checks what it must).
@@ -6,7 +6,7 @@ the engine anything (the engine still re-checks what it must).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from llm_core.serving.request import InputError, parse_generate_request
 # A token is rarely longer than this many UTF-8 bytes: a longer prompt cannot fit the context,
 # so it is refused before tokenizing (an 8 MB prompt took 12 s to tokenize, holding this step).
 MAX_BYTES_PER_TOKEN = 32
+NO_IMAGE_EMBEDS = np.zeros((1, 0, 0), np.float32)  # a text request's image_embeds (the llm step reads None)
 
 
 class Preprocessor:
@@ -72,3 +73,16 @@ class Preprocessor:
             "stream": np.array([[req.stream]], np.bool_),
             "postprocess_options": np.array([[req.options.to_json().encode()]], np.object_),
         }
+
+
+def with_image_embeds(
+    outputs: Mapping[str, np.ndarray], encode_images: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """`Preprocessor.run`'s outputs as the llm step takes them: pixel_values and image_md5 replaced by
+    image_embeds [1, tokens, hidden], which `encode_images(pixel_values, image_md5)` (the visual model) gives for
+    a request with images. A text request skips it: the visual model is not an ensemble step, so the text
+    requests (most of them) make one Python stub hop less before their first token."""
+    out = dict(outputs)
+    pixels, md5s = out.pop("pixel_values"), out.pop("image_md5")
+    out["image_embeds"] = encode_images(pixels, md5s) if md5s.size else NO_IMAGE_EMBEDS
+    return out

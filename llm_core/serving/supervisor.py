@@ -29,7 +29,7 @@ SENTINEL = "engine_health"
 # In the sentinel's reason while a model whose stub died reloads. tritonserver 2.51 never answers the requests
 # that stub held; the OpenAI server (openai/triton.py) ends its own with an error when it sees this.
 STUB_DIED = "its stub died"
-ENSEMBLE_STEPS = ("preprocess", "visual", "llm", "postprocess")
+ENSEMBLE_STEPS = ("preprocess", "llm", "postprocess")
 STUB_BINARY = "triton_python_backend_stub"
 
 

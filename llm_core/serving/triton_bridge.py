@@ -48,6 +48,23 @@ def error_response(pb: Any, message: str) -> Any:
     return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(message))
 
 
+class ModelCallError(RuntimeError):
+    """Another model of the repository answered a BLS request with an error (its message)."""
+
+
+def call_model(pb: Any, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """One request to another model of the repository (BLS, one response, from `execute`) -> its `outputs`."""
+    request = pb.InferenceRequest(
+        model_name=model,
+        inputs=[pb.Tensor(name, value) for name, value in inputs.items()],
+        requested_output_names=list(outputs),
+    )
+    response = request.exec()
+    if response.has_error():
+        raise ModelCallError(response.error().message())
+    return {name: pb.get_output_tensor_by_name(response, name).as_numpy() for name in outputs}
+
+
 class PbMetricsSink:
     """A MetricsSink over pb_utils.MetricFamily objects (one unlabeled metric per spec)."""
 

@@ -12,7 +12,7 @@ from transformers import AutoProcessor, AutoTokenizer
 
 from llm_core.models import load_model_config
 from llm_core.serving.images import decode_image
-from llm_core.serving.preprocess import Preprocessor
+from llm_core.serving.preprocess import Preprocessor, with_image_embeds
 from llm_core.serving.prompt import PromptEncoder, PromptLimits
 from llm_core.serving.request import InputError
 
@@ -158,6 +158,36 @@ def test_preprocessor_outputs(tiny_llava, llava_tokenizer):
     assert out["image_md5"].shape == (1, 1) and out["stream"].tolist() == [[True]]
     text_only = pre.run({"text_input": np.array([[b"hi"]], np.object_)}, {})
     assert text_only["pixel_values"].shape == (1, 0, 3, 32, 32) and text_only["image_md5"].shape == (1, 0)
+
+
+def test_only_a_request_with_images_calls_the_visual_model(tiny_llava, llava_tokenizer):
+    """What the preprocess adapter hands the llm step: the visual model's embeddings of a request's images
+    (VisualService, which the adapter calls through BLS), and for a text request an empty tensor without
+    calling it."""
+    from llm_core.serving.llm_io import parse_llm_request
+    from llm_core.serving.metrics import RecordingSink
+    from llm_core.serving.settings import load_settings
+    from llm_core.serving.visual import VisualService
+
+    pre = Preprocessor(tiny_llava, llava_tokenizer)
+    visual = VisualService(load_settings({"model_dir": str(tiny_llava)}, env={}), RecordingSink())
+    calls = []
+
+    def encode(pixel_values, image_md5):
+        calls.append(image_md5.reshape(-1).tolist())
+        return visual.run([{"pixel_values": pixel_values, "image_md5": image_md5}])[0]
+
+    image = pre.run({"text_input": np.array([[b"<image> hi"]], np.object_), "image": np.array([[_png()]])}, {})
+    out = with_image_embeds(image, encode)
+    assert sorted(out) == sorted(set(image) - {"pixel_values", "image_md5"} | {"image_embeds"})
+    assert calls == [image["image_md5"].reshape(-1).tolist()]
+    assert out["image_embeds"].shape == (1, 16, visual.hidden_size)
+    np.testing.assert_array_equal(out["input_ids"], image["input_ids"])
+    assert parse_llm_request(out, 16).image_embeds.shape == (16, visual.hidden_size)
+
+    text = with_image_embeds(pre.run({"text_input": np.array([[b"hi"]], np.object_)}, {}), encode)
+    assert len(calls) == 1 and text["image_embeds"].shape == (1, 0, 0)
+    assert parse_llm_request(text, 16).image_embeds is None
 
 
 def test_huge_prompt_is_refused_before_tokenizing(tiny_llava, llava_tokenizer):
