@@ -23,6 +23,7 @@ What it adds around `tritonserver --model-repository=model_repository`:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import signal
@@ -125,6 +126,11 @@ def openai_command(args: argparse.Namespace, model_dir: str) -> list[str]:
         f"--port={args.openai_port}",
     ]
     return cmd + ([f"--chat-template={args.chat_template}"] if args.chat_template else [])
+
+
+def missing_api_packages() -> list[str]:
+    """The OpenAI API's packages (the `api` extra) this interpreter lacks."""
+    return [name for name in ("fastapi", "uvicorn", "tritonclient") if importlib.util.find_spec(name) is None]
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
@@ -234,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[launcher] model dir {env[ENV_MODEL_DIR]}\n[launcher] {' '.join(cmd)}", flush=True)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     openai = None
-    if args.openai_port:  # own session: a terminal's Ctrl-C must not stop it before tritonserver drains
+    missing = missing_api_packages() if args.openai_port else []
+    if missing:  # tritonserver serves on without it; say so in one line instead of the child's traceback
+        need = ", ".join(missing)
+        print(f"[launcher] OpenAI API off: {need} not installed (pip install 'llm_core[api]')", flush=True)
+    elif args.openai_port:  # own session: a terminal's Ctrl-C must not stop it before tritonserver drains
         openai_cmd = openai_command(args, env[ENV_MODEL_DIR])
         openai = subprocess.Popen(openai_cmd, start_new_session=True, preexec_fn=_die_with_parent)
 

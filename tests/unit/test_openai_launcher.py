@@ -39,3 +39,13 @@ def test_launcher_reports_an_openai_server_that_did_not_start(monkeypatch, capsy
     out = capsys.readouterr().out
     assert "ready  HTTP" in out and "ready  OpenAI" not in out
     assert "OpenAI API on port 9 exited with 1" in out and calls[-1].endswith(":9/health")
+
+
+def test_launcher_names_the_openai_packages_it_lacks(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "fastapi" else real(name))
+    assert launcher.missing_api_packages() == ["fastapi"]
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert launcher.missing_api_packages() == []  # the test environment has the api extra
