@@ -19,6 +19,7 @@ OP_NAMES = (
     "silu_and_mul",
     "linear",
     "linear_silu_and_mul",
+    "linear_add_rms_norm",
     "inject_image_embeds",
 )
 
