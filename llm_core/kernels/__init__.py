@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from llm_core.kernels._checks import configure
 from llm_core.kernels.decode_attention import decode_attention
-from llm_core.kernels.gemv import linear, linear_add_rms_norm, linear_silu_and_mul
+from llm_core.kernels.gemv import linear, linear_silu_and_mul
 from llm_core.kernels.inject_image_embeds import inject_image_embeds
 from llm_core.kernels.prefill_attention import prefill_attention
 from llm_core.kernels.rms_norm import add_rms_norm, rms_norm
@@ -24,7 +24,6 @@ __all__ = [
     "decode_attention",
     "inject_image_embeds",
     "linear",
-    "linear_add_rms_norm",
     "linear_silu_and_mul",
     "prefill_attention",
     "rms_norm",

@@ -3,10 +3,7 @@
 Stage 1: program (seq, kv_head, split) attends the GROUP query heads that share kv_head to the
 keys [split * split_len, (split + 1) * split_len) of its sequence, so each K/V row is read once
 per kv head. It writes the normalized partial output and its log-sum-exp (log2 units).
-Stage 2: the partials of the splits that hold any keys are merged, by default in the same kernel: each split
-program counts itself in (an acq_rel counter per (seq, kv_head)) and the last to arrive merges the GROUP heads
-and resets the counter, as the GEMV's split-K does. `merge=False` runs a second kernel instead, program
-(seq, q_head) per merge.
+Stage 2: program (seq, q_head) merges the partials of the splits that hold any keys.
 """
 
 from __future__ import annotations
@@ -42,8 +39,6 @@ def _decode_split_kernel(
     seq_lens_ptr,  # [B]
     mid_out_ptr,  # [B, Hq, num_splits, D] fp32 contiguous; with DIRECT: the output [B, Hq, D]
     mid_lse_ptr,  # [B, Hq, num_splits] fp32 contiguous; unused with DIRECT
-    out_ptr,  # [B, Hq, D] contiguous, written here with MERGE
-    count_ptr,  # [B, Hk] int32, zero between calls (MERGE)
     stride_q_seq,
     stride_q_head,
     stride_kv_slot,
@@ -59,13 +54,10 @@ def _decode_split_kernel(
     UPCAST: tl.constexpr,
     IEEE: tl.constexpr,
     DIRECT: tl.constexpr,  # one split: write the final output, no reduce
-    MERGE: tl.constexpr,  # the last split program of (seq, kv_head) to finish merges the splits: no reduce kernel
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL_TRIGGER: tl.constexpr,  # let a PDL-launched GEMV after this kernel be scheduled now (_checks)
 ):
-    pdl_prologue(False, PDL_TRIGGER)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -111,41 +103,6 @@ def _decode_split_kernel(
     else:
         tl.store(mid_out_ptr + mid[:, None] * HEAD_DIM + dims[None, :], out, mask=q_mask)
         tl.store(mid_lse_ptr + mid, m_i + tl.math.log2(l_i), mask=groups < GROUP)
-        if MERGE:
-            # Every split with keys arrives here once; the last one (acq_rel: it sees the others' partials)
-            # merges them and resets the counter for the next call (graph replays included).
-            count = count_ptr + seq * (NUM_Q_HEADS // GROUP) + kv_head
-            num_valid = tl.cdiv(seq_len, split_len)
-            tl.debug_barrier()  # every thread's partial stored before the one release below covers them
-            if tl.atomic_add(count, 1, sem="acq_rel") == num_valid - 1:
-                tl.atomic_xchg(count, 0)
-                _merge_splits(
-                    mid_out_ptr, mid_lse_ptr, out_ptr, (seq * NUM_Q_HEADS + heads).to(tl.int64), num_valid,
-                    num_splits, dims, q_mask, groups < GROUP, HEAD_DIM, BLOCK_G, BLOCK_D,
-                )  # fmt: skip
-
-
-@triton.jit
-def _merge_splits(
-    mid_out_ptr, mid_lse_ptr, out_ptr, rows, num_valid, num_splits, dims, mask, row_mask,
-    HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    # rows [BLOCK_G]: (seq, q head) rows of this kv head. The partials of the other programs are read past L1 (.cg).
-    base = rows * num_splits
-    m = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    for s in range(num_valid):
-        m = tl.maximum(m, tl.load(mid_lse_ptr + base + s, mask=row_mask, other=0.0, cache_modifier=".cg"))
-    total = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    for s in range(num_valid):
-        w = tl.math.exp2(tl.load(mid_lse_ptr + base + s, mask=row_mask, other=0.0, cache_modifier=".cg") - m)
-        part = tl.load(
-            mid_out_ptr + (base + s)[:, None] * HEAD_DIM + dims[None, :], mask=mask, other=0.0, cache_modifier=".cg"
-        )
-        acc += part * w[:, None]
-        total += w
-    out = acc / total[:, None]
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -197,21 +154,6 @@ class DecodeConfig:
     programs_per_sm: int = 4  # split until batch * kv_heads * splits fills this many per SM
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _merge_counters(device: torch.device, needed: int) -> torch.Tensor | None:
-    """Per device: one int32 arrival counter per (sequence, kv head), zero between calls (each call's last split
-    program resets its own). Made on the first eager call; None (the reduce kernel instead) where it would have
-    to be made during a CUDA-graph capture or is too small."""
-    counts = _COUNTERS.get(device)
-    if counts is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        counts = _COUNTERS[device] = torch.zeros(1 << 16, dtype=torch.int32, device=device)
-    return counts if needed <= counts.numel() else None
-
-
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
@@ -240,9 +182,7 @@ def decode_attention_with_splits(
     sm_scale: float,
     num_splits: int,
     config: DecodeConfig,
-    merge: bool = True,
 ) -> torch.Tensor:
-    # merge: the split programs merge their partials themselves (one kernel); False: a reduce kernel after them.
     # q: [B, Hq, D]; caches: [S + 1, Hk, D]; req_to_slot: [R + 1, L] int32; req_rows, seq_lens: [B]
     batch, num_q_heads, head_dim = q.shape
     num_kv_heads = check_attention_inputs(q, k_cache, v_cache, req_to_slot)
@@ -257,7 +197,6 @@ def decode_attention_with_splits(
     split_len = triton.cdiv(triton.cdiv(max_seq_len, num_splits), block_n) * block_n
     num_splits = triton.cdiv(max_seq_len, split_len)
     direct = num_splits == 1
-    counts = _merge_counters(q.device, batch * num_kv_heads) if not direct and merge else None
     if direct:
         mid_out, mid_lse = out, out
     else:
@@ -274,8 +213,6 @@ def decode_attention_with_splits(
         seq_lens,
         mid_out,
         mid_lse,
-        out,
-        out if counts is None else counts,
         q.stride(0),
         q.stride(1),
         k_cache.stride(0),
@@ -291,15 +228,13 @@ def decode_attention_with_splits(
         UPCAST=dot_upcast(),
         IEEE=q.dtype == torch.float32,
         DIRECT=direct,
-        MERGE=counts is not None,
         BLOCK_G=max(triton.next_power_of_2(group), 16),
         BLOCK_N=block_n,
         BLOCK_D=block_d,
-        PDL_TRIGGER=counts is not None and pdl_enabled(q.device),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    if direct or counts is not None:
+    if direct:
         return out
     _decode_reduce_kernel[(batch, num_q_heads)](
         mid_out,

@@ -42,10 +42,7 @@ from llm_core.kernels._checks import (
     gdc_wait,
     pdl_enabled,
 )
-from llm_core.kernels.rms_norm import add_rms_norm
 from llm_core.kernels.silu_and_mul import silu_and_mul
-
-MAX_NORM_COLS = 16384  # the add + norm epilogue holds a whole row in one program's registers
 
 # Switches (EngineConfig.gemv, .gemv_prefetch_mb, through _checks.SWITCHES): gemv off sends every linear layer
 # to torch. With programmatic dependent launch, each call may prefetch that many weight bytes into L2 while the
@@ -65,12 +62,6 @@ def _gemv_kernel(
     K,
     K_PER_SPLIT,  # multiple of BLOCK_K
     PREFETCH_PROGRAMS,  # column blocks below this prefetch their weights into L2 before the PDL wait
-    res_ptr,  # [N] residual in (ADD_NORM)
-    norm_w_ptr,  # [N] RMSNorm weight (ADD_NORM)
-    normed_ptr,  # [N] rms_norm(y + residual) out (ADD_NORM)
-    res_out_ptr,  # [N] y + residual out (ADD_NORM)
-    norm_count_ptr,  # int32, zero between calls (ADD_NORM)
-    eps,
     HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     SPLIT_K: tl.constexpr,
@@ -80,8 +71,6 @@ def _gemv_kernel(
     NUM_STAGES: tl.constexpr,
     PDL: tl.constexpr,  # launched with launch_pdl: prefetch weights, then wait for the previous kernel
     PREFETCH_LINES: tl.constexpr,  # power of 2 >= this split's 128-byte lines per weight row
-    ADD_NORM: tl.constexpr,  # then residual add + RMSNorm of the whole row, by the last column block to finish
-    NORM_BLOCK: tl.constexpr,  # power of 2 >= N (ADD_NORM)
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -140,33 +129,8 @@ def _gemv_kernel(
                     y_up += tl.load(part_ptr + (SPLIT_K + s) * N + cols, mask=col_mask, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(count_ptr + pid_n, 0)  # ready for the next call (graph replays included)
             _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
-            if ADD_NORM:
-                _add_norm_tail(
-                    out_ptr, res_ptr, norm_w_ptr, normed_ptr, res_out_ptr, norm_count_ptr, N, eps, NORM_BLOCK
-                )
     else:
         _epilogue(y, y_up, b_ptr, out_ptr, cols, col_mask, N, HAS_BIAS, SILU)
-        if ADD_NORM:
-            _add_norm_tail(out_ptr, res_ptr, norm_w_ptr, normed_ptr, res_out_ptr, norm_count_ptr, N, eps, NORM_BLOCK)
-
-
-@triton.jit
-def _add_norm_tail(y_ptr, res_ptr, norm_w_ptr, normed_ptr, res_out_ptr, count_ptr, N, eps, NORM_BLOCK: tl.constexpr):
-    # Every column block counts itself in once its columns of y are stored; the last one (acq_rel: it sees the
-    # others' columns) computes add_rms_norm over the whole row, rounding as that kernel does, and resets the count.
-    tl.debug_barrier()  # every thread's columns stored before the one release below covers them
-    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-        tl.atomic_xchg(count_ptr, 0)
-        cols = tl.arange(0, NORM_BLOCK)
-        mask = cols < N
-        y = tl.load(y_ptr + cols, mask=mask, other=0.0, cache_modifier=".cg")
-        res = tl.load(res_ptr + cols, mask=mask, other=0.0)
-        x = (y.to(tl.float32) + res.to(tl.float32)).to(y.dtype)
-        tl.store(res_out_ptr + cols, x, mask=mask)
-        xf = x.to(tl.float32)
-        normed = (xf * tl.rsqrt(tl.sum(xf * xf, axis=0) / N + eps)).to(y.dtype).to(tl.float32)
-        w = tl.load(norm_w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(normed_ptr + cols, (w * normed).to(y.dtype), mask=mask)
 
 
 @triton.jit
@@ -215,11 +179,6 @@ class _Workspace:
             self._by_device[device] = buffers
         return buffers
 
-    def norm_counter(self, device: torch.device) -> torch.Tensor | None:
-        # The add + norm epilogue's arrival count: the last counter (column blocks use the ones below it).
-        buffers = self.get(device)
-        return None if buffers is None else buffers[1][-1:]
-
 
 _WORKSPACE = _Workspace()
 
@@ -251,8 +210,7 @@ def gemv_config(n: int, k: int, silu: bool = False, device: torch.device | None 
     return 4, min(1024, triton.next_power_of_2(k)), 1, 4, 1
 
 
-def _launch(x, weight, bias, out_cols: int, silu: bool, config, norm=None):
-    # norm: (residual, norm weight, eps, norm counter) -> (rms_norm(y + residual), y + residual) instead of y.
+def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
     m, k = x.shape
     assert m == 1, "one row (decode at batch 1)"
     out = torch.empty((1, out_cols), dtype=x.dtype, device=x.device)
@@ -261,7 +219,7 @@ def _launch(x, weight, bias, out_cols: int, silu: bool, config, norm=None):
     part, counts = out, out  # unused without split-K
     if split_k > 1:
         buffers = _WORKSPACE.get(x.device)
-        if buffers is None or split_k * out_cols * 2 > buffers[0].numel() or col_blocks >= buffers[1].numel():
+        if buffers is None or split_k * out_cols * 2 > buffers[0].numel() or col_blocks > buffers[1].numel():
             split_k = 1
         else:
             part, counts = buffers
@@ -272,22 +230,14 @@ def _launch(x, weight, bias, out_cols: int, silu: bool, config, norm=None):
     # Prefetch at most gemv_prefetch_bytes in all (the first column blocks are the ones scheduled first).
     program_bytes = row_bytes * block_n * (2 if silu else 1) * split_k
     prefetch_programs = SWITCHES.gemv_prefetch_bytes // program_bytes if pdl else 0
-    if norm is not None:
-        residual, norm_weight, eps, norm_count = norm
-        normed, res_out = torch.empty_like(out), torch.empty_like(out)
-    else:
-        residual = norm_weight = normed = res_out = norm_count = out
-        eps = 0.0
     _gemv_kernel[(col_blocks, split_k)](
         x, weight, bias if bias is not None else out, out, part, counts, out_cols, k, k_per_split, prefetch_programs,
-        residual, norm_weight, normed, res_out, norm_count, eps,
         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k, EVEN_K=split_k * k_per_split == k,
         BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages, PDL=pdl,
-        PREFETCH_LINES=triton.next_power_of_2(triton.cdiv(row_bytes, 128)),
-        ADD_NORM=norm is not None, NORM_BLOCK=triton.next_power_of_2(out_cols) if norm is not None else 1,
-        num_warps=num_warps, **({"launch_pdl": True} if pdl else {}),
+        PREFETCH_LINES=triton.next_power_of_2(triton.cdiv(row_bytes, 128)), num_warps=num_warps,
+        **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
-    return out if norm is None else (normed, res_out)
+    return out
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -325,29 +275,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if config is None:
         return torch.nn.functional.linear(x, weight, bias)
     return _launch(x, weight, bias, weight.shape[0], silu=False, config=config)
-
-
-def linear_add_rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float, config=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """add_rms_norm(linear(x, weight), residual, norm_weight, eps): (normed, new residual), both [M, N]. At one row
-    one kernel: the GEMV's last column block to finish does the add and the norm (a norm kernel less per call);
-    otherwise linear, then the add_rms_norm kernel."""
-    _check(x, weight, None, weight.shape[0])
-    n = weight.shape[0]
-    assert residual.shape == (x.shape[0], n) and norm_weight.shape == (n,), (residual.shape, norm_weight.shape)
-    config = config or _pick(x, weight, None, n, silu=False)
-    count = _WORKSPACE.norm_counter(x.device) if config is not None else None
-    fused = (
-        count is not None
-        and n <= MAX_NORM_COLS
-        and residual.is_contiguous()
-        and norm_weight.is_contiguous()
-        and residual.dtype == norm_weight.dtype == x.dtype
-    )
-    if not fused:
-        return add_rms_norm(linear(x, weight, config=config), residual, norm_weight, eps)
-    return _launch(x, weight, None, n, silu=False, config=config, norm=(residual, norm_weight, eps, count))
 
 
 def linear_silu_and_mul(

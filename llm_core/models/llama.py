@@ -70,17 +70,6 @@ class RMSNorm(nn.Module):
         return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
-def project_and_norm(
-    ops: ModuleType, x: torch.Tensor, linear: RowParallelLinear, deferred: bool, norm: RMSNorm, residual: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """norm(linear(x) + residual) -> (normed, new residual), both [T, hidden]. One op at tp = 1 without a bias
-    (at one row the GEMV's last column block adds and norms: a norm kernel less); else the projection, then the
-    norm, which all-reduces a `deferred` partial sum (tp > 1)."""
-    if linear.tp.size == 1 and linear.bias is None:
-        return ops.linear_add_rms_norm(x, linear.weight, residual, norm.weight, norm.eps)
-    return norm(ops, linear(x, reduce=not deferred, ops=ops), residual, reduce=deferred)
-
-
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int, tp: TensorParallel, dtype, device):
         super().__init__()
@@ -136,6 +125,11 @@ class LlamaAttention(nn.Module):
             )  # fmt: skip
         return out.view(num_tokens, self.num_heads * self.head_dim)
 
+    def output(self, attn: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+        """[T, hidden]: o_proj of the attention output, summed over ranks or this rank's partial sum with
+        defer_reduce."""
+        return self.o_proj(attn, reduce=not self.defer_reduce, ops=ops)
+
     def _mixed_attention(self, q: torch.Tensor, kv: KVCache, batch: ForwardBatch, ops: ModuleType) -> torch.Tensor:
         """q: [T, Hq, D], the first d tokens one decode row each: those through the decode kernel (split over
         the context), the prompt chunks after them through the prefill kernel. Returns [T, Hq, D]."""
@@ -159,10 +153,9 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, tp, dtype, device)
         self.defer_reduce = tp.size > 1 and not cfg.mlp_bias  # the next norm all-reduces (fused)
 
-    def activation(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
-        # [T, hidden] -> silu(gate) * up [T, intermediate / tp]; down_proj runs with the norm after it
-        # (project_and_norm), so at one row the two are one kernel.
-        return self.gate_up_proj.forward_silu_and_mul(x, ops)
+    def forward(self, x: torch.Tensor, ops: ModuleType) -> torch.Tensor:
+        # [T, hidden]: summed over ranks, or this rank's partial sum with defer_reduce
+        return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, ops), reduce=not self.defer_reduce, ops=ops)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -173,33 +166,25 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device, tp)
 
-    def forward(self, hidden, residual, batch, kv, ops, cos_sin, prev=None) -> tuple[torch.Tensor, torch.Tensor]:
-        q, residual = self.pre_attention(hidden, residual, batch.positions, batch.out_slots, kv, ops, cos_sin, prev)
+    def forward(self, hidden, residual, batch, kv, ops, cos_sin) -> tuple[torch.Tensor, torch.Tensor]:
+        q, residual = self.pre_attention(hidden, residual, batch.positions, batch.out_slots, kv, ops, cos_sin)
         return self.post_attention(self.self_attn.attend(q, batch, kv, ops), residual, ops)
 
     def pre_attention(
-        self, hidden, residual, positions, out_slots, kv, ops, cos_sin, prev: LlamaDecoderLayer | None = None
+        self, hidden, residual, positions, out_slots, kv, ops, cos_sin
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(queries [T, Hq, D], residual [T, hidden]); stores the new tokens' K/V. hidden: the embeddings
-        (residual and prev None), else the MLP activation of the layer before, `prev`, whose down projection runs
-        here with this layer's input norm."""
-        if residual is None:
-            hidden, residual = self.input_layernorm(ops, hidden, None)
-        else:
-            mlp = prev.mlp
-            hidden, residual = project_and_norm(
-                ops, hidden, mlp.down_proj, mlp.defer_reduce, self.input_layernorm, residual
-            )
+        (residual None), else the previous MLP's output (a partial sum with defer_reduce)."""
+        reduce = residual is not None and self.mlp.defer_reduce
+        hidden, residual = self.input_layernorm(ops, hidden, residual, reduce=reduce)
         return self.self_attn.project(hidden, positions, out_slots, kv, ops, cos_sin), residual
 
     def post_attention(self, attn, residual, ops) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the MLP activation [T, intermediate / tp], before its down projection, which runs with the next norm;
-        residual [T, hidden]) from the attention output attn [T, Hq * D]."""
-        attention = self.self_attn
-        hidden, residual = project_and_norm(
-            ops, attn, attention.o_proj, attention.defer_reduce, self.post_attention_layernorm, residual
-        )
-        return self.mlp.activation(hidden, ops), residual
+        """(MLP output [T, hidden], a partial sum with defer_reduce; residual) from the attention output attn
+        [T, Hq * D]."""
+        hidden = self.self_attn.output(attn, ops)
+        hidden, residual = self.post_attention_layernorm(ops, hidden, residual, reduce=self.self_attn.defer_reduce)
+        return self.mlp(hidden, ops), residual
 
 
 class LlamaModel(nn.Module):
@@ -244,28 +229,23 @@ class LlamaForCausalLM(nn.Module):
         """(logits [B, vocab] fp32 of each sequence's last new token, final normed hidden states [R, hidden]
         fp32 of the rows batch.hidden_indices or None without them: see `finish`)."""
         hidden = self.embed(batch, ops)  # [T, hidden]
-        residual, prev = None, None
+        residual = None
         for layer in self.model.layers:
-            hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin, prev)
-            prev = layer
+            hidden, residual = layer(hidden, residual, batch, kv, ops, self.cos_sin)
         return self.finish(hidden, residual, batch, ops)
 
     def finish(
         self, hidden: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch, ops: ModuleType
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The last layer's outputs (hidden: its MLP activation [T, intermediate / tp], before the down projection;
-        residual [T, hidden]) -> (logits [B, vocab] fp32 of the rows batch.logits_indices, final normed hidden
-        states [R, hidden] fp32 of the rows batch.hidden_indices, the embedding requests' rows, normed in the same
-        call; None without them)."""
+        """The last layer's outputs [T, hidden] (hidden: a partial sum with defer_reduce) -> (logits [B, vocab]
+        fp32 of the rows batch.logits_indices, final normed hidden states [R, hidden] fp32 of the rows
+        batch.hidden_indices, the embedding requests' rows, normed in the same call; None without them)."""
         num_seqs = batch.logits_indices.shape[0]
         rows = batch.logits_indices
         if batch.hidden_indices is not None:
             rows = torch.cat([rows, batch.hidden_indices])  # [B + R]
-        # The down projection and the norm (and any all-reduce) are row-wise: `rows` only.
-        mlp = self.model.layers[-1].mlp
-        normed, _ = project_and_norm(
-            ops, hidden[rows], mlp.down_proj, mlp.defer_reduce, self.model.norm, residual[rows]
-        )  # [B (+ R), hidden]
+        reduce = self.model.layers[-1].mlp.defer_reduce  # the all-reduce is row-wise: `rows` only
+        normed, _ = self.model.norm(ops, hidden[rows], residual[rows], reduce=reduce)  # [B (+ R), hidden]
         logits = self.lm_head(normed[:num_seqs], ops).float()
         return logits, (normed[num_seqs:].float() if batch.hidden_indices is not None else None)
 

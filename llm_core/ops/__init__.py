@@ -19,7 +19,6 @@ OP_NAMES = (
     "silu_and_mul",
     "linear",
     "linear_silu_and_mul",
-    "linear_add_rms_norm",
     "inject_image_embeds",
 )
 

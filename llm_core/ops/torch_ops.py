@@ -168,13 +168,6 @@ def linear_silu_and_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return silu_and_mul(linear(x, weight, bias))
 
 
-def linear_add_rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # -> add_rms_norm(linear(x, weight), residual, norm_weight, eps): (normed, new residual), both [T, N]
-    return add_rms_norm(linear(x, weight), residual, norm_weight, eps)
-
-
 def inject_image_embeds(inputs_embeds: torch.Tensor, image_embeds: torch.Tensor, image_positions: torch.Tensor) -> None:
     # In place: inputs_embeds[image_positions[i]] = image_embeds[i].
     # inputs_embeds: [T, H]; image_embeds: [N, H]; image_positions: [N] int

@@ -346,8 +346,7 @@ class PrefillGraphRunner:
         self._slots = torch.full((n,), kv.num_slots, dtype=torch.int32, device=device)
         self._q = torch.zeros((n, attn.num_heads, attn.head_dim), dtype=dtype, device=device)
         self._attn = torch.zeros((n, attn.num_heads * attn.head_dim), dtype=dtype, device=device)
-        # The last layer's MLP activation: its down projection runs with the final norm, in the model's finish().
-        self._hidden = torch.zeros((n, self.layers[-1].mlp.gate_up_proj.shard_size), dtype=dtype, device=device)
+        self._hidden = torch.zeros((n, hidden), dtype=dtype, device=device)
         self._residual = torch.zeros((n, hidden), dtype=dtype, device=device)
         self._pool = (pool or torch.cuda.graph_pool_handle()) if capture else None
         self._entries: dict[int, list[_Entry]] = {}  # bucket -> len(layers) + 1 pieces
@@ -391,16 +390,15 @@ class PrefillGraphRunner:
         """Piece i of an n-token step: the embeddings (i = 0) or layer i - 1 after its attention, then layer i
         up to its attention (i < number of layers); reads and writes only the static buffers."""
         if i == 0:
-            hidden, residual, prev = self.model.model.embed_tokens(self._ids[:n]), None, None
+            hidden, residual = self.model.model.embed_tokens(self._ids[:n]), None
         else:
-            prev = self.layers[i - 1]
-            hidden, residual = prev.post_attention(self._attn[:n], self._residual[:n], self.ops)
+            hidden, residual = self.layers[i - 1].post_attention(self._attn[:n], self._residual[:n], self.ops)
         if i == len(self.layers):
             self._hidden[:n].copy_(hidden)
             self._residual[:n].copy_(residual)
             return
         q, residual = self.layers[i].pre_attention(
-            hidden, residual, self._positions[:n], self._slots[:n], self.kv, self.ops, self.model.cos_sin, prev
+            hidden, residual, self._positions[:n], self._slots[:n], self.kv, self.ops, self.model.cos_sin
         )
         self._q[:n].copy_(q)
         self._residual[:n].copy_(residual)

@@ -89,10 +89,9 @@ def test_decode_attention(seq_lens: list[int], heads, head_dim: int, dtype: torc
     assert_rows_close(out, _decode_ref(q, kv, sm_scale), dtype)
 
 
-@pytest.mark.parametrize("merge", [True, False], ids=["merged-in-kernel", "reduce-kernel"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("num_splits", [1, 2, 3, 7, 64])
-def test_decode_attention_splits(num_splits: int, dtype: torch.dtype, merge: bool) -> None:
+def test_decode_attention_splits(num_splits: int, dtype: torch.dtype) -> None:
     # Context lengths just below, at and above split boundaries (split_len is a multiple of 16 here).
     seq_lens = [16, 17, 95, 96, 97, 1, 250] if not ON_GPU else [1, 511, 512, 513, 8191, 8192, 30001]
     config = DecodeConfig(block_n=16, num_warps=2, num_stages=1) if not ON_GPU else DecodeConfig()
@@ -100,27 +99,9 @@ def test_decode_attention_splits(num_splits: int, dtype: torch.dtype, merge: boo
     q = _queries(len(seq_lens), 8, 64, dtype)
     out = decode_attention_with_splits(
         q, kv.k_cache, kv.v_cache, kv.req_to_slot, kv.req_rows, kv.seq_lens, kv.max_seq_len, 0.125,
-        num_splits, config, merge=merge,
+        num_splits, config,
     )  # fmt: skip
     assert_rows_close(out, _decode_ref(q, kv, 0.125), dtype)
-
-
-def test_decode_merge_leaves_its_counters_at_zero() -> None:
-    # The last split program of each (sequence, kv head) resets its counter: a second call (a graph replay)
-    # merges the same way, and the two-kernel path gives the same rows.
-    import importlib
-
-    module = importlib.import_module("llm_core.kernels.decode_attention")  # the package re-exports the function
-    seq_lens = [5, 200, 1, 64, 129]
-    kv = make_kv_batch([n - 1 for n in seq_lens], [1] * len(seq_lens), 2, 64, torch.bfloat16)
-    q = _queries(len(seq_lens), 8, 64, torch.bfloat16)
-    config = DecodeConfig(block_n=16, num_warps=2, num_stages=1)
-    args = (q, kv.k_cache, kv.v_cache, kv.req_to_slot, kv.req_rows, kv.seq_lens, kv.max_seq_len, 0.125, 13, config)
-    first, second = decode_attention_with_splits(*args), decode_attention_with_splits(*args)
-    two_kernels = decode_attention_with_splits(*args, merge=False)
-    assert int(module._COUNTERS[q.device].count_nonzero()) == 0
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
-    torch.testing.assert_close(first.float(), two_kernels.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_decode_matches_last_prefill_row() -> None:

@@ -298,9 +298,7 @@ def test_half_precision_and_dummy_run(tmp_path, dtype, load_format):
 
 def test_linear_layers_go_through_ops(tmp_path):
     # Every projection of the text model is an ops call (the GPU op set puts batch-1 decode on our GEMV):
-    # per layer qkv through ops.linear, o with the post-attention norm and down with the next norm (the next
-    # layer's input norm, the final norm after the last layer) through ops.linear_add_rms_norm, gate_up through
-    # ops.linear_silu_and_mul, plus lm_head.
+    # per layer qkv, o and down through ops.linear and gate_up through ops.linear_silu_and_mul, plus lm_head.
     from types import SimpleNamespace
 
     save_text_model(tmp_path, "llama")
@@ -316,12 +314,6 @@ def test_linear_layers_go_through_ops(tmp_path):
 
     ops = SimpleNamespace(**{n: getattr(torch_ops, n) for n in dir(torch_ops) if not n.startswith("_")})
     ops.linear, ops.linear_silu_and_mul = recorded("linear"), recorded("linear_silu_and_mul")
-
-    def linear_add_rms_norm(x, weight, *norm_args):
-        calls.append(("linear_add_rms_norm", tuple(weight.shape)))
-        return torch_ops.linear_add_rms_norm(x, weight, *norm_args)
-
-    ops.linear_add_rms_norm = linear_add_rms_norm
     expected = runner.step([0], [PROMPTS[0]])
     runner.cached.clear()
     model, runner.model = runner.model, lambda batch, kv, _ops: model(batch, kv, ops)
@@ -329,8 +321,8 @@ def test_linear_layers_go_through_ops(tmp_path):
     hidden, inter, q, kv = TEXT["hidden_size"], TEXT["intermediate_size"], 4 * 8, 2 * 8
     per_layer = [
         ("linear", (q + 2 * kv, hidden)),
-        ("linear_add_rms_norm", (hidden, q)),
+        ("linear", (hidden, q)),
         ("linear_silu_and_mul", (2 * inter, hidden)),
-        ("linear_add_rms_norm", (hidden, inter)),
+        ("linear", (hidden, inter)),
     ]
     assert calls == per_layer * TEXT["num_hidden_layers"] + [("linear", (TEXT["vocab_size"], hidden))]
