@@ -82,3 +82,20 @@ def test_env_check_names_package_and_fix(tmp_path, monkeypatch):
     finally:
         sys.modules.pop("np2pkg", None)
     assert "package: np2pkg" in message and "LLM_HOST_HIDE=np2pkg" in message
+
+
+def test_every_shell_script_parses_and_every_listed_device_check_exists():
+    # The device scripts run only on a lent GPU machine, where a syntax error costs a start and a call: `bash -n`
+    # here. And every `bash scripts/device/X.sh` the device README lists is a file.
+    import re
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.sh"], cwd=ROOT, capture_output=True, text=True, check=True)
+    scripts = [ROOT / name for name in tracked.stdout.split()]
+    assert ROOT / "scripts" / "device" / "served_ab.sh" in scripts
+    for path in scripts:
+        parsed = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert parsed.returncode == 0, f"{path.relative_to(ROOT)}: {parsed.stderr}"
+    listed = set(re.findall(r"bash (scripts/device/\w+\.sh)", (ROOT / "scripts" / "device" / "README.md").read_text()))
+    assert "scripts/device/decode_ab.sh" in listed
+    assert not [name for name in listed if not (ROOT / name).is_file()]
