@@ -1,13 +1,11 @@
-"""Linear layers at small batches: y = x W^T (+ b) for 1 to MAX_ROWS rows x, optionally fused with SiLU-and-mul.
+"""Linear layers at batch-1 decode: y = x W^T (+ b) for one row x, optionally fused with SiLU-and-mul.
 
-At decode batches up to a few dozen rows a step's weight GEMMs are pure weight streaming: the FLOPs are few and
-every weight byte is read once per step. cuBLAS picks tensor-core tiles with split-K and a separate reduce kernel
-for these shapes, and reaches 2.9-3.7 TB/s of weights at 64 rows on an H200 (the halved matrices of a tp=2 rank
-less; profiled on 2 x H200, 2026-11-22). Here each program owns BLOCK_N output columns (weight rows, contiguous
-along K) and streams its [BLOCK_N, BLOCK_K] weight tiles once for all rows: one row accumulates products in fp32
-registers (CUDA cores, `_gemv_kernel`: a GEMV has no reuse for tensor cores to exploit), several rows multiply a
-[BLOCK_M, BLOCK_K] tile of x, padded to 16 rows or more, on tensor cores (`_gemv_rows_kernel`; the padding costs
-no bandwidth).
+At batch 1 a decode step's weight GEMMs are matrix-vector products: pure weight streaming. cuBLAS picks
+tensor-core tiles with split-K and a separate reduce kernel for these shapes, and the halved matrices of a
+tp=2 rank run well below the bandwidth of the full ones (profiled on 2 x H200, 2026-11-22). Here
+each program owns BLOCK_N output columns (weight rows, contiguous along K) and streams its [BLOCK_N, BLOCK_K]
+weight tiles once, accumulating products in fp32 registers (CUDA cores: a GEMV has
+no reuse for tensor cores to exploit).
 
 SPLIT_K > 1 splits K over programs for matrices with few output columns. The partial sums go to an fp32
 workspace; the last program of each column block (an acq_rel counter) adds them in split order (the same
@@ -17,13 +15,13 @@ Epilogues: the bias; `linear_silu_and_mul`, for [gate | up] weights, returns sil
 (the gate and up rows of a column block are computed by the same program, rounded to the activation dtype
 as a separate GEMM would, then combined like `silu_and_mul`).
 
-On Hopper (`_checks.pdl_enabled`) the kernels are launched with programmatic dependent launch: they can be
-scheduled while the kernel before them still runs, prefetch the weights of their first column blocks into L2
-(SWITCHES.gemv_prefetch_bytes in all; the weights are never written by a kernel), and wait for that kernel before
-they read x or write anything. The results are the same bits with PDL on or off.
+On Hopper (`_checks.pdl_enabled`) the kernel is launched with programmatic dependent launch: it can be
+scheduled while the kernel before it still runs, prefetches the weights of its first column blocks into L2
+(SWITCHES.gemv_prefetch_bytes in all; the weights are never written by a kernel), and waits for that kernel before it
+reads x or writes anything. The results are the same bits with PDL on or off.
 
-More than MAX_ROWS rows, shapes where the tuned table says cuBLAS is faster, and layouts the kernels do not take
-go to torch (cuBLAS).
+More than one row, shapes where the tuned table says cuBLAS is faster, and layouts the kernel does not take
+go to torch (cuBLAS): with several rows this kernel would re-read the weights per row.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from llm_core.kernels._checks import (
     SWITCHES,
     check_device,
     check_float,
-    dot_upcast,
     gdc_launch_dependents,
     gdc_wait,
     pdl_enabled,
@@ -137,117 +134,6 @@ def _gemv_kernel(
 
 
 @triton.jit
-def _gemv_rows_kernel(
-    x_ptr,  # [M, K], rows stride_xm apart
-    w_ptr,  # [N_W, K] contiguous: N_W = N, or 2 N with SILU ([gate | up])
-    b_ptr,  # [N_W] or dummy
-    out_ptr,  # [M, N] contiguous
-    part_ptr,  # [SPLIT_K (x 2 with SILU), M, N] fp32 workspace (SPLIT_K > 1)
-    count_ptr,  # [cdiv(N, BLOCK_N)] int32, zero between calls (SPLIT_K > 1)
-    M,
-    N,
-    K,
-    K_PER_SPLIT,  # multiple of BLOCK_K
-    stride_xm,
-    PREFETCH_PROGRAMS,
-    HAS_BIAS: tl.constexpr,
-    SILU: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # power of 2 >= M, >= 16 (tl.dot)
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
-    PDL: tl.constexpr,
-    PREFETCH_LINES: tl.constexpr,
-    UPCAST: tl.constexpr,  # the interpreter: tl.dot on fp32 (_checks.dot_upcast)
-    IEEE: tl.constexpr,  # fp32 inputs: no TF32
-):
-    # A few rows: each program streams its [BLOCK_N, K_PER_SPLIT] weight slab once for all M rows (tensor cores
-    # on an M padded to BLOCK_M; the product is memory-bound, the padding costs no bandwidth).
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = tl.arange(0, BLOCK_M)
-    row_mask = rows < M
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    ks = tl.arange(0, BLOCK_K)
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
-    w_rows = w_ptr + tl.minimum(cols, N - 1).to(tl.int64)[:, None] * K
-    if SILU:
-        up_rows = w_rows + N.to(tl.int64) * K
-    k_begin = pid_k * K_PER_SPLIT
-    k_end = tl.minimum(k_begin + K_PER_SPLIT, K)
-    if PDL:
-        gdc_launch_dependents()
-        if pid_n < PREFETCH_PROGRAMS:
-            line_elems = 128 // w_ptr.dtype.element_ty.primitive_bitwidth * 8
-            kk = tl.minimum(k_begin + tl.arange(0, PREFETCH_LINES) * line_elems, k_end - 1)
-            _prefetch_l2(w_rows + kk[None, :])
-            if SILU:
-                _prefetch_l2(up_rows + kk[None, :])
-        gdc_wait()
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        k = k0 + ks
-        if EVEN_K:
-            x = tl.load(x_rows + k[None, :], mask=row_mask[:, None], other=0.0)
-            w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
-        else:
-            k_mask = k < k_end
-            x = tl.load(x_rows + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_rows + k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
-        if UPCAST:
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee" if IEEE else None)
-        if SILU:
-            if EVEN_K:
-                u = tl.load(up_rows + k[None, :], eviction_policy="evict_first")
-            else:
-                u = tl.load(up_rows + k[None, :], mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
-            if UPCAST:
-                u = u.to(tl.float32)
-            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision="ieee" if IEEE else None)
-
-    mn = rows[:, None] * N + cols[None, :]
-    mask = row_mask[:, None] & col_mask[None, :]
-    if SPLIT_K > 1:
-        tl.store(part_ptr + pid_k * M * N + mn, acc, mask=mask)
-        if SILU:
-            tl.store(part_ptr + (SPLIT_K + pid_k) * M * N + mn, acc_up, mask=mask)
-        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(SPLIT_K):
-                acc += tl.load(part_ptr + s * M * N + mn, mask=mask, other=0.0, cache_modifier=".cg")
-                if SILU:
-                    acc_up += tl.load(part_ptr + (SPLIT_K + s) * M * N + mn, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(count_ptr + pid_n, 0)
-            _epilogue_rows(acc, acc_up, b_ptr, out_ptr + mn, cols, mask, N, HAS_BIAS, SILU)
-    else:
-        _epilogue_rows(acc, acc_up, b_ptr, out_ptr + mn, cols, mask, N, HAS_BIAS, SILU)
-
-
-@triton.jit
-def _epilogue_rows(y, y_up, b_ptr, out_ptrs, cols, mask, N, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
-    dtype = out_ptrs.dtype.element_ty
-    col_mask = cols < N
-    if HAS_BIAS:
-        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        if SILU:
-            y_up += tl.load(b_ptr + N + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    if SILU:
-        g = y.to(dtype).to(tl.float32)
-        silu = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-        y = silu * y_up.to(dtype).to(tl.float32)
-    tl.store(out_ptrs, y.to(dtype), mask=mask)
-
-
-@triton.jit
 def _prefetch_l2(ptrs):
     tl.inline_asm_elementwise(
         "prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
@@ -275,7 +161,7 @@ class _Workspace:
     Created outside graph capture (the first eager call); a call that would need it during a capture before
     it exists runs without split-K instead."""
 
-    PART_FLOATS = 1 << 22
+    PART_FLOATS = 1 << 20
     COUNTERS = 1 << 14
 
     def __init__(self) -> None:
@@ -308,50 +194,32 @@ def _tuned_table(device: torch.device) -> dict[str, list[int] | None]:
     return json.loads(path.read_text())["configs"] if path.exists() else {}
 
 
-MAX_ROWS = 64  # linear layers of up to this many rows run here (the weights streamed once); more go to cuBLAS
+def config_key(n: int, k: int, silu: bool) -> str:
+    return f"n{n}_k{k}_silu{int(silu)}"
 
 
-def config_key(n: int, k: int, silu: bool, rows: int = 1) -> str:
-    key = f"n{n}_k{k}_silu{int(silu)}"
-    return key if rows == 1 else f"m{triton.next_power_of_2(rows)}_{key}"
-
-
-def gemv_config(n: int, k: int, silu: bool = False, device: torch.device | None = None, rows: int = 1):
-    """(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for x [rows, k] times W^T [k, n] (n output columns):
-    the tuned entry for this GPU, shape and row count (rounded up to a power of 2; llm_core/kernels/configs/,
-    written by benchmarks/gemv.py; None where cuBLAS measured faster), else a default: for one row the shape
-    that won most of the H200 sweep, for more rows 32-column tiles split along K until the grid has two
-    programs per SM."""
+def gemv_config(n: int, k: int, silu: bool = False, device: torch.device | None = None):
+    """(BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for x [1, k] times W^T [k, n] (n output columns): the
+    tuned entry for this GPU and shape (llm_core/kernels/configs/, written by benchmarks/gemv.py; None where
+    cuBLAS measured faster), else the shape that won most of the H200 sweep."""
     if device is not None and device.type == "cuda":
         table = _tuned_table(device)
-        key = config_key(n, k, silu, rows)
+        key = config_key(n, k, silu)
         if key in table:
             return None if table[key] is None else tuple(table[key])
-    if rows == 1:
-        return 4, min(1024, triton.next_power_of_2(k)), 1, 4, 1
-    block_n, block_k = 32, 128
-    programs, split_k = 2 * _num_sms(device), 1
-    while split_k < 8 and triton.cdiv(n, block_n) * split_k < programs and k >= 2 * split_k * 4 * block_k:
-        split_k *= 2
-    return block_n, block_k, split_k, 4, 4
-
-
-@functools.cache
-def _num_sms(device: torch.device | None) -> int:
-    if device is None or device.type != "cuda":
-        return 2  # the interpreter: small grids
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4, min(1024, triton.next_power_of_2(k)), 1, 4, 1
 
 
 def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
     m, k = x.shape
-    out = torch.empty((m, out_cols), dtype=x.dtype, device=x.device)
+    assert m == 1, "one row (decode at batch 1)"
+    out = torch.empty((1, out_cols), dtype=x.dtype, device=x.device)
     block_n, block_k, split_k, num_warps, num_stages = config
     col_blocks = triton.cdiv(out_cols, block_n)
     part, counts = out, out  # unused without split-K
     if split_k > 1:
         buffers = _WORKSPACE.get(x.device)
-        if buffers is None or split_k * m * out_cols * 2 > buffers[0].numel() or col_blocks > buffers[1].numel():
+        if buffers is None or split_k * out_cols * 2 > buffers[0].numel() or col_blocks > buffers[1].numel():
             split_k = 1
         else:
             part, counts = buffers
@@ -362,31 +230,22 @@ def _launch(x, weight, bias, out_cols: int, silu: bool, config) -> torch.Tensor:
     # Prefetch at most gemv_prefetch_bytes in all (the first column blocks are the ones scheduled first).
     program_bytes = row_bytes * block_n * (2 if silu else 1) * split_k
     prefetch_programs = SWITCHES.gemv_prefetch_bytes // program_bytes if pdl else 0
-    common = dict(
+    _gemv_kernel[(col_blocks, split_k)](
+        x, weight, bias if bias is not None else out, out, part, counts, out_cols, k, k_per_split, prefetch_programs,
         HAS_BIAS=bias is not None, SILU=silu, SPLIT_K=split_k, EVEN_K=split_k * k_per_split == k,
         BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=num_stages, PDL=pdl,
         PREFETCH_LINES=triton.next_power_of_2(triton.cdiv(row_bytes, 128)), num_warps=num_warps,
         **({"launch_pdl": True} if pdl else {}),
     )  # fmt: skip
-    b = bias if bias is not None else out
-    if m == 1:
-        _gemv_kernel[(col_blocks, split_k)](
-            x, weight, b, out, part, counts, out_cols, k, k_per_split, prefetch_programs, **common
-        )
-    else:
-        _gemv_rows_kernel[(col_blocks, split_k)](
-            x, weight, b, out, part, counts, m, out_cols, k, k_per_split, x.stride(0), prefetch_programs,
-            BLOCK_M=max(16, triton.next_power_of_2(m)), UPCAST=dot_upcast(), IEEE=x.dtype == torch.float32, **common,
-        )  # fmt: skip
     return out
 
 
 def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    # Up to MAX_ROWS rows (decode at small batches), unit stride along K; contiguous weights of x's dtype.
+    # One contiguous row: batch-1 decode. More rows re-read the weights per row here; cuBLAS does them better.
     return (
         SWITCHES.gemv
         and x.dim() == 2
-        and 1 <= x.shape[0] <= MAX_ROWS
+        and x.shape[0] == 1
         and x.stride(1) == 1
         and weight.is_contiguous()
         and weight.dtype == x.dtype
@@ -405,12 +264,12 @@ def _pick(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_
     # A launch config, or None for torch (not one row, layouts the kernel does not take, or tuned so).
     if not _takes(x, weight, bias):
         return None
-    return gemv_config(out_cols, x.shape[1], silu, x.device, rows=x.shape[0])
+    return gemv_config(out_cols, x.shape[1], silu, x.device)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, config=None) -> torch.Tensor:
     """x: [M, K], weight: [N, K], bias: [N] -> [M, N] (torch.nn.functional.linear). `config` forces the kernel
-    (M <= MAX_ROWS)."""
+    (one row of x)."""
     _check(x, weight, bias, weight.shape[0])
     config = config or _pick(x, weight, bias, weight.shape[0], silu=False)
     if config is None:

@@ -1,4 +1,4 @@
-"""Skinny linear (decode GEMV, one row and a few rows) and its SiLU-and-mul epilogue vs torch_ops, split-K included."""
+"""Skinny linear (decode GEMV) and its SiLU-and-mul epilogue vs torch_ops, split-K included."""
 
 from __future__ import annotations
 
@@ -58,40 +58,13 @@ def test_linear(bias: bool, shape: tuple[int, int], dtype: torch.dtype, config) 
     assert torch.equal(out, gemv.linear(x, weight, b, config=config))
 
 
-# Several rows (the tensor-core kernel, M padded to 16 or more): the decode batch buckets on the GPU.
-ROWS = [2, 8, 24, 64] if ON_GPU else [2, 5, 16]
-ROWS_CONFIGS = (
-    [None, (32, 128, 4, 4, 4), (64, 256, 1, 8, 3), (16, 128, 3, 4, 2)]
-    if ON_GPU
-    else [(16, 32, 1, 1, 1), (32, 16, 3, 1, 1), (16, 64, 2, 2, 2)]
-)
-
-
-@pytest.mark.parametrize("config", ROWS_CONFIGS, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize("bias", [False, True])
-def test_linear_rows(bias: bool, rows: int, dtype: torch.dtype, config) -> None:
-    for n, k in SHAPES[:3] if ON_GPU else SHAPES:
-        x, weight, b = _inputs(rows, n, k, dtype, bias)
-        cfg = config or gemv.gemv_config(n, k, device=x.device, rows=rows)
-        if cfg is None:
-            continue  # the tuned table sends this shape to cuBLAS
-        out = gemv.linear(x, weight, b, config=cfg)
-        assert_rows_close(out, _reference(x, weight, b), dtype)
-        assert torch.equal(out, gemv.linear(x, weight, b, config=cfg))
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("rows", [1, ROWS[1]])
-def test_linear_silu_and_mul(rows: int, bias: bool, dtype: torch.dtype, config) -> None:
+def test_linear_silu_and_mul(bias: bool, dtype: torch.dtype, config) -> None:
     inter, k = (14336, 4096) if ON_GPU else (37, 96)
-    x, weight, b = _inputs(rows, 2 * inter, k, dtype, bias)
-    if rows > 1 and config is not None:
-        config = (max(16, config[0]), *config[1:])  # the rows kernel's dot needs 16 columns
-    config = config or gemv.gemv_config(inter, k, silu=True, device=x.device, rows=rows)
+    x, weight, b = _inputs(1, 2 * inter, k, dtype, bias)
+    config = config or gemv.gemv_config(inter, k, silu=True, device=x.device)
     if config is None:
         pytest.skip("the tuned table sends this shape to cuBLAS")
     out = gemv.linear_silu_and_mul(x, weight, b, config=config)
@@ -101,9 +74,9 @@ def test_linear_silu_and_mul(rows: int, bias: bool, dtype: torch.dtype, config) 
 
 
 def test_dispatch_to_torch() -> None:
-    # More than MAX_ROWS rows, or a transposed weight: torch's linear, bit for bit.
+    # More than one row, or a transposed weight: torch's linear, bit for bit.
     k, n = 64, 24
-    x = torch.randn(gemv.MAX_ROWS + 1, k, device=DEVICE)
+    x = torch.randn(2, k, device=DEVICE)
     weight = torch.randn(n, k, device=DEVICE)
     assert torch.equal(gemv.linear(x, weight), torch.nn.functional.linear(x, weight))
     weight_t = torch.randn(k, n, device=DEVICE).T
@@ -113,11 +86,10 @@ def test_dispatch_to_torch() -> None:
     assert torch.allclose(gemv.linear_silu_and_mul(x, torch.cat([weight, weight])), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 7])
-def test_default_dispatch(rows: int) -> None:
-    # Without a forced config up to MAX_ROWS rows take a kernel (the table or the default config) and match torch.
-    x, weight, bias = _inputs(rows, 40, 96, torch.float32, bias=True)
-    assert gemv.gemv_config(40, 96, rows=rows) is not None
+def test_default_dispatch_one_row() -> None:
+    # Without a forced config one row takes the kernel (the table or the default config) and matches torch.
+    x, weight, bias = _inputs(1, 40, 96, torch.float32, bias=True)
+    assert gemv.gemv_config(40, 96) is not None
     assert_rows_close(gemv.linear(x, weight, bias), _reference(x, weight, bias), torch.float32)
 
 
@@ -129,12 +101,11 @@ def test_bad_shapes() -> None:
         gemv.linear(torch.randn(1, 32, device=DEVICE), weight, torch.randn(7, device=DEVICE))
 
 
-@pytest.mark.parametrize("rows", [1, 6])
-def test_split_k_deterministic(rows: int) -> None:
+def test_split_k_deterministic() -> None:
     # The last program of each column block adds the partial sums in split order: same bits every call.
     n, k = (4096, 7168) if ON_GPU else (16, 256)
-    x, weight, _ = _inputs(rows, n, k, torch.bfloat16, bias=False)
-    config = (16 if rows > 1 else 8, 512 if ON_GPU else 32, 7 if ON_GPU else 4, 4 if ON_GPU else 1, 1)
+    x, weight, _ = _inputs(1, n, k, torch.bfloat16, bias=False)
+    config = (8, 512, 7, 4, 1) if ON_GPU else (8, 32, 4, 1, 1)
     outs = [gemv.linear(x, weight, config=config) for _ in range(5 if ON_GPU else 2)]
     assert all(torch.equal(outs[0], o) for o in outs[1:])
 
@@ -155,10 +126,9 @@ def test_tuned_table_entries_run(path) -> None:
     configs = table["configs"]
     assert configs, "empty table"
     for key, config in configs.items():
-        match = re.fullmatch(r"(m(\d+)_)?n(\d+)_k(\d+)_silu([01])", key)
+        match = re.fullmatch(r"n(\d+)_k(\d+)_silu([01])", key)
         assert match, key
-        assert match[2] is None or int(match[2]) in (2, 4, 8, 16, 32, 64), key
         assert config is None or (len(config) == 5 and all(isinstance(v, int) and v > 0 for v in config)), key
-    for rows, config in {(k.startswith("m") and 5 or 1, tuple(c)) for k, c in configs.items() if c is not None}:
-        x, weight, bias = _inputs(rows, 37, 300, torch.float32, bias=True)
+    for config in {tuple(c) for c in configs.values() if c is not None}:
+        x, weight, bias = _inputs(1, 37, 300, torch.float32, bias=True)
         assert_rows_close(gemv.linear(x, weight, bias, config=config), _reference(x, weight, bias), torch.float32)
