@@ -8,7 +8,8 @@ needs 1,842 steps of its own, most of them at small batches.
 
 The model steps a batch of decode rows with a cost from measured points (ms per decode step at a row count,
 linear in between) plus the step's new prompt tokens at a prefill rate, and reports the wall time, output
-tokens/s, when the longest request starts and the time spent at fewer than 64 rows. Run it with the measured
+tokens/s, when the longest request starts, the time spent at fewer than 64 rows and the wall time by the step's row
+count (1, 2-16, 17-63, 64-128, 129-256 rows). Run it with the measured
 step costs (`benchmarks/profile_decode.py`, `benchmarks/engine_workload.py`) and with hardware floors to see how
 far a faster step can move W1:
 
@@ -31,6 +32,7 @@ from benchmarks.engine_workload import WORKLOADS  # noqa: E402
 from benchmarks.engine_workload import lengths as draw  # noqa: E402
 
 NUM, CLIENTS, IN_SPEC, OUT_SPEC = WORKLOADS["W1"]
+ROW_BANDS = {"1": 1, "2-16": 16, "17-63": 63, "64-128": 128, "129-256": CLIENTS}  # name: most rows in the band
 
 
 def lengths(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +51,7 @@ def simulate(decode_ms, prefill_tok_s: float, seed: int = 1234, lag_ms: float = 
     new_tokens = int(ins[:CLIENTS].sum())
     arriving: list[tuple[float, int]] = []
     t = small_rows_ms = 0.0
+    by_rows_ms = dict.fromkeys(ROW_BANDS, 0.0)
     sent = CLIENTS
     while left or arriving:
         for _, i in [a for a in arriving if a[0] <= t]:
@@ -63,6 +66,7 @@ def simulate(decode_ms, prefill_tok_s: float, seed: int = 1234, lag_ms: float = 
         t += step
         if len(left) < 64:
             small_rows_ms += step
+        by_rows_ms[next(band for band, top in ROW_BANDS.items() if len(left) <= top)] += step
         for i in list(left):
             left[i] -= 1
             if left[i] == 0:
@@ -76,6 +80,7 @@ def simulate(decode_ms, prefill_tok_s: float, seed: int = 1234, lag_ms: float = 
         "output_tok_s": round(float(outs.sum()) / t * 1e3),
         "longest": {"index": longest, "tokens": int(outs[longest]), "starts_s": round(start[longest] / 1e3, 2)},
         "under_64_rows_s": round(small_rows_ms / 1e3, 2),
+        "by_rows_s": {band: round(ms / 1e3, 2) for band, ms in by_rows_ms.items()},
     }  # fmt: skip
 
 

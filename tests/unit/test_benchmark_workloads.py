@@ -31,6 +31,10 @@ def test_critical_path_model_follows_the_longest_request():
     longest = result["longest"]
     assert (longest["index"], longest["tokens"]) == (840, 1842)
     assert abs(result["wall_s"] - (longest["starts_s"] + 1842 * 5e-3)) < 0.02
+    # The time by row count adds up to the wall time; the longest request's last steps run alone.
+    bands = result["by_rows_s"]
+    assert abs(sum(bands.values()) - result["wall_s"]) < 0.02
+    assert bands["1"] > 0 and abs(bands["1"] + bands["2-16"] + bands["17-63"] - result["under_64_rows_s"]) < 0.02
     # Cheaper steps at every batch size can only shorten it.
     faster = w1_critical_path.simulate(lambda rows: 4.0, prefill_tok_s=float("inf"))
     assert faster["wall_s"] < result["wall_s"]
