@@ -3,6 +3,10 @@
 # its own deadline, plus a profile of our serving processes while W1 runs (serving_profile.py). A failed
 # first request stops the call after ~2 minutes instead of hanging it (the kit's driver has no timeout).
 #   run: bash scripts/device/side_by_side.sh [workloads, default warmup,LAT,W1,W2]
+#   two pairs in one call (LightLLM's W1 moves 5.7-6.8k tok/s between runs; one pair takes ~4 min on an H200):
+#   export CALL_T0=$(date +%s); for i in 1 2; do OUT=$OUT/pair$i BUDGET=$((295 * i)) \
+#     bash scripts/device/side_by_side.sh warmup,W1,W2; done
+#   BUDGET: the second of the call by which this run must end (default 570), counted from CALL_T0 (default: now)
 #   carry: [".anchor/bin", ".anchor/ours", ".anchor/lightllm", ".device/pyspy"]   timeout_s: 600
 #   (+ ".device/openai-whl": tritonclient in our venv, and W1 once more over gRPC streaming with
 #   clients/bench_serving.py after the kit's workloads: HTTP generate_stream against gRPC on one server)
@@ -13,6 +17,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/side_by_side}; mkdir -p "$OUT/ours"
 W=${1:-warmup,LAT,W1,W2}
 T0=$(date +%s)
+CALL_T0=${CALL_T0:-$T0}  # the device call's start: BUDGET is counted from it
+BUDGET=${BUDGET:-570}
 elapsed() { echo $(($(date +%s) - T0)); }
 say() { echo "[side_by_side +$(elapsed)s] $*"; }
 # The device tool returns at most 8 files from $OUT: everything goes back as one archive beside compare.txt.
@@ -59,8 +65,9 @@ R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
 say "ours done"; tail -n 5 "$OUT/ours/run_ours.log"
 
 # 3. LightLLM on the same machine, right after.
-left=$((570 - $(elapsed)))
-if [ "$left" -lt 200 ]; then say "no time left for LightLLM ($left s)"; exit 2; fi
+left=$((BUDGET - ($(date +%s) - CALL_T0)))
+need=$((70 + 40 * $(tr ',' '\n' <<< "$W" | grep -cv '^warmup$')))  # its start (~50 s), then ~30 s a workload
+if [ "$left" -lt "$need" ]; then say "no time left for LightLLM ($left s, needs ~$need)"; exit 2; fi
 mkdir -p /tmp/ll_out
 OUT=/tmp/ll_out STOP_OURS=1 timeout $((left - 10)) bash .anchor/bin/run_lightllm.sh "$W" none > "$OUT/lightllm_run.log" 2>&1
 cp /tmp/ll_out/bench.json "$OUT/lightllm_bench.json" 2> /dev/null
