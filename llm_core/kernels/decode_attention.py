@@ -140,7 +140,7 @@ def _decode_reduce_kernel(
 
 @dataclass(frozen=True, slots=True)
 class DecodeConfig:
-    """Launch shape; the defaults measured best overall on an H200 (benchmarks/kernels.py --sweep)."""
+    """Launch shape; the defaults measured best overall on an H200 (benchmarks/kernel_bench.py --sweep)."""
 
     block_n: int = 64
     num_warps: int = 2

@@ -112,7 +112,7 @@ class PrefillConfig:
 
 
 def default_config(head_dim: int, dtype: torch.dtype) -> PrefillConfig:
-    """Launch shape measured best on an H200 (benchmarks/kernels.py --sweep, 1x8192 causal bf16)."""
+    """Launch shape measured best on an H200 (benchmarks/kernel_bench.py --sweep, 1x8192 causal bf16)."""
     if dtype == torch.float32:
         return PrefillConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
     return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)

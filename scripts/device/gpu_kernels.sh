@@ -32,7 +32,7 @@ start=$(date +%s)
 echo "kernel tests: $(( $(date +%s) - start )) s" | tee -a "$OUT/kernel_tests.log"
 
 start=$(date +%s)
-"$PY" benchmarks/kernels.py --out "$OUT/kernels_bench.md" --json "$OUT/kernels_bench.json" "$@" 2>&1 \
+"$PY" benchmarks/kernel_bench.py --out "$OUT/kernels_bench.md" --json "$OUT/kernels_bench.json" "$@" 2>&1 \
     | tee "$OUT/kernels_bench.log" || status=1
 echo "benchmark: $(( $(date +%s) - start )) s" | tee -a "$OUT/kernels_bench.log"
 exit $status

@@ -5,6 +5,6 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-timeout 150 python3 benchmarks/kernels.py --small-grid --out "$OUT/small_grid.md" 2>&1 | tee "$OUT/small_grid.log"
+timeout 150 python3 benchmarks/kernel_bench.py --small-grid --out "$OUT/small_grid.md" 2>&1 | tee "$OUT/small_grid.log"
 timeout 150 python3 benchmarks/profile_decode.py --batch 1 64 256 --out "$OUT/profile.md" > "$OUT/profile.log" 2>&1
 timeout 120 python3 benchmarks/profile_decode.py --prefill 512 --out "$OUT/profile_prefill512.md" > "$OUT/profile_prefill512.log" 2>&1

@@ -112,3 +112,14 @@ def test_a_request_never_calls_back_into_a_file_that_called_it():
     verdicts = [line.strip() for line in done.stdout.splitlines() if "call back into" in line]
     assert "engine worker" in done.stdout and len(verdicts) == 2, done.stdout
     assert all(v.endswith(": none") for v in verdicts), done.stdout
+
+
+@pytest.mark.parametrize("folder", ["benchmarks", "scripts", "clients"])
+def test_scripts_do_not_shadow_installed_packages(folder):
+    # `python benchmarks/x.py` puts benchmarks/ first on sys.path: a script named like an installed package
+    # (benchmarks/kernels.py against Hugging Face's `kernels`, which transformers imports) breaks every import of it.
+    import importlib.util
+
+    stems = sorted(p.stem for p in (ROOT / folder).rglob("*.py") if p.stem != "__init__")
+    shadowing = [s for s in stems if importlib.util.find_spec(s) is not None]
+    assert not shadowing, f"{folder}/: {shadowing} shadow installed modules"

@@ -9,8 +9,8 @@ scaled_dot_product_attention (flash backend) for prefill, SDPA over already-gath
 K/V for decode (torch has no token-table attention; its gather is left out in its favour).
 Shapes: Llama-3-8B (32 q heads, 8 kv heads, head_dim 128, hidden 4096, intermediate 14336), bf16.
 
-  python benchmarks/kernels.py --out bench.md --json bench.json [--sweep] [--quick]
-  python benchmarks/kernels.py --prefill-sweep     (only the prefill launch shapes at 1x512 and 1x8192, ~1 min)
+  python benchmarks/kernel_bench.py --out bench.md --json bench.json [--sweep] [--quick]
+  python benchmarks/kernel_bench.py --prefill-sweep     (only the prefill launch shapes at 1x512 and 1x8192, ~1 min)
 """
 
 from __future__ import annotations
