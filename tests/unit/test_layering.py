@@ -7,6 +7,7 @@ dependency); `if TYPE_CHECKING:` blocks are left out.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,8 +119,11 @@ def test_a_request_never_calls_back_into_a_file_that_called_it():
 def test_scripts_do_not_shadow_installed_packages(folder):
     # `python benchmarks/x.py` puts benchmarks/ first on sys.path: a script named like an installed package
     # (benchmarks/kernels.py against Hugging Face's `kernels`, which transformers imports) breaks every import of it.
-    import importlib.util
-
+    # A fresh interpreter outside the checkout: tests may have put these folders on this one's sys.path.
     stems = sorted(p.stem for p in (ROOT / folder).rglob("*.py") if p.stem != "__init__")
-    shadowing = [s for s in stems if importlib.util.find_spec(s) is not None]
-    assert not shadowing, f"{folder}/: {shadowing} shadow installed modules"
+    code = "import importlib.util, sys; print(' '.join(s for s in sys.argv[1:] if importlib.util.find_spec(s)))"
+    found = subprocess.run(
+        [sys.executable, "-c", code, *stems], cwd=ROOT.parent, capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    ).stdout.split()  # fmt: skip
+    assert not found, f"{folder}/: {found} shadow installed modules"
