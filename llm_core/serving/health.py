@@ -3,7 +3,8 @@
 The llm stub writes `llm-health.json` ({"state", "reason", "pid", "time"}) whenever its engine's
 state changes ("ready", "restarting", "down"), the embedding stub (when enabled) `embedding-health.json`;
 the supervisor (launcher) reads them to decide server readiness. The supervisor writes `supervisor.json`
-({"stub_reloads": n}) so that a reloaded llm stub can count the reloads in its metrics.
+({"stub_reloads": n}) so that a reloaded llm stub can count the reloads in its metrics, and the launcher
+`launcher.json` ({"server_restarts": n}) before it starts tritonserver again after it died.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from llm_core.serving.cancel_relay import relay_path
 
 HEALTH_FILES = {"llm": "llm-health.json", "embedding": "embedding-health.json"}  # model -> its engine's file
 SUPERVISOR_FILE = "supervisor.json"
+LAUNCHER_FILE = "launcher.json"
 
 
 def runtime_dir() -> Path:
@@ -76,3 +78,8 @@ def watch_engine(engine: Any, writer: HealthWriter, interval_s: float = 0.25) ->
 def stub_reloads(directory: Path | None = None) -> int:
     values = read_json((directory or runtime_dir()) / SUPERVISOR_FILE) or {}
     return int(values.get("stub_reloads", 0))
+
+
+def server_restarts(directory: Path | None = None) -> int:
+    values = read_json((directory or runtime_dir()) / LAUNCHER_FILE) or {}
+    return int(values.get("server_restarts", 0))

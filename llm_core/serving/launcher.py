@@ -14,6 +14,11 @@ What it adds around `tritonserver --model-repository=model_repository`:
   a second child talking to tritonserver over gRPC, and stops it after tritonserver has exited
   (so it can finish answering what tritonserver is still draining);
 - prints the HTTP/gRPC/metrics/OpenAI addresses once the server is ready;
+- restarts tritonserver when it dies by itself after it had been ready (e.g. the Python backend's abort of
+  triton-inference-server/server#8882), at most `--max-restarts` times: it first ends what the dead server
+  started (stubs, their watchdogs, engine workers: tritonserver's session) and removes its shm, so the new
+  one finds the GPU memory and ports free; `/v2/health/ready` is down meanwhile and the OpenAI API answers 503.
+  A server that dies before it was ever ready is not restarted (a load error would only repeat);
 - runs tritonserver with explicit model control (every model loaded at start) and a supervisor
   thread (supervisor.py) that reloads a model whose Python stub died and keeps
   /v2/health/ready non-200 while the llm engine restarts or a model reloads (`--no-supervisor`:
@@ -38,6 +43,7 @@ from pathlib import Path
 
 from llm_core.lifetime import set_parent_death_signal
 from llm_core.serving.cancel_relay import ENV_RUNTIME_DIR
+from llm_core.serving.health import LAUNCHER_FILE, write_json
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
 from llm_core.serving.supervisor import Supervisor
 from llm_core.serving.tritonserver_env import find_tritonserver, server_env
@@ -74,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-verbose", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait before giving up")
     p.add_argument("--no-supervisor", action="store_true", help="no explicit model control, no stub reloads")
+    p.add_argument(
+        "--max-restarts", type=int, default=3,
+        help="restarts of a tritonserver that died after it was ready (0: exit with its code, leave it to the "
+        "orchestrator)",
+    )  # fmt: skip
     p.add_argument("triton_args", nargs="*", help="extra tritonserver arguments (after --)")
     return p.parse_args(argv)
 
@@ -189,8 +200,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-def _announce(args: argparse.Namespace, proc: subprocess.Popen, openai: subprocess.Popen | None) -> None:
+def _announce(
+    args: argparse.Namespace,
+    proc: subprocess.Popen,
+    openai: subprocess.Popen | None,
+    was_ready: threading.Event | None = None,
+) -> None:
     ready = wait_ready(f"http://127.0.0.1:{args.http_port}/v2/health/ready", proc, args.ready_timeout)
+    if ready and was_ready is not None:
+        was_ready.set()
     if not ready:
         if proc.poll() is None:
             print(f"[launcher] server not ready after {args.ready_timeout:.0f}s", flush=True)
@@ -208,6 +226,133 @@ def _announce(args: argparse.Namespace, proc: subprocess.Popen, openai: subproce
     else:  # e.g. its packages are missing (the api extra); tritonserver serves on without it
         state = f"exited with {openai.returncode}" if openai.poll() is not None else "not answering /health"
         print(f"[launcher] OpenAI API on port {args.openai_port} {state}; see its error above", flush=True)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`. tritonserver runs in its own session, so this is
+    tritonserver, its Python stubs, their watchdogs and the engine workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_session(sid: int, grace: float = 10.0) -> list[int]:
+    """After the tritonserver that led session `sid` died: give what it started `grace` seconds to exit by
+    itself (stubs exit once it is gone, engine workers with their stub), then SIGKILL the rest and wait for
+    them. Returns the pids that had to be killed."""
+    deadline = time.monotonic() + grace
+    while (pids := session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def wait_ports_free(ports: list[int], timeout: float = 60.0) -> list[int]:
+    """Wait until none of `ports` is in use; returns those still busy after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (busy := busy_ports(ports)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return busy
+
+
+def reset_runtime_dir(runtime_dir: Path, restarts: int) -> None:
+    """Empty the runtime directory for a new tritonserver (the dead one's health files and sockets would
+    mislead the new stubs and the supervisor) and record how often it was restarted."""
+    for entry in runtime_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    write_json(runtime_dir / LAUNCHER_FILE, {"server_restarts": restarts})
+
+
+def describe_exit(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+
+
+class TritonRuns:
+    """Runs tritonserver, and again after it died by itself, with the supervisor watching each run."""
+
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], args: argparse.Namespace, runtime_dir: Path,
+        openai: subprocess.Popen | None,
+    ) -> None:  # fmt: skip
+        self.cmd, self.env, self.args, self.runtime_dir, self.openai = cmd, env, args, runtime_dir, openai
+        self.stopping = threading.Event()  # a signal asked the launcher to stop: no restart
+        self._run_over = threading.Event()  # ends the current run's supervisor
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def forward(self, signum: int, _frame: object = None) -> None:
+        """Signal handler: pass SIGTERM/SIGINT/SIGHUP to the running tritonserver and restart no more."""
+        self.stopping.set()
+        self._run_over.set()  # stubs exiting on shutdown are no failure
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.send_signal(signum)
+
+    def run_once(self) -> tuple[int, bool]:
+        """Start tritonserver and wait for its exit: (exit code, whether it had been ready)."""
+        ready = threading.Event()
+        self._run_over = threading.Event()
+        with self._lock:
+            self._proc = proc = subprocess.Popen(
+                self.cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+            )
+        if self.stopping.is_set():  # a signal came while it started
+            self.forward(signal.SIGTERM)
+        threading.Thread(target=_announce, args=(self.args, proc, self.openai, ready), daemon=True).start()
+        if not self.args.no_supervisor:
+            supervisor = Supervisor(f"http://127.0.0.1:{self.args.http_port}", proc.pid, self.runtime_dir, log=_log)
+            threading.Thread(target=supervisor.run, args=(self._run_over,), name="supervisor", daemon=True).start()
+        try:
+            return proc.wait(), ready.is_set()
+        finally:
+            self._run_over.set()
+
+    def serve(self, shm_prefix: str) -> int:
+        """Run until tritonserver exits for good; returns its last exit code."""
+        restarts = 0
+        while True:
+            code, was_ready = self.run_once()
+            sid = self._proc.pid
+            if killed := end_session(sid):
+                _log(f"[launcher] killed {len(killed)} process(es) the server left behind: {killed}")
+            if removed := remove_shm(shm_prefix):
+                _log(f"[launcher] removed leftover shm: {' '.join(removed)}")
+            if self.stopping.is_set() or code in (0, -signal.SIGTERM, -signal.SIGINT):
+                return code
+            if not was_ready or restarts >= self.args.max_restarts:
+                why = "before it was ready" if not was_ready else f"after {restarts} restart(s)"
+                _log(f"[launcher] tritonserver died ({describe_exit(code)}) {why}: not restarting it")
+                return code
+            restarts += 1
+            _log(
+                f"[launcher] tritonserver died ({describe_exit(code)}) after it was ready; restarting it "
+                f"({restarts} of at most {self.args.max_restarts})"
+            )
+            ports = [self.args.http_port, self.args.grpc_port, self.args.metrics_port]
+            if busy := wait_ports_free(ports):
+                _log(f"[launcher] port(s) {busy} still in use a minute after the server died: not restarting it")
+                return code
+            reset_runtime_dir(self.runtime_dir, restarts)
+            if self.stopping.is_set():
+                return code
 
 
 def _log(message: str) -> None:
@@ -238,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     env[ENV_RUNTIME_DIR] = str(runtime_dir)
     cmd = triton_command(install.binary, install.backend_dir, args, shm_prefix)
     print(f"[launcher] model dir {env[ENV_MODEL_DIR]}\n[launcher] {' '.join(cmd)}", flush=True)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     openai = None
     missing = missing_api_packages() if args.openai_port else []
     if missing:  # tritonserver serves on without it; say so in one line instead of the child's traceback
@@ -247,29 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.openai_port:  # own session: a terminal's Ctrl-C must not stop it before tritonserver drains
         openai_cmd = openai_command(args, env[ENV_MODEL_DIR])
         openai = subprocess.Popen(openai_cmd, start_new_session=True, preexec_fn=_die_with_parent)
-
-    stop = threading.Event()  # ends the supervisor: stubs exiting on shutdown are no failure
-
-    def forward(signum: int, _frame: object) -> None:
-        stop.set()
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
+    runs = TritonRuns(cmd, env, args, runtime_dir, openai)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    threading.Thread(target=_announce, args=(args, proc, openai), daemon=True).start()
-    if not args.no_supervisor:
-        supervisor = Supervisor(f"http://127.0.0.1:{args.http_port}", proc.pid, runtime_dir, log=_log)
-        threading.Thread(target=supervisor.run, args=(stop,), name="supervisor", daemon=True).start()
+        signal.signal(sig, runs.forward)
     try:
-        code = proc.wait()
+        code = runs.serve(shm_prefix)
     finally:
-        stop.set()
         stop_process(openai)
-        removed = remove_shm(shm_prefix)
+        remove_shm(shm_prefix)
         shutil.rmtree(runtime_dir, ignore_errors=True)
-    if removed:
-        print(f"[launcher] removed leftover shm: {' '.join(removed)}", flush=True)
     print(f"[launcher] tritonserver exited with {code}", flush=True)
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 128 - code)
 

@@ -36,6 +36,7 @@ LLM_METRICS = (
     MetricSpec("llm_engine_restarts_total", COUNTER, "Engine worker restarts after a failure"),
     MetricSpec("llm_resumed_requests_total", COUNTER, "Requests resumed on fresh workers after a worker failure"),
     MetricSpec("llm_stub_reloads_total", COUNTER, "Reloads of the llm model by the supervisor after its stub died"),
+    MetricSpec("llm_server_restarts_total", COUNTER, "Restarts of tritonserver by the launcher after it died"),
     MetricSpec("llm_engine_ready", GAUGE, "1 when the engine takes requests, 0 while its workers restart or are down"),
     MetricSpec("llm_engine_steps_total", COUNTER, "Forward steps of the engine (prefill, decode and mixed)"),
     MetricSpec("llm_engine_step_seconds_total", COUNTER, "Wall time of the engine loop's steps"),

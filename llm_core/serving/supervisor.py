@@ -43,6 +43,14 @@ def describe(pid: int) -> str:
         return f"pid {pid}: gone ({type(exc).__name__})"
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def stub_pids(server_pid: int) -> dict[str, int]:
     """model name -> pid of its Python stub, among the children of `server_pid`."""
     stubs = {}
@@ -129,6 +137,8 @@ class Supervisor:
         self.configs |= {m: self.repo.config(m) for m in self.known if m not in self.configs}
 
     def check(self) -> None:
+        if not alive(self.server_pid):  # tritonserver itself died: its stubs went with it, the launcher acts
+            return
         stubs = stub_pids(self.server_pid)
         dead = [m for m, pid in self.known.items() if stubs.get(m) != pid]
         if SENTINEL in dead:

@@ -5,7 +5,9 @@
   retryable error (tritonserver 2.51 itself never answers the requests a dead stub held);
 - kill -9 of the engine worker with streams in flight and new requests arriving: every request
   completes (none gets a 400 or any error), greedy streams equal an uninterrupted run, and the
-  server reports not ready during the restart.
+  server reports not ready during the restart;
+- kill -9 of tritonserver itself: the launcher starts it again, and health, gRPC, the OpenAI API and the
+  metrics come back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 
 import openai
+import psutil
 import pytest
 from e2e_helpers import grpc_stream, metrics
 from fault_helpers import ReadinessWatch, all_ready, engine_worker_pids, llm_stub_pid, status, wait_until
@@ -98,3 +101,39 @@ def test_llm_stub_kill_is_detected_and_reloaded(fault_server):
     assert error is not None and "retry" in str(error), outcome
     print(f"stub kill: the running OpenAI stream ended {outcome['ended_at'] - killed_at:.1f}s after the kill")
     assert outcome["ended_at"] - killed_at < 10, outcome
+
+
+def test_tritonserver_death_is_restarted_by_the_launcher(fault_server):
+    # The Python backend of 2.51 can abort tritonserver itself (a stub killed mid-stream:
+    # triton-inference-server/server#8882). The launcher ends what the dead server left, starts it again and
+    # the server, the OpenAI API and the metrics come back with no manual step. Last in this module: it
+    # replaces the server's whole process tree.
+    old = fault_server.tritonserver_pid()
+    old_tree = [p.pid for p in psutil.Process(old).children(recursive=True)]
+    outcome: dict = {}
+    stream = threading.Thread(target=_openai_stream, args=(fault_server, outcome))
+    stream.start()
+    running = lambda: metrics(fault_server.metrics_url).get("llm_requests_running", 0) >= 1  # noqa: E731
+    assert wait_until(running, 10, step=0.02) is not None
+    os.kill(old, signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert wait_until(lambda: status(f"{fault_server.http_url}/v2/health/ready") != 200, 5, step=0.02) is not None
+    openai_health = f"{fault_server.openai_url.removesuffix('/v1')}/health"
+    assert wait_until(lambda: status(openai_health) == 503, 10, step=0.05) is not None
+    new = lambda: fault_server.tritonserver_pid() not in (None, old)  # noqa: E731
+    back = wait_until(lambda: new() and all_ready(fault_server), 240, step=0.2)
+    assert back is not None, f"not ready again; {fault_server._tail()}"
+    print(f"tritonserver kill: serving again after {time.monotonic() - killed_at:.1f}s")
+    assert fault_server.proc.poll() is None  # the launcher stayed
+    left = [pid for pid in old_tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not left, f"the dead server's processes still run: {left}"
+    result = grpc_stream(fault_server.grpc_url, {"text_input": "back?", "max_tokens": 4, **GREEDY})
+    assert result.error is None and result.num_output_tokens == 4, result
+    assert metrics(fault_server.metrics_url).get("llm_server_restarts_total") == 1
+    assert wait_until(lambda: status(openai_health) == 200, 30) is not None
+    with openai.OpenAI(base_url=fault_server.openai_url, api_key="none", max_retries=0, timeout=60) as client:
+        done = client.completions.create(model=fault_server.model_dir.name, prompt="again", max_tokens=4)
+    assert done.usage.completion_tokens == 4
+    stream.join(30)
+    assert not stream.is_alive() and "retry" in str(outcome.get("error")), outcome
+    print(f"tritonserver kill: the running OpenAI stream ended {outcome['ended_at'] - killed_at:.1f}s after, {outcome}")

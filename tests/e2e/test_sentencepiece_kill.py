@@ -22,7 +22,7 @@ def sp_server(tiny_llama_sp, tmp_path_factory):
     server = ServerProcess(
         tiny_llama_sp,
         log_path=tmp_path_factory.mktemp("triton-logs-sp") / "sp.log",
-        extra_args=["--max-total-tokens=4096"],
+        extra_args=["--max-total-tokens=4096", "--max-restarts=0"],  # the kill test wants the launcher to exit
     )
     server.start()
     yield server
@@ -65,3 +65,5 @@ def test_kill_9_leaves_no_process_and_no_shm(sp_server):
     assert not procs, f"processes left {time.monotonic() - start:.1f}s after kill -9: {procs}"
     assert not shm, f"/dev/shm segments left after kill -9: {shm}"
     assert code != 0
+    # Every process exited by itself (the stubs' watchdogs, PR_SET_PDEATHSIG): none waited for the launcher's kill.
+    assert "the server left behind" not in sp_server.log_path.read_text(), sp_server._tail()

@@ -78,3 +78,32 @@ def test_a_stub_that_died_before_the_first_look_is_reloaded(tmp_path, monkeypatc
     s.check()
     loads = [m for kind, m in repo.calls if kind == "load"]
     assert ("unload", "llm") in repo.calls and "llm" in loads and "ensemble" in loads, repo.calls
+
+
+def test_nothing_is_reloaded_when_tritonserver_itself_died(tmp_path, monkeypatch):
+    # Its stubs vanish with it; the launcher restarts the whole server, the supervisor must not act.
+    s, repo, current = _supervisor(tmp_path, monkeypatch, {"llm": 12, "engine_health": 11})
+    current.clear()
+    monkeypatch.setattr(sup, "alive", lambda pid: False)
+    s.check()
+    assert not repo.calls and s.known == {"llm": 12, "engine_health": 11}
+    monkeypatch.setattr(sup, "alive", lambda pid: True)
+    s.check()
+    assert ("unload", "llm") in repo.calls  # with the server alive, the same look is a dead stub
+
+
+def test_alive_tells_a_running_process_from_a_zombie_and_a_gone_one():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert sup.alive(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while sup.alive(proc.pid):  # a zombie until reaped: not alive
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.wait()
+    assert not sup.alive(proc.pid)

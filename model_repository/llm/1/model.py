@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from llm_core.engine import Engine
 from llm_core.serving.cancel_relay import CancelRelayServer
-from llm_core.serving.health import HealthWriter, stub_reloads
+from llm_core.serving.health import HealthWriter, server_restarts, stub_reloads
 from llm_core.serving.llm_io import LlmResponse, requested_outputs, response_arrays
 from llm_core.serving.llm_service import LlmService
 from llm_core.serving.metrics import LLM_METRICS, EngineMetrics
@@ -65,6 +65,8 @@ class TritonPythonModel:
         metrics = EngineMetrics(PbMetricsSink(pb_utils, LLM_METRICS))
         if reloads := stub_reloads():  # counted by the supervisor, which reloaded this model
             metrics.sink.increment("llm_stub_reloads_total", reloads)
+        if restarts := server_restarts():  # counted by the launcher, which started this tritonserver again
+            metrics.sink.increment("llm_server_restarts_total", restarts)
         self.service = LlmService(
             self.engine,
             _Transport(),
