@@ -295,25 +295,23 @@ class TritonRuns:
         self.cmd, self.env, self.args, self.runtime_dir, self.openai = cmd, env, args, runtime_dir, openai
         self.stopping = threading.Event()  # a signal asked the launcher to stop: no restart
         self._run_over = threading.Event()  # ends the current run's supervisor
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None  # set and signalled only in the main thread (no lock: the
+        # signal handler runs there too, between two of its bytecodes)
 
     def forward(self, signum: int, _frame: object = None) -> None:
         """Signal handler: pass SIGTERM/SIGINT/SIGHUP to the running tritonserver and restart no more."""
         self.stopping.set()
         self._run_over.set()  # stubs exiting on shutdown are no failure
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                self._proc.send_signal(signum)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signum)
 
     def run_once(self) -> tuple[int, bool]:
         """Start tritonserver and wait for its exit: (exit code, whether it had been ready)."""
         ready = threading.Event()
         self._run_over = threading.Event()
-        with self._lock:
-            self._proc = proc = subprocess.Popen(
-                self.cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
-            )
+        self._proc = proc = subprocess.Popen(
+            self.cmd, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
         if self.stopping.is_set():  # a signal came while it started
             self.forward(signal.SIGTERM)
         threading.Thread(target=_announce, args=(self.args, proc, self.openai, ready), daemon=True).start()
