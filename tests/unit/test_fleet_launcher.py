@@ -73,6 +73,8 @@ def test_config_ports_kinds_and_commands(config, tmp_path):
     cmd = launcher_command(large)
     assert cmd[-2:] == ["--max-total-tokens", "4096"] and "--http-port" in cmd and "--embedding" not in cmd
     assert "--embedding-only" in launcher_command(embed)  # no chat pipeline, one engine
+    restarts = cmd.index("--max-restarts")  # one restart authority: the fleet (back-off, state file)
+    assert cmd[restarts + 1] == "0"
     with pytest.raises(ValueError, match="overlap"):
         parse_fleet_config({"server": [{"name": "a", "model_dir": "m", "port": 8000}, {"name": "b", "model_dir": "m",
                                                                                       "port": 8002}]})  # fmt: skip

@@ -1,7 +1,8 @@
 """Start, watch and stop the servers of a fleet; keep the state file clients read.
 
 Each server is one `python -m llm_core.serving.launcher` child (its own tritonserver, engine workers and
-clean-up) with its ports, model and, on CUDA, `CUDA_VISIBLE_DEVICES` set to the GPUs it was given. All are
+clean-up) with its ports, model and, on CUDA, `CUDA_VISIBLE_DEVICES` set to the GPUs it was given, and
+`--max-restarts 0`: a dead tritonserver ends its launcher, so the state file says so. All are
 started at once, then `poll()` (every poll_s) ready-checks the starting ones, restarts one that has exited
 (after `restart_backoff_s`, doubled for each further start that dies before getting ready) and rewrites the
 state file when anything changed. `stop()` stops them all.
@@ -42,7 +43,7 @@ def launcher_command(spec: ServerSpec, shm_prefix: str | None = None, runtime_di
         sys.executable, "-m", "llm_core.serving.launcher", "--model-dir", spec.model_dir,
         "--http-port", str(spec.http_port), "--grpc-port", str(spec.grpc_port),
         "--metrics-port", str(spec.metrics_port), "--openai-port", "0", "--device", spec.device,
-        "--tp", str(spec.tp),
+        "--tp", str(spec.tp), "--max-restarts", "0",  # the fleet restarts its servers itself, with back-off
     ]  # fmt: skip
     if shm_prefix:
         cmd.append(f"--shm-prefix={shm_prefix}")
