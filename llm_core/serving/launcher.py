@@ -259,7 +259,19 @@ def end_session(sid: int, grace: float = 10.0) -> list[int]:
     deadline = time.monotonic() + 10
     while session_pids(sid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    reap_group(sid)
     return pids
+
+
+def reap_group(pgid: int) -> None:
+    """Reap the exited processes of group `pgid` that are our children: where the launcher is PID 1 (the
+    container's entrypoint) the dead server's stubs are re-parented to it and would stay zombies."""
+    while True:
+        try:
+            if os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG) is None:
+                return
+        except ChildProcessError:
+            return
 
 
 def wait_ports_free(ports: list[int], timeout: float = 60.0) -> list[int]:

@@ -135,3 +135,19 @@ def test_end_session_kills_what_a_dead_leader_left(tmp_path):
     assert time.monotonic() - start < 5
     assert launcher.session_pids(leader.pid) == []
     assert launcher.end_session(leader.pid, grace=0.5) == []  # nothing left: returns at once
+
+
+def test_reap_group_reaps_exited_children_of_that_group_only():
+    from llm_core.serving.supervisor import alive
+
+    member = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)  # its own group
+    other = subprocess.Popen([sys.executable, "-c", "pass"])  # ours, in pytest's group
+    deadline = time.monotonic() + 30
+    while alive(member.pid) or alive(other.pid):  # both exited: zombies until reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert Path(f"/proc/{member.pid}").exists()  # a zombie until reaped
+    launcher.reap_group(member.pid)
+    assert not Path(f"/proc/{member.pid}").exists()
+    assert Path(f"/proc/{other.pid}").exists() and other.wait() == 0  # another group's child is left alone
+    launcher.reap_group(member.pid)  # nothing left in the group: returns at once
