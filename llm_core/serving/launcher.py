@@ -294,7 +294,12 @@ def reset_runtime_dir(runtime_dir: Path, restarts: int) -> None:
 
 
 def describe_exit(code: int) -> str:
-    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+    if code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {-code}"
 
 
 class TritonRuns:

@@ -151,3 +151,9 @@ def test_reap_group_reaps_exited_children_of_that_group_only():
     assert not Path(f"/proc/{member.pid}").exists()
     assert Path(f"/proc/{other.pid}").exists() and other.wait() == 0  # another group's child is left alone
     launcher.reap_group(member.pid)  # nothing left in the group: returns at once
+
+
+def test_describe_exit():
+    assert launcher.describe_exit(1) == "code 1"
+    assert launcher.describe_exit(-signal.SIGABRT) == "signal SIGABRT"
+    assert launcher.describe_exit(-40) == "signal 40"  # real-time signals have no name
