@@ -41,7 +41,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from llm_core.lifetime import set_parent_death_signal
+from llm_core.lifetime import live_processes, set_parent_death_signal
 from llm_core.serving.cancel_relay import ENV_RUNTIME_DIR
 from llm_core.serving.health import LAUNCHER_FILE, write_json
 from llm_core.serving.model_dir import ENV_MODEL_DIR, resolve_model_dir
@@ -231,17 +231,7 @@ def _announce(
 def session_pids(sid: int) -> list[int]:
     """Live (not zombie) processes of session `sid`. tritonserver runs in its own session, so this is
     tritonserver, its Python stubs, their watchdogs and the engine workers."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()  # state ppid pgrp session ...
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid, stat in live_processes() if int(stat[3]) == sid]  # state ppid pgrp session ...
 
 
 def end_session(sid: int, grace: float = 10.0) -> list[int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import requests
 
+from llm_core.lifetime import alive, live_processes, proc_stat
 from llm_core.serving.health import HEALTH_FILES, SUPERVISOR_FILE, read_json, write_json
 
 SENTINEL = "engine_health"
@@ -36,35 +37,25 @@ STUB_BINARY = "triton_python_backend_stub"
 def describe(pid: int) -> str:
     """What /proc says of a pid (for the log: a stub that vanished, or one that only looked so)."""
     try:
-        state, ppid = (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() + ["?", "?"])[:2]
+        state, ppid = ((proc_stat(pid) or []) + ["?", "?"])[:2]
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         return f"pid {pid}: state {state}, parent {ppid}, {len(args)} args, {args[0][-40:].decode(errors='replace')}"
     except OSError as exc:
         return f"pid {pid}: gone ({type(exc).__name__})"
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def stub_pids(server_pid: int) -> dict[str, int]:
     """model name -> pid of its Python stub, among the children of `server_pid`."""
     stubs = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, stat in live_processes():
+        if int(stat[1]) != server_pid:
             continue
         try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat[1]) != server_pid or stat[0] == "Z" or len(args) < 2 or not args[0].endswith(STUB_BINARY.encode()):
-            continue
-        stubs[Path(args[1].decode()).parts[-3]] = int(entry.name)  # <repo>/<model>/<version>/model.py
+        if len(args) >= 2 and args[0].endswith(STUB_BINARY.encode()):
+            stubs[Path(args[1].decode()).parts[-3]] = pid  # <repo>/<model>/<version>/model.py
     return stubs
 
 

@@ -138,7 +138,7 @@ def test_end_session_kills_what_a_dead_leader_left(tmp_path):
 
 
 def test_reap_group_reaps_exited_children_of_that_group_only():
-    from llm_core.serving.supervisor import alive
+    from llm_core.lifetime import alive
 
     member = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)  # its own group
     other = subprocess.Popen([sys.executable, "-c", "pass"])  # ours, in pytest's group
