@@ -19,6 +19,8 @@ What it adds around `tritonserver --model-repository=model_repository`:
   started (stubs, their watchdogs, engine workers: tritonserver's session) and removes its shm, so the new
   one finds the GPU memory and ports free; `/v2/health/ready` is down meanwhile and the OpenAI API answers 503.
   A server that dies before it was ever ready is not restarted (a load error would only repeat);
+- kills a tritonserver that was ready and then stops answering `/v2/health/live` for `--hang-timeout` seconds
+  (a deadlock, a stopped process), so that it is restarted (or, with `--max-restarts 0`, the launcher exits);
 - runs tritonserver with explicit model control (every model loaded at start) and a supervisor
   thread (supervisor.py) that reloads a model whose Python stub died and keeps
   /v2/health/ready non-200 while the llm engine restarts or a model reloads (`--no-supervisor`:
@@ -84,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-restarts", type=int, default=3,
         help="restarts of a tritonserver that died after it was ready (0: exit with its code, leave it to the "
         "orchestrator)",
+    )  # fmt: skip
+    p.add_argument(
+        "--hang-timeout", type=float, default=60.0,
+        help="seconds a ready tritonserver may go without answering /v2/health/live before it is killed (and "
+        "restarted, see --max-restarts); 0: never",
     )  # fmt: skip
     p.add_argument("triton_args", nargs="*", help="extra tritonserver arguments (after --)")
     return p.parse_args(argv)
@@ -187,15 +194,19 @@ def busy_ports(ports: list[int]) -> list[int]:
     return busy
 
 
+def answers(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return True
-        except OSError:
-            pass
+        if answers(url, timeout=2):
+            return True
         time.sleep(0.5)
     return False
 
@@ -302,8 +313,9 @@ class TritonRuns:
         self.cmd, self.env, self.args, self.runtime_dir, self.openai = cmd, env, args, runtime_dir, openai
         self.stopping = threading.Event()  # a signal asked the launcher to stop: no restart
         self._run_over = threading.Event()  # ends the current run's supervisor
-        self._proc: subprocess.Popen | None = None  # set and signalled only in the main thread (no lock: the
-        # signal handler runs there too, between two of its bytecodes)
+        self._proc: subprocess.Popen | None = None  # set and signalled in the main thread (no lock: the signal
+        # handler runs there too, between two of its bytecodes); the hang watchdog only SIGKILLs it
+        self.hung_for: float | None = None  # the current run was killed for not answering this many seconds
 
     def forward(self, signum: int, _frame: object = None) -> None:
         """Signal handler: pass SIGTERM/SIGINT/SIGHUP to the running tritonserver and restart no more."""
@@ -322,6 +334,9 @@ class TritonRuns:
         if self.stopping.is_set():  # a signal came while it started
             self.forward(signal.SIGTERM)
         threading.Thread(target=_announce, args=(self.args, proc, self.openai, ready), daemon=True).start()
+        if self.args.hang_timeout > 0:
+            watch = threading.Thread(target=self.watch_liveness, args=(proc, ready, self._run_over), daemon=True)
+            watch.start()
         if not self.args.no_supervisor:
             supervisor = Supervisor(f"http://127.0.0.1:{self.args.http_port}", proc.pid, self.runtime_dir, log=_log)
             threading.Thread(target=supervisor.run, args=(self._run_over,), name="supervisor", daemon=True).start()
@@ -330,10 +345,31 @@ class TritonRuns:
         finally:
             self._run_over.set()
 
+    def watch_liveness(self, proc: subprocess.Popen, ready: threading.Event, run_over: threading.Event) -> None:
+        """Once the server was ready: SIGKILL it when `/v2/health/live` has not answered for --hang-timeout
+        seconds. Its HTTP thread answers that while models are busy or reloading, so silence means the process
+        is stuck (or stopped); killing it hands it to the restart path in serve()."""
+        url = f"http://127.0.0.1:{self.args.http_port}/v2/health/live"
+        limit = self.args.hang_timeout
+        period = min(5.0, limit / 4)
+        while not ready.is_set():
+            if run_over.wait(0.5):
+                return
+        last_answer = time.monotonic()
+        while not run_over.wait(period):
+            if answers(url, timeout=period):
+                last_answer = time.monotonic()
+            elif (silent := time.monotonic() - last_answer) >= limit and not self.stopping.is_set():
+                self.hung_for = silent
+                _log(f"[launcher] tritonserver has not answered /v2/health/live for {silent:.0f} s: killing it")
+                proc.kill()
+                return
+
     def serve(self, shm_prefix: str) -> int:
         """Run until tritonserver exits for good; returns its last exit code."""
         restarts = 0
         while True:
+            self.hung_for = None
             code, was_ready = self.run_once()
             sid = self._proc.pid
             if killed := end_session(sid):
@@ -342,13 +378,14 @@ class TritonRuns:
                 _log(f"[launcher] removed leftover shm: {' '.join(removed)}")
             if self.stopping.is_set() or code in (0, -signal.SIGTERM, -signal.SIGINT):
                 return code
+            how = "was killed, hung" if self.hung_for is not None else f"died ({describe_exit(code)})"
             if not was_ready or restarts >= self.args.max_restarts:
                 why = "before it was ready" if not was_ready else f"after {restarts} restart(s)"
-                _log(f"[launcher] tritonserver died ({describe_exit(code)}) {why}: not restarting it")
+                _log(f"[launcher] tritonserver {how} {why}: not restarting it")
                 return code
             restarts += 1
             _log(
-                f"[launcher] tritonserver died ({describe_exit(code)}) after it was ready; restarting it "
+                f"[launcher] tritonserver {how} after it was ready; restarting it "
                 f"({restarts} of at most {self.args.max_restarts})"
             )
             ports = [self.args.http_port, self.args.grpc_port, self.args.metrics_port]

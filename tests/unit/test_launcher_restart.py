@@ -1,4 +1,4 @@
-"""The launcher restarts a tritonserver that died after it was ready, and only then.
+"""The launcher restarts a tritonserver that died (or hung) after it was ready, and only then.
 
 A fake `tritonserver` first on PATH (the launcher prefers one there) answers /v2/health/ready and
 then dies by SIGKILL, as the real one does on the Python backend's abort (docs/SERVING.md); the
@@ -48,6 +48,9 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 if mode == "die-always" or (mode == "die-once" and len(runs) == 1):
     time.sleep(1.5)  # ready long enough for the launcher to see it
     os.kill(os.getpid(), signal.SIGKILL)
+if mode == "hang-once" and len(runs) == 1:
+    time.sleep(1.5)
+    os.kill(os.getpid(), signal.SIGSTOP)  # alive, answering nothing
 while True:
     time.sleep(1)
 """
@@ -88,6 +91,20 @@ def test_restarts_after_a_death_when_ready_then_stops_on_sigterm(tmp_path, tiny_
     assert _runs(state) == [None, {"server_restarts": 1}], out  # the second run found the count
     assert "died (signal SIGKILL) after it was ready; restarting it (1 of at most 3)" in out
     assert out.count("[launcher] ready  HTTP") == 2, out
+
+
+def test_a_hung_server_is_killed_and_restarted(tmp_path, tiny_llama):
+    proc, state = _launcher(tmp_path, tiny_llama, "hang-once", "--hang-timeout=2")
+    deadline = time.monotonic() + 60
+    while len(_runs(state)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(3.0)  # the second run answers past the hang timeout: it is left alone
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert _runs(state) == [None, {"server_restarts": 1}], out
+    assert out.count("has not answered /v2/health/live for") == 1, out
+    assert "tritonserver was killed, hung after it was ready; restarting it (1 of at most 3)" in out, out
 
 
 def test_no_restart_past_the_limit(tmp_path, tiny_llama):
