@@ -65,6 +65,14 @@ R=/tmp/ours_res bash .anchor/bin/run_ours.sh stop > /dev/null 2>&1
 say "ours done"; tail -n 5 "$OUT/ours/run_ours.log"
 
 # 3. LightLLM on the same machine, right after.
+# LightLLM binds port 8000 without SO_REUSEADDR: wait until it can (what holds it goes to ports.txt).
+for _ in $(seq 60); do
+  python3 -c "import socket; socket.socket().bind(('127.0.0.1', 8000))" 2> /dev/null && break
+  ss -tanp 2> /dev/null | grep ":8000 " | awk '{print $1, $4, $5, $6}' | sort | uniq -c | head -n 20 >> "$OUT/ports.txt"
+  pgrep -af "tritonserver|llm_core" | cut -c1-160 | head -n 5 >> "$OUT/ports.txt"
+  echo "--" >> "$OUT/ports.txt"; sleep 1
+done
+[ -s "$OUT/ports.txt" ] && say "port 8000 was busy after our server stopped: $(grep -c -- -- "$OUT/ports.txt") s (ports.txt)"
 left=$((BUDGET - ($(date +%s) - CALL_T0)))
 need=$((70 + 40 * $(tr ',' '\n' <<< "$W" | grep -cv '^warmup$')))  # its start (~50 s), then ~30 s a workload
 if [ "$left" -lt "$need" ]; then say "no time left for LightLLM ($left s, needs ~$need)"; exit 2; fi
