@@ -29,9 +29,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings
     seed: int = 0
     # Router policy
-    # Run a prefill at most every N decode steps while decoding; 0 (mixed steps only): every step while a
-    # prompt waits is a mixed step.
-    decode_steps_per_prefill: int = 2
+    decode_steps_per_prefill: int = 2  # run a prefill at most every N decode steps while decoding
     # Mixed steps: a prefill due while requests decode carries them along (one token each) and at most this
     # many prefill tokens; 0: prefill and decode steps stay separate.
     mixed_prefill_tokens: int = 4096
@@ -88,11 +86,8 @@ class EngineConfig:
             raise ValueError(f"mem_fraction must be in (0, 1], got {self.mem_fraction}")
         if self.max_running_requests < 1 or self.max_prefill_tokens < 1:
             raise ValueError("max_running_requests and max_prefill_tokens must be >= 1")
-        if self.decode_steps_per_prefill < (0 if self.mixed_prefill_tokens else 1):
-            raise ValueError(
-                "decode_steps_per_prefill must be >= 1 (>= 0 with mixed_prefill_tokens > 0, where the decode rows "
-                f"ride in every prefill), got {self.decode_steps_per_prefill}"
-            )
+        if self.decode_steps_per_prefill < 1:
+            raise ValueError(f"decode_steps_per_prefill must be >= 1, got {self.decode_steps_per_prefill}")
         if self.mixed_prefill_tokens < 0:
             raise ValueError(f"mixed_prefill_tokens must be >= 0, got {self.mixed_prefill_tokens}")
         if self.cuda_graph_max_batch < 1:
