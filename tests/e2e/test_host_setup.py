@@ -1,7 +1,8 @@
 """The README setup over a "host" environment shaped like a GPU image (issue 17), on CPU.
 
 host venv: torch + numpy 2 + scipy + scikit-learn + transformers (built once, cached under
-build/, as the GPU machine's /opt/torch/.venv is preinstalled). Then, as a user would:
+build/, as the GPU machine's /opt/torch/.venv is preinstalled; its torch is this test venv's, hard-linked).
+Then, as a user would:
 `PYTHON=host/bin/python bash scripts/setup_env.sh` makes a fresh project venv, which must reuse the
 host's torch (no torch download), hold numpy<2 and none of the packages built for numpy 2, import
 `AutoTokenizer`, and run the launcher: the default model is served and answers a request, every
@@ -16,11 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import psutil
 import pytest
 from e2e_helpers import grpc_stream
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from llm_core.serving.server_process import ServerProcess
 
@@ -43,15 +47,45 @@ def _python_of_base() -> str:
     return getattr(sys, "_base_executable", sys.executable)
 
 
+def _install_by_links(name: str, site: Path) -> None:
+    """Put the installed distribution `name` and everything it requires into `site` as hard links of this
+    interpreter's files (copies across file systems), dist-info included, so pip counts them as installed.
+    Unpacking torch's 750 MB wheel again took most of a minute on 2 cores."""
+    todo, seen = [name], set()
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        if (key := dist.metadata["Name"].lower().replace("_", "-")) in seen:
+            continue
+        seen.add(key)
+        todo += [
+            r.name for r in map(Requirement, dist.requires or []) if not r.marker or r.marker.evaluate({"extra": ""})
+        ]
+        for file in dist.files or []:
+            if file.parts[0] == "..":  # console scripts in bin/: not needed
+                continue
+            src, dst = Path(dist.locate_file(file)), site / file
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except FileExistsError:
+                pass
+            except OSError:
+                shutil.copy2(src, dst)
+
+
 @pytest.fixture(scope="module")
 def host_python() -> Path:
-    """bin/python of the cached host venv (torch from pip's cache or the local wheel)."""
+    """bin/python of the cached host venv."""
+    pinned = HOST_PACKAGES[0].split("==")[1]
+    assert Version(metadata.version("torch")).public == pinned, "this test venv's torch is not the pinned one"
     key = hashlib.sha256(" ".join(HOST_PACKAGES + (PY_VERSION,)).encode()).hexdigest()[:12]
     host = ROOT / "build" / f"test-host-venv-{key}"
     if not (host / ".complete").exists():
         tmp = host.with_name(host.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         _run([_python_of_base(), "-m", "venv", str(tmp)])
+        site = _value(tmp / "bin" / "python", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        _install_by_links("torch", Path(site))
         _run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *HOST_PACKAGES])
         shutil.rmtree(host, ignore_errors=True)
         tmp.rename(host)  # only bin/python is used, which does not depend on the venv's path
