@@ -28,6 +28,25 @@ def test_warmup_steps_fit_pool_rows_and_context():
     assert max(sum(len(s.new_token_ids) for s in st.seqs) for st in warmup_steps(4096, 64, 4096)) == 2048
 
 
+def test_warmup_image_steps_cover_both_alignments_of_the_image_positions(tiny_llava):
+    # Triton compiles a kernel again for a pointer argument that is not 16-byte aligned. The image kernel's
+    # positions are a slice of the step's int64 index buffer whose alignment changes with the step's shape:
+    # the warm-up must launch it both ways (the GPU parity check saw a late compile of the second before).
+    from llm_core.config import EngineConfig
+    from llm_core.worker.model_runner import ModelRunner
+
+    cfg = EngineConfig(model_dir=str(tiny_llava), device="cpu", dtype="float32", max_total_tokens=2048,
+                       max_running_requests=4, max_model_len=1024)  # fmt: skip
+    runner = ModelRunner(cfg, rank=0)
+    runner.allocate_kv(2048)
+    mc = runner.model_config
+    steps = warmup_steps(2048, 4, 1024, mc.image_token_index, mc.num_image_tokens, mc.hidden_size)
+    image_steps = [st for st in steps if any(s.image_embeds is not None for s in st.seqs)]
+    offsets = {runner.prepare(st).image_positions.data_ptr() % 16 for st in image_steps}
+    assert offsets == {0, 8}, offsets
+    runner.warm_up(force=True)  # every warm-up step runs (here through the torch ops)
+
+
 def test_late_compiles_are_counted_and_logged(caplog):
     watch = LateCompiles()
     assert watch.stats() == {"kernels_compiled_after_warmup": 0, "compile_s_after_warmup": 0.0}
