@@ -24,6 +24,7 @@ import psutil
 import pytest
 from e2e_helpers import grpc_stream
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from llm_core.serving.server_process import ServerProcess
@@ -54,7 +55,7 @@ def _install_by_links(name: str, site: Path) -> None:
     todo, seen = [name], set()
     while todo:
         dist = metadata.distribution(todo.pop())
-        if (key := dist.metadata["Name"].lower().replace("_", "-")) in seen:
+        if (key := canonicalize_name(dist.metadata["Name"])) in seen:
             continue
         seen.add(key)
         todo += [
