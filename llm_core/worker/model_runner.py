@@ -228,14 +228,18 @@ class ModelRunner:
         d = step.num_decode  # a mixed step: the prompt chunks' query offsets, after the decode rows
         prefill_starts = [s - d for s in starts[d:]] if d else []
         # One int64 array, sliced on the device: per token, per prefix-cache entry, per sequence, per image row.
+        # Each part starts on a 16-byte boundary (odd lengths padded by one): Triton compiles a kernel again for
+        # a pointer that is not, so a slice's alignment must not depend on the step's shape.
         parts = (input_ids, positions, out_slots, token_rows, cached_rows, cached_positions, cached_slots,
                  rows, prefix_lens, seq_lens, starts, [s - 1 for s in starts[1:]], image_positions,
                  prefill_starts)  # fmt: skip
         sizes = [len(p) for p in parts]
-        flat = host_to_device(np.fromiter(itertools.chain(*parts), dtype=np.int64, count=sum(sizes)), self.device)
+        padded = [n + (n & 1) for n in sizes]
+        values = itertools.chain.from_iterable(itertools.chain(p, (0,) * (len(p) & 1)) for p in parts)
+        flat = host_to_device(np.fromiter(values, dtype=np.int64, count=sum(padded)), self.device)
         (ids_t, positions_t, out_slots_t, token_rows_t, cached_rows_t, cached_positions_t, cached_slots_t,
-         rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t, prefill_starts_t) = flat.split(
-            sizes)  # fmt: skip
+         rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t, prefill_starts_t) = (
+            t[:n] for t, n in zip(flat.split(padded), sizes, strict=True))  # fmt: skip
         if feed is not None:
             ids_t = ids_t.index_copy(0, feed.positions, feed.token_ids)
         out_slots_t = out_slots_t.to(torch.int32)

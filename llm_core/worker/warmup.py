@@ -65,11 +65,6 @@ def warmup_steps(
     n = (num_image_tokens or 0) + 2
     if image_token is not None and num_image_tokens and n <= min(num_slots, max_model_len):
         ids = [1] + [image_token] * num_image_tokens + [1]
-        image = SeqInput(0, 0, ids, list(range(n)), n, np.zeros((num_image_tokens, hidden_size), dtype=np.float32))
-        steps.append(StepInput(is_prefill=True, seqs=[image]))
-        # The image kernel's positions are a slice of the step's int64 index buffer (ModelRunner.prepare) that
-        # starts 16-byte aligned or not with the step's sequence and cached-prefix counts: Triton compiles each
-        # case. One more sequence before the image one gives the other.
-        if max_rows >= 2 and n + 1 <= num_slots:
-            steps.append(StepInput(is_prefill=True, seqs=[SeqInput(1, 0, [1], [n]), image]))
+        embeds = np.zeros((num_image_tokens, hidden_size), dtype=np.float32)
+        steps.append(StepInput(is_prefill=True, seqs=[SeqInput(0, 0, ids, list(range(n)), n, embeds)]))
     return steps

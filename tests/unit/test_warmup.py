@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_core.batch import SeqInput, StepInput
 from llm_core.worker.timeline import LateCompiles
 from llm_core.worker.warmup import warmup_steps
 
@@ -28,10 +29,11 @@ def test_warmup_steps_fit_pool_rows_and_context():
     assert max(sum(len(s.new_token_ids) for s in st.seqs) for st in warmup_steps(4096, 64, 4096)) == 2048
 
 
-def test_warmup_image_steps_cover_both_alignments_of_the_image_positions(tiny_llava):
-    # Triton compiles a kernel again for a pointer argument that is not 16-byte aligned. The image kernel's
-    # positions are a slice of the step's int64 index buffer whose alignment changes with the step's shape:
-    # the warm-up must launch it both ways (the GPU parity check saw a late compile of the second before).
+def test_prepare_starts_every_device_input_on_a_16_byte_boundary(tiny_llava):
+    # Triton compiles a kernel again for a pointer argument that is not 16-byte aligned, so no input's
+    # alignment may depend on the step's shape (token, sequence, cached-prefix and image counts, odd or even):
+    # the warm-up could not cover every case (the GPU parity check once saw a late compile of the image
+    # kernel for a step of two sequences).
     from llm_core.config import EngineConfig
     from llm_core.worker.model_runner import ModelRunner
 
@@ -40,10 +42,28 @@ def test_warmup_image_steps_cover_both_alignments_of_the_image_positions(tiny_ll
     runner = ModelRunner(cfg, rank=0)
     runner.allocate_kv(2048)
     mc = runner.model_config
-    steps = warmup_steps(2048, 4, 1024, mc.image_token_index, mc.num_image_tokens, mc.hidden_size)
-    image_steps = [st for st in steps if any(s.image_embeds is not None for s in st.seqs)]
-    offsets = {runner.prepare(st).image_positions.data_ptr() % 16 for st in image_steps}
-    assert offsets == {0, 8}, offsets
+    n_img = mc.num_image_tokens
+    ids = [1] + [mc.image_token_index] * n_img + [1]
+    embeds = np.zeros((n_img, mc.hidden_size), dtype=np.float32)
+    shapes = []
+    for text_first in (0, 1, 2):  # sequences before the image one
+        for cached in (0, 1, 3):  # prefix-cache entries of the first text sequence
+            seqs = [SeqInput(1 + i, cached if i == 0 else 0, [5, 6, 7][: 1 + i], list(range(600 + 4 * i, 601 + 5 * i)),
+                             cached_slots=list(range(900, 900 + cached)) if i == 0 and cached else None)
+                    for i in range(text_first)]  # fmt: skip
+            seqs.append(SeqInput(0, 0, ids, list(range(len(ids))), len(ids), embeds))
+            shapes.append(StepInput(is_prefill=True, seqs=seqs))
+    misaligned = []
+    for step in shapes:
+        batch = runner.prepare(step)
+        for name in ("input_ids", "positions", "logits_indices", "image_positions", "out_slots", "req_rows",
+                     "prefix_lens", "seq_lens", "query_start_loc"):  # fmt: skip
+            if getattr(batch, name).data_ptr() % 16:
+                misaligned.append((name, [(s.prefix_len, len(s.new_token_ids)) for s in step.seqs]))
+        positions = [p for s in step.seqs for p in range(s.prefix_len, s.prefix_len + len(s.new_token_ids))]
+        assert batch.positions.tolist() == positions  # the padding stays out of the slices
+        assert batch.image_positions.tolist() == [len(batch.input_ids) - len(ids) + 1 + k for k in range(n_img)]
+    assert not misaligned, misaligned
     runner.warm_up(force=True)  # every warm-up step runs (here through the torch ops)
 
 
