@@ -45,14 +45,18 @@ def test_prepare_starts_every_device_input_on_a_16_byte_boundary(tiny_llava):
     n_img = mc.num_image_tokens
     ids = [1] + [mc.image_token_index] * n_img + [1]
     embeds = np.zeros((n_img, mc.hidden_size), dtype=np.float32)
-    shapes = []
-    for text_first in (0, 1, 2):  # sequences before the image one
-        for cached in (0, 1, 3):  # prefix-cache entries of the first text sequence
-            seqs = [SeqInput(1 + i, cached if i == 0 else 0, [5, 6, 7][: 1 + i], list(range(600 + 4 * i, 601 + 5 * i)),
-                             cached_slots=list(range(900, 900 + cached)) if i == 0 and cached else None)
-                    for i in range(text_first)]  # fmt: skip
-            seqs.append(SeqInput(0, 0, ids, list(range(len(ids))), len(ids), embeds))
-            shapes.append(StepInput(is_prefill=True, seqs=seqs))
+    image = SeqInput(0, 0, ids, list(range(len(ids))), len(ids), embeds)
+
+    def text(i: int, cached: int) -> SeqInput:
+        """Text sequence i (row 1 + i, 1 + i new tokens) after `cached` prefix-cache entries."""
+        slots = list(range(600 + 4 * i, 601 + 5 * i))
+        return SeqInput(1 + i, cached, [5, 6, 7][: 1 + i], slots, cached_slots=list(range(900, 900 + cached)) or None)
+
+    shapes = [
+        StepInput(is_prefill=True, seqs=[text(i, cached if i == 0 else 0) for i in range(text_first)] + [image])
+        for text_first in (0, 1, 2)  # sequences before the image one
+        for cached in (0, 1, 3)  # prefix-cache entries of the first text sequence
+    ]
     misaligned = []
     for step in shapes:
         batch = runner.prepare(step)
