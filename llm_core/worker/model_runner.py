@@ -235,7 +235,8 @@ class ModelRunner:
                  prefill_starts)  # fmt: skip
         sizes = [len(p) for p in parts]
         padded = [n + (n & 1) for n in sizes]
-        values = itertools.chain.from_iterable(itertools.chain(p, (0,) * (len(p) & 1)) for p in parts)
+        values = itertools.chain.from_iterable(
+            itertools.chain(p, (0,) * (m - n)) for p, n, m in zip(parts, sizes, padded, strict=True))  # fmt: skip
         flat = host_to_device(np.fromiter(values, dtype=np.int64, count=sum(padded)), self.device)
         (ids_t, positions_t, out_slots_t, token_rows_t, cached_rows_t, cached_positions_t, cached_slots_t,
          rows_t, prefix_lens_t, seq_lens_t, starts_t, logits_t, image_positions_t, prefill_starts_t) = (
